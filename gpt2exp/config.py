@@ -1,0 +1,192 @@
+"""Typed schemas for the Hydra configs, and the range checks that types cannot express.
+
+The dataclasses are registered in Hydra's ConfigStore and sit first in each primary
+config's defaults list, so a wrong type or an unknown key fails at compose time. The
+``check_*`` functions raise ``UserError`` with one line naming the key and what is allowed.
+"""
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+from gpt2exp.errors import UserError
+from gpt2exp.tokenizer import VOCAB_SIZE
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = VOCAB_SIZE
+    context_length: int = MISSING
+    emb_dim: int = MISSING
+    n_heads: int = MISSING
+    n_layers: int = MISSING
+    drop_rate: float = 0.0
+    qkv_bias: bool = False
+
+
+@dataclass
+class DataConfig:
+    source: str = "pydocs"
+    path: Optional[str] = None
+    name: str = "wikitext-2-raw-v1"
+    local_dir: Optional[str] = None
+    train_ratio: float = 0.9
+    batch_size: int = 8
+    stride: int = II("model.context_length")
+    shuffle: bool = True
+    drop_last: bool = True
+    num_workers: int = 0
+    cache_dir: str = "${oc.env:GPT2EXP_CACHE_DIR,'~/.cache/gpt2exp'}"
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class DecodingConfig:
+    temperature: float = 0.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    eos_id: Optional[int] = None
+    max_new_tokens: int = 50
+    num_samples: int = 1
+    seed: int = 123
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"
+    mode: str = "auto"
+    project: str = "gpt2exp"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    name: Optional[str] = None
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 1
+    max_steps: Optional[int] = None
+    eval_freq: int = 50
+    eval_iter: int = 5
+    sample_freq: Optional[int] = None
+    start_context: str = "Every effort moves you"
+    grad_accum: int = 1
+    grad_clip: Optional[float] = 1.0
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 123
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise UserError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _positive(section: Any, prefix: str, *keys: str) -> None:
+    for key in keys:
+        value = section[key]
+        _require(value >= 1, f"{prefix}.{key}", value, "must be an integer >= 1")
+
+
+def check_model(model: Any) -> None:
+    _positive(model, "model", "context_length", "emb_dim", "n_heads", "n_layers")
+    _require(
+        model.emb_dim % model.n_heads == 0,
+        "model.n_heads",
+        model.n_heads,
+        f"must divide model.emb_dim={model.emb_dim}",
+    )
+    _require(model.vocab_size >= VOCAB_SIZE, "model.vocab_size", model.vocab_size, f"must be >= {VOCAB_SIZE}")
+    _require(0.0 <= model.drop_rate < 1.0, "model.drop_rate", model.drop_rate, "must be in [0, 1)")
+
+
+def check_optimizer(opt: Any) -> None:
+    _require(opt.name == "adamw", "optimizer.name", opt.name, "must be 'adamw'")
+    _require(opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
+    _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
+    betas = list(opt.betas)
+    _require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optimizer.betas", betas, "two values in [0, 1)")
+    _require(opt.eps > 0, "optimizer.eps", opt.eps, "must be > 0")
+    _require(opt.schedule in ("constant", "cosine"), "optimizer.schedule", opt.schedule, "one of constant, cosine")
+    _require(opt.warmup_steps >= 0, "optimizer.warmup_steps", opt.warmup_steps, "must be >= 0")
+    _require(0 <= opt.min_lr_ratio <= 1, "optimizer.min_lr_ratio", opt.min_lr_ratio, "must be in [0, 1]")
+
+
+def check_decoding(dec: Any, vocab_size: int = VOCAB_SIZE) -> None:
+    _require(dec.temperature >= 0, "decoding.temperature", dec.temperature, "must be >= 0 (0 means greedy)")
+    if dec.top_k is not None:
+        _require(1 <= dec.top_k <= vocab_size, "decoding.top_k", dec.top_k, f"must be in [1, {vocab_size}] or null")
+    if dec.top_p is not None:
+        _require(0 < dec.top_p <= 1, "decoding.top_p", dec.top_p, "must be in (0, 1] or null")
+    if dec.eos_id is not None:
+        _require(0 <= dec.eos_id < vocab_size, "decoding.eos_id", dec.eos_id, f"must be in [0, {vocab_size}) or null")
+    _positive(dec, "decoding", "max_new_tokens", "num_samples")
+
+
+def check_logger(logger: Any) -> None:
+    _require(logger.backend in ("wandb", "none"), "logger.backend", logger.backend, "one of wandb, none")
+    modes = ("auto", "online", "offline", "disabled")
+    _require(logger.mode in modes, "logger.mode", logger.mode, "one of " + ", ".join(modes))
+
+
+def check_trainer(trainer: Any) -> None:
+    _positive(trainer, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum")
+    for key in ("max_steps", "sample_freq"):
+        if trainer[key] is not None:
+            _require(trainer[key] >= 1, f"trainer.{key}", trainer[key], "must be an integer >= 1 or null")
+    if trainer.grad_clip is not None:
+        _require(trainer.grad_clip > 0, "trainer.grad_clip", trainer.grad_clip, "must be > 0 or null")
+    device = trainer.device
+    _require(
+        device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),
+        "trainer.device",
+        device,
+        "one of auto, cpu, cuda, cuda:N, mps",
+    )
+
+
+def check_known_keys(cfg: Any, schema: type) -> None:
+    """Refuse keys that ``+key=value`` appended to a typed section."""
+    for section in fields(schema):
+        allowed = {f.name for f in fields(section.type)} if is_dataclass(section.type) else None
+        if allowed is None or section.name not in cfg:
+            continue
+        for key in cfg[section.name]:
+            _require(key in allowed, f"{section.name}.{key}", cfg[section.name][key], "unknown key")
+
+
+def check_train_config(cfg: Any) -> None:
+    """All range checks for a training run; data-dependent checks happen when the data loads."""
+    check_known_keys(cfg, TrainConfig)
+    check_model(cfg.model)
+    check_optimizer(cfg.optimizer)
+    check_decoding(cfg.decoding, cfg.model.vocab_size)
+    check_logger(cfg.logger)
+    check_trainer(cfg.trainer)

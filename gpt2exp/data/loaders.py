@@ -1,0 +1,67 @@
+"""Token ids -> (inputs, targets) batches of sliding windows, as in the tutorial."""
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class SlidingWindowDataset(Dataset):
+    """The tutorial's GPTDatasetV1 without materialising windows.
+
+    Windows start every `stride` tokens (while a full window and its next token fit);
+    item i is (inputs, targets), two int64 tensors of shape [context_length], where
+    targets are the inputs shifted one token to the right.
+    """
+
+    def __init__(self, tokens: np.ndarray, context_length: int, stride: int):
+        self.tokens = tokens
+        self.context_length = context_length
+        self.starts = range(0, len(tokens) - context_length, stride)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        start = self.starts[index]
+        window = torch.from_numpy(self.tokens[start : start + self.context_length + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+def create_dataloader(
+    tokens: np.ndarray,
+    *,
+    batch_size: int,
+    context_length: int,
+    stride: int,
+    shuffle: bool,
+    drop_last: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> DataLoader:
+    """Batches of sliding windows over `tokens`; the shuffled order is fixed by `seed`."""
+    return DataLoader(
+        SlidingWindowDataset(tokens, context_length, stride),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def eval_batches(dataset: SlidingWindowDataset, *, num_batches: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    """A fixed set of `num_batches` batches whose windows are spread evenly over the split.
+
+    When the split has no more windows than that, all of them are used (so fewer batches).
+    """
+    wanted = num_batches * batch_size
+    if len(dataset) <= wanted:
+        indices = list(range(len(dataset)))
+    else:
+        indices = np.linspace(0, len(dataset) - 1, wanted).round().astype(int).tolist()
+    batches = []
+    for first in range(0, len(indices), batch_size):
+        inputs, targets = zip(*(dataset[index] for index in indices[first : first + batch_size]))
+        batches.append((torch.stack(inputs), torch.stack(targets)))
+    return batches

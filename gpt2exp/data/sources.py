@@ -1,0 +1,248 @@
+"""Corpora as train/val text: the standard library's docstrings, local text files, WikiText."""
+
+import ast
+import gc
+import glob
+import itertools
+import os
+import re
+import sysconfig
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from gpt2exp.errors import UserError
+from gpt2exp.tokenizer import EOT_TOKEN
+
+SOURCES = ("pydocs", "text", "wikitext")
+WIKITEXT_NAMES = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
+WIKITEXT_REPO = "Salesforce/wikitext"
+
+# Folders of the standard library that hold tests, tools or third-party code, not library docs.
+_SKIPPED_DIRS = {
+    "__pycache__", "dist-packages", "idlelib", "lib2to3", "pydoc_data",
+    "site-packages", "test", "tests", "turtledemo",
+}
+_DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+_MIN_WORDS = 8
+_MIN_LETTER_SHARE = 0.75
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+_NON_SPACE = re.compile(r"\S")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The training and validation text of one corpus."""
+
+    train: str
+    val: str
+
+
+def load_splits(
+    source: str,
+    *,
+    path: str | None = None,
+    name: str = "wikitext-2-raw-v1",
+    local_dir: str | None = None,
+    train_ratio: float = 0.8,
+) -> Splits:
+    """Return the train/val text of `source`.
+
+    pydocs: the standard library's docstrings joined with "<|endoftext|>", split at the first
+    document boundary past `train_ratio` of the characters. text: a file, a folder's *.txt
+    files or a glob's files, blank lines dropped, split by characters at `train_ratio`.
+    wikitext: config `name`'s train and validation splits, read from `local_dir` (the released
+    files) or else the Hugging Face cache or hub.
+    """
+    if not 0 < train_ratio < 1:
+        raise UserError(f"data.train_ratio={train_ratio} must be between 0 and 1 (exclusive)")
+    if source == "pydocs":
+        return _split_documents(pydocs_documents(), train_ratio)
+    if source == "text":
+        return _split_characters(_read_text(path), train_ratio)
+    if source == "wikitext":
+        return _load_wikitext(name, local_dir)
+    raise UserError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
+
+
+@lru_cache(maxsize=1)
+def pydocs_documents() -> tuple[str, ...]:
+    """English docstrings of the installed standard library, deduplicated, in file order.
+
+    Files are parsed with `ast` (nothing is imported) in sorted order of their relative
+    paths; each module, class and function docstring that has at least 8 words and is
+    mostly ASCII letters is one document.
+    """
+    root = sysconfig.get_paths()["stdlib"]
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in _SKIPPED_DIRS]
+        relative_folder = Path(folder).relative_to(root)
+        files += [(relative_folder / name).as_posix() for name in names if name.endswith(".py")]
+    documents = {}  # a dict keeps the first occurrence of each docstring, in order
+    with _garbage_collector_paused():
+        for relative_path in sorted(files):
+            try:
+                module = ast.parse(Path(root, relative_path).read_bytes())
+            except (SyntaxError, ValueError):  # not Python 3 source, e.g. a leftover template
+                continue
+            for docstring in _docstrings(module):
+                if _looks_like_prose(docstring):
+                    documents.setdefault(docstring)
+    if not documents:
+        raise UserError(f"data=pydocs: no standard library sources in '{root}'; use data=text with data.path")
+    return tuple(documents)
+
+
+@contextmanager
+def _garbage_collector_paused():
+    """Parsing allocates millions of (acyclic) AST nodes; with torch loaded, the collections
+    they trigger would walk a large heap and double the time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _docstrings(node):
+    """Yield the docstrings of a module or definition and of the definitions inside it."""
+    docstring = ast.get_docstring(node, clean=True)
+    if docstring:
+        yield docstring
+    for child in node.body:
+        if isinstance(child, _DEFINITIONS):
+            yield from _docstrings(child)
+
+
+def _looks_like_prose(text: str) -> bool:
+    letters = len(_ASCII_LETTER.findall(text))
+    non_space = len(_NON_SPACE.findall(text))
+    return len(text.split()) >= _MIN_WORDS and letters >= _MIN_LETTER_SHARE * non_space
+
+
+def _split_documents(documents: tuple[str, ...], train_ratio: float) -> Splits:
+    """Join documents with the end-of-text separator and split at the document boundary
+    where the train part first reaches `train_ratio` of the characters."""
+    total = sum(map(len, documents))
+    lengths_so_far = itertools.accumulate(map(len, documents))
+    n_train = next(i for i, length in enumerate(lengths_so_far, 1) if length >= train_ratio * total)
+    return Splits(EOT_TOKEN.join(documents[:n_train]), EOT_TOKEN.join(documents[n_train:]))
+
+
+def _split_characters(text: str, train_ratio: float) -> Splits:
+    split_index = int(train_ratio * len(text))
+    return Splits(text[:split_index], text[split_index:])
+
+
+def _read_text(path: str | None) -> str:
+    """Read a UTF-8 file, all *.txt files of a folder or a glob's files; drop blank lines."""
+    if not path:
+        raise UserError("data.path is required for data=text (a file, folder or glob)")
+    given = Path(path).expanduser()
+    if given.is_file():
+        files = [given]
+    else:
+        pattern = os.path.join(glob.escape(str(given)), "*.txt") if given.is_dir() else str(given)
+        files = [Path(match) for match in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(match)]
+    if not files:
+        problem = "no *.txt files in folder" if given.is_dir() else "no such file or folder:"
+        raise UserError(f"data.path: {problem} '{path}'")
+    texts = []
+    for file in files:
+        try:
+            texts.append(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"data.path: '{file}' is not UTF-8 text") from None
+    text = "\n".join(line for line in "\n".join(texts).splitlines() if line.strip())
+    if not text:
+        raise UserError(f"data.path: '{path}' holds no text (only blank lines)")
+    return text
+
+
+def _load_wikitext(name: str, local_dir: str | None) -> Splits:
+    if name not in WIKITEXT_NAMES:
+        raise UserError(f"data.name={name!r} is not a WikiText config; use one of: {', '.join(WIKITEXT_NAMES)}")
+    if local_dir:
+        return _read_wikitext_folder(Path(local_dir).expanduser(), raw="raw" in name)
+    return _load_wikitext_from_hugging_face(name)
+
+
+def _read_wikitext_folder(folder: Path, *, raw: bool) -> Splits:
+    """Read the released files: wiki.{train,valid}.tokens, or the .raw ones."""
+    suffixes = (".raw", ".tokens") if raw else (".tokens", ".raw")
+    suffix = next((s for s in suffixes if (folder / f"wiki.train{s}").is_file()), suffixes[0])
+    train_file, val_file = folder / f"wiki.train{suffix}", folder / f"wiki.valid{suffix}"
+    for file in (train_file, val_file):
+        if not file.is_file():
+            raise UserError(f"data.local_dir: no {file.name} in '{folder}' (it needs the official WikiText files)")
+    return Splits(train_file.read_text(encoding="utf-8"), val_file.read_text(encoding="utf-8"))
+
+
+def _load_wikitext_from_hugging_face(name: str) -> Splits:
+    """Load from the Hugging Face cache, else from the hub; fail in seconds when neither works."""
+    import datasets  # slow to import, and only this source needs it
+
+    try:
+        with _hugging_face_offline():
+            dataset = datasets.load_dataset(WIKITEXT_REPO, name)
+    except OSError:  # not in the cache
+        dataset = _download_wikitext(name)
+    return Splits("".join(dataset["train"]["text"]), "".join(dataset["validation"]["text"]))
+
+
+def _download_wikitext(name: str):
+    """Download through `datasets` when the hub answers; else fail with one line on what to do."""
+    import datasets
+
+    problem = "the hub cannot be reached"
+    if _hub_reachable():
+        try:
+            return datasets.load_dataset(WIKITEXT_REPO, name)
+        except OSError as error:
+            problem = f"the download failed ({type(error).__name__}: {' '.join(str(error).split())})"
+    raise UserError(
+        f"data: WikiText {name!r} is not in the Hugging Face cache and {problem}; set data.local_dir "
+        "to a folder with the official files (wiki.train.tokens, wiki.valid.tokens) or run once with network"
+    )
+
+
+@contextmanager
+def _hugging_face_offline():
+    """Put datasets and huggingface_hub in offline (cache only) mode for the block."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    flags = [
+        (module, flag)
+        for module in (datasets.config, huggingface_hub.constants)
+        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        if hasattr(module, flag)
+    ]
+    saved = [getattr(module, flag) for module, flag in flags]
+    try:
+        for module, flag in flags:
+            setattr(module, flag, True)
+        yield
+    finally:
+        for (module, flag), value in zip(flags, saved):
+            setattr(module, flag, value)
+
+
+def _hub_reachable(timeout_s: float = 5.0) -> bool:
+    """Whether the hub answers at all (any HTTP status counts), honouring proxy settings."""
+    import huggingface_hub.constants
+
+    try:
+        request = urllib.request.Request(huggingface_hub.constants.ENDPOINT, method="HEAD")
+        urllib.request.urlopen(request, timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,161 @@
+"""W&B run lifecycle, plus the run folder's own metrics.jsonl, samples.jsonl and summary.json."""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+from pathlib import Path
+
+from gpt2exp.errors import UserError
+
+MODES = ("auto", "online", "offline", "disabled")
+BACKENDS = ("wandb", "none")
+WANDB_HOST = "api.wandb.ai"
+
+
+def resolve_mode(mode: str) -> str:
+    """The W&B mode to use; "auto" is `$WANDB_MODE` if set, else online given an API key, else offline."""
+    if mode not in MODES:
+        raise UserError(f"logger.mode: {mode!r} is not one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode:
+        env_mode = {"dryrun": "offline", "run": "online"}.get(env_mode, env_mode)
+        if env_mode not in MODES[1:]:
+            raise UserError(f"WANDB_MODE: {env_mode!r} is not one of {', '.join(MODES[1:])}")
+        return env_mode
+    return "online" if _has_api_key() else "offline"
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc_path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    try:
+        return netrc.netrc(netrc_path).authenticators(WANDB_HOST) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=float)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Tracker:
+    """Writes metrics and samples to the run folder (always) and to W&B (when enabled)."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        config: dict,
+        backend: str = "wandb",
+        mode: str = "auto",
+        project: str = "gpt2exp",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        name: str | None = None,
+        job_type: str = "train",
+        notes: str | None = None,
+    ):
+        if backend not in BACKENDS:
+            raise UserError(f"logger.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.mode = resolve_mode(mode) if backend == "wandb" else "disabled"
+        self._samples: list[dict] = []
+        self._summary: dict = {}
+        self._finished = False
+        self._run = None
+        if self.mode != "disabled":
+            import wandb
+
+            self._run = wandb.init(
+                dir=self.run_dir,
+                config=config,
+                project=project,
+                entity=entity,
+                group=group,
+                tags=tags,
+                name=name,
+                job_type=job_type,
+                notes=notes,
+                mode=self.mode,
+                reinit="finish_previous",
+                settings=wandb.Settings(quiet=True, console="off"),
+            )
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run.id if self._run else None
+
+    @property
+    def url(self) -> str | None:
+        return self._run.url if self._run and self.mode == "online" else None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """One line `{"step": step, **metrics}` in metrics.jsonl, and the same values at `step` in W&B."""
+        _append_jsonl(self.run_dir / "metrics.jsonl", {"step": step, **metrics})
+        if self._run:
+            self._run.log(metrics, step=step)
+
+    def log_sample(self, *, step: int, prompt: str, text: str, settings: dict) -> None:
+        """One line in samples.jsonl; W&B gets all samples as one table at `finish`."""
+        sample = {"step": step, "prompt": prompt, "text": text, "settings": dict(settings)}
+        _append_jsonl(self.run_dir / "samples.jsonl", sample)
+        self._samples.append(sample)
+
+    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
+        """The image file at `path` under `key` in W&B (at `step`, or the current step)."""
+        if self._run:
+            import wandb
+
+            self._run.log({key: wandb.Image(str(path))}, step=step)
+
+    def summary(self, values: dict) -> None:
+        """Merges `values` into the run summary and rewrites summary.json."""
+        self._summary.update(values)
+        _write_json_atomic(self.run_dir / "summary.json", self._summary)
+        if self._run:
+            self._run.summary.update(values)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Logs the samples table and closes the W&B run; later calls do nothing."""
+        if self._finished:
+            return
+        self._finished = True
+        if not self._run:
+            return
+        if self._samples:
+            self._run.log({"samples": self._samples_table()})
+        self._run.finish(exit_code=exit_code)
+
+    def _samples_table(self):
+        import wandb
+
+        setting_keys = list(dict.fromkeys(key for s in self._samples for key in s["settings"]))
+        rows = [
+            [s["step"], s["prompt"], s["text"], *(s["settings"].get(key) for key in setting_keys)]
+            for s in self._samples
+        ]
+        columns = ["step", "prompt", "text", *setting_keys]
+        return wandb.Table(columns=columns, data=rows, allow_mixed_types=True)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish(exit_code=1 if exc_type else 0)

@@ -1,0 +1,81 @@
+"""Shared fixtures: an isolated token cache and offline W&B for every test, a Hydra
+compose helper, and a runner for the real ``python -m`` entrypoints."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from gpt2exp.config import register_configs
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# Enough English for a tiny model to learn from in seconds.
+SAMPLE_TEXT = "\n".join(
+    f"Line {i}: the quick brown fox jumps over the lazy dog while every effort moves you forward."
+    for i in range(400)
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GPT2EXP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "token-cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(SAMPLE_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def compose_train():
+    """Compose conf/train.yaml with overrides, as the entrypoint would."""
+    register_configs()
+
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=list(overrides))
+
+    return _compose
+
+
+# A run that takes seconds: a tiny model on a small text file, no W&B.
+TINY = [
+    "model.context_length=32",
+    "model.emb_dim=32",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "data.batch_size=4",
+    "trainer.progress=false",
+]
+
+
+@pytest.fixture
+def run_module(tmp_path):
+    """Run ``python -m <module> <args>`` in a fresh folder; returns the CompletedProcess."""
+
+    def _run(module: str, *args: str, cwd: Path = tmp_path, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return _run
+
+
+def run_folders(root: Path) -> list[Path]:
+    """Hydra run folders under ``root/outputs`` (those with a .hydra folder), oldest first."""
+    return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))

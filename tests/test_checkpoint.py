@@ -1,0 +1,98 @@
+import os
+import pickle
+import re
+
+import pytest
+import torch
+
+from gpt2exp.checkpoint import load_checkpoint, save_checkpoint
+from gpt2exp.errors import UserError
+
+
+def _trained_linear():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_round_trip_restores_model_and_optimizer(tmp_path):
+    model, optimizer = _trained_linear()
+    config = {"model": {"emb_dim": 4}, "optimizer": {"lr": 1e-3}, "tags": ["a"], "note": None}
+    path = save_checkpoint(
+        tmp_path / "checkpoints" / "last.pt",
+        model_state=model.state_dict(),
+        optimizer_state=optimizer.state_dict(),
+        step=7,
+        config=config,
+        extra={"tokens_seen": 512, "rng": torch.get_rng_state()},
+    )
+    assert os.listdir(path.parent) == ["last.pt"]
+
+    ckpt = load_checkpoint(path)
+    assert (ckpt["format"], ckpt["version"], ckpt["step"]) == ("gpt2exp-checkpoint", 1, 7)
+    assert ckpt["config"] == config
+    assert ckpt["extra"]["tokens_seen"] == 512
+    assert torch.equal(ckpt["extra"]["rng"], torch.get_rng_state())
+    restored = torch.nn.Linear(4, 3)
+    restored.load_state_dict(ckpt["model"])
+    assert torch.equal(restored.weight, model.weight)
+    restored_optimizer = torch.optim.AdamW(restored.parameters())
+    restored_optimizer.load_state_dict(ckpt["optimizer"])
+    assert restored_optimizer.param_groups[0]["weight_decay"] == 0.1
+    restored_exp_avg = restored_optimizer.state[restored.weight]["exp_avg"]
+    assert torch.equal(restored_exp_avg, optimizer.state[model.weight]["exp_avg"])
+
+
+def test_save_replaces_an_existing_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    for step in (1, 2):
+        save_checkpoint(path, model_state={}, optimizer_state=None, step=step, config={})
+    assert load_checkpoint(path)["step"] == 2
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_truncated_file_is_reported_as_corrupt(tmp_path):
+    model_state = torch.nn.Linear(4, 3).state_dict()
+    path = save_checkpoint(
+        tmp_path / "last.pt", model_state=model_state, optimizer_state=None, step=1, config={}
+    )
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match=re.escape(f"ckpt: '{path}' is corrupt or truncated")):
+        load_checkpoint(path)
+
+
+def test_missing_file_is_reported(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_foreign_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(torch.nn.Linear(4, 3).state_dict(), path)
+    with pytest.raises(UserError, match=re.escape(f"ckpt: '{path}' is not a gpt2exp checkpoint")):
+        load_checkpoint(path)
+
+
+class RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plain_pickle_dump(obj, path):
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+@pytest.mark.parametrize("dump", [torch.save, _plain_pickle_dump], ids=["torch.save", "pickle"])
+def test_pickle_that_runs_code_is_refused(tmp_path, dump):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    dump({"format": "gpt2exp-checkpoint", "version": 1, "model": RunsCodeWhenUnpickled(marker)}, path)
+    with pytest.raises(UserError, match=re.escape(f"ckpt: '{path}' is not a gpt2exp checkpoint")):
+        load_checkpoint(path)
+    assert not marker.exists()

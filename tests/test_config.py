@@ -1,0 +1,75 @@
+"""Every preset composes; wrong types, unknown keys and out-of-range values are refused."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from gpt2exp.config import check_train_config
+from gpt2exp.errors import UserError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "data", "optimizer", "decoding", "logger"])
+def test_every_preset_composes_and_passes_checks(compose_train, group):
+    for option in options(group):
+        cfg = compose_train(f"{group}={option}", "data.path=corpus.txt")
+        check_train_config(cfg)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_loader_reads_context_length_from_the_model(compose_train):
+    cfg = compose_train("model=small")
+    assert cfg.model.context_length == 1024 and cfg.data.stride == 1024
+    assert compose_train("model.context_length=64").data.stride == 64
+
+
+def test_wrong_type_fails_at_compose_time(compose_train):
+    with pytest.raises(Exception) as info:
+        compose_train("model.emb_dim=abc")
+    assert isinstance(info.value.__cause__, ValidationError)
+
+
+def test_unknown_key_fails_at_compose_time(compose_train):
+    with pytest.raises(Exception) as info:
+        compose_train("model.n_head=4")
+    assert isinstance(info.value.__cause__, ConfigAttributeError)
+
+
+def test_appended_unknown_key_is_refused(compose_train):
+    with pytest.raises(UserError, match=r"^model.n_head=4 is not allowed: unknown key"):
+        check_train_config(compose_train("+model.n_head=4"))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.n_heads=5", "model.n_heads"),
+        ("model.emb_dim=0", "model.emb_dim"),
+        ("model.drop_rate=1.0", "model.drop_rate"),
+        ("optimizer.lr=-1", "optimizer.lr"),
+        ("optimizer.betas=[0.9,1.5]", "optimizer.betas"),
+        ("optimizer.schedule=linear", "optimizer.schedule"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("trainer.eval_freq=0", "trainer.eval_freq"),
+        ("trainer.grad_clip=0", "trainer.grad_clip"),
+        ("trainer.device=tpu", "trainer.device"),
+        ("decoding.temperature=-0.5", "decoding.temperature"),
+        ("decoding.top_k=0", "decoding.top_k"),
+        ("decoding.top_k=50258", "decoding.top_k"),
+        ("decoding.top_p=1.5", "decoding.top_p"),
+        ("logger.backend=tensorboard", "logger.backend"),
+    ],
+)
+def test_out_of_range_values_name_the_key(compose_train, override, key):
+    cfg = compose_train(override)
+    with pytest.raises(UserError) as info:
+        check_train_config(cfg)
+    message = str(info.value)
+    assert message.startswith(key) and "\n" not in message

@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2exp.model import GPTConfig, GPTModel
+
+TINY = GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
+
+
+def test_small_has_openai_parameter_count():
+    model = GPTModel(GPTConfig(context_length=1024, emb_dim=768, n_heads=12, n_layers=12, qkv_bias=True))
+    assert model.num_parameters() == 124_439_808
+    assert model.out_head.weight is model.tok_emb.weight
+
+
+def test_untrained_loss_is_near_uniform():
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(context_length=128, emb_dim=128, n_heads=4, n_layers=4)).eval()
+    tokens = torch.randint(0, 50257, (4, 129))
+    with torch.no_grad():
+        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+    assert math.log(50257) - 0.2 < loss.item() < 11.0
+
+
+def test_attention_is_causal():
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    tokens = torch.randint(0, 50257, (1, 16))
+    changed = tokens.clone()
+    changed[0, 10:] = 7
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_kv_cache_matches_full_forward():
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    tokens = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        full = model(tokens)
+        first, past = model(tokens[:, :12], use_cache=True)
+        second, past = model(tokens[:, 12:15], past_kv=past, use_cache=True)
+        third, _ = model(tokens[:, 15:], past_kv=past, use_cache=True)
+    torch.testing.assert_close(torch.cat((first, second, third), dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_rejects_sequences_longer_than_the_context():
+    model = GPTModel(TINY)
+    with pytest.raises(ValueError, match="context_length=32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
