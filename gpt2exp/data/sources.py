@@ -31,6 +31,7 @@ _MIN_WORDS = 8
 _MIN_LETTER_SHARE = 0.75
 _ASCII_LETTER = re.compile(r"[A-Za-z]")
 _NON_SPACE = re.compile(r"\S")
+_BLANK_LINES = re.compile(r"\n\s*\n")
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,8 @@ def pydocs_documents() -> tuple[str, ...]:
     """English docstrings of the installed standard library, deduplicated, in file order.
 
     Files are parsed with `ast` (nothing is imported) in sorted order of their relative
-    paths; each module, class and function docstring that has at least 8 words and is
-    mostly ASCII letters is one document.
+    paths; the prose of each module, class and function docstring (paragraphs unwrapped,
+    code blocks dropped) that has at least 8 words and is mostly ASCII letters is one document.
     """
     root = sysconfig.get_paths()["stdlib"]
     files = []
@@ -90,8 +91,9 @@ def pydocs_documents() -> tuple[str, ...]:
             except (SyntaxError, ValueError):  # not Python 3 source, e.g. a leftover template
                 continue
             for docstring in _docstrings(module):
-                if _looks_like_prose(docstring):
-                    documents.setdefault(docstring)
+                text = _prose(docstring)
+                if _looks_like_prose(text):
+                    documents.setdefault(text)
     if not documents:
         raise UserError(f"data=pydocs: no standard library sources in '{root}'; use data=text with data.path")
     return tuple(documents)
@@ -118,6 +120,17 @@ def _docstrings(node):
     for child in node.body:
         if isinstance(child, _DEFINITIONS):
             yield from _docstrings(child)
+
+
+def _prose(docstring: str) -> str:
+    """The docstring's prose paragraphs, each unwrapped onto one line; indented blocks
+    (code, examples) and doctest lines are dropped."""
+    paragraphs = []
+    for paragraph in _BLANK_LINES.split(docstring):
+        lines = paragraph.splitlines()
+        if lines and not any(line[:1].isspace() or line.startswith((">>>", "...")) for line in lines):
+            paragraphs.append(" ".join(" ".join(lines).split()))
+    return "\n".join(paragraphs)
 
 
 def _looks_like_prose(text: str) -> bool:
