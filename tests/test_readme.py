@@ -1,0 +1,79 @@
+"""README's commands are the ones users type: each ``python -m gpt2exp.train`` line is run here,
+shrunk to seconds with overrides appended after it, and the set-up and test commands are
+the ones ``.ci/run`` runs."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run_folders
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+SHRINK = [*TINY, "trainer.max_steps=4", "trainer.eval_freq=2", "trainer.eval_iter=1", "logger=none"]
+
+
+def readme_commands() -> list[str]:
+    """Lines of the README's ```bash blocks, comments stripped."""
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
+    lines = (line.split("  #")[0].strip() for block in blocks for line in block.splitlines())
+    return [line for line in lines if line]
+
+
+def train_commands() -> list[list[str]]:
+    return [shlex.split(c)[3:] for c in readme_commands() if c.startswith("python -m gpt2exp.train")]
+
+
+def fake_wikitext(folder: Path) -> Path:
+    folder.mkdir()
+    article = " = Heading = \n" + " The quick brown fox jumps over the lazy dog near the river bank . \n" * 60
+    for split in ("train", "valid", "test"):
+        (folder / f"wiki.{split}.tokens").write_text(article, encoding="utf-8")
+    return folder
+
+
+def test_setup_and_test_commands_are_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = readme_commands()
+    assert 'pip install -e ".[dev]"' in commands and 'pip install --quiet -e ".[dev]"' in ci
+    assert "pytest" in commands and ci.rstrip().endswith("pytest")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", train_commands(), ids=" ".join)
+def test_readme_train_command_runs(args, run_module, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no Hugging Face cache: use local files
+    extra = []
+    if "data=wikitext2" in args:
+        extra.append(f"data.local_dir={fake_wikitext(tmp_path / 'wikitext-2')}")
+    if "data=text" in args:
+        (tmp_path / "article.txt").write_text("A short article about foxes and dogs.\n" * 200)
+    result = run_module("gpt2exp.train", *args, *SHRINK, *extra)
+    assert result.returncode == 0, result.stderr
+    for run_dir in run_folders(tmp_path):
+        assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_wikitext2_without_cache_or_files_exits_2_saying_how_to_fix(run_module, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a hub that cannot be reached, also online
+    result = run_module("gpt2exp.train", "model=small", "data=wikitext2", *SHRINK)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "not in the Hugging Face cache" in line and "data.local_dir" in line
+    assert not run_folders(tmp_path)
+
+
+@pytest.mark.slow
+def test_quickstart_learns_within_fifty_steps(run_module, tmp_path):
+    """The quickstart's own settings (nano, pydocs), cut to its first 50 steps."""
+    result = run_module(
+        "gpt2exp.train", "trainer.max_steps=50", "trainer.progress=false", "logger=none", timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_folders(tmp_path)
+    evals = [m for m in map(json.loads, (run_dir / "metrics.jsonl").open()) if "val/loss" in m]
+    assert evals[0]["val/loss"] > 10.5 and evals[-1]["val/loss"] < evals[0]["val/loss"] - 3
