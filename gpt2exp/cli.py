@@ -1,6 +1,9 @@
-"""What every Hydra entrypoint shares: user mistakes end in one line on stderr and exit 2."""
+"""What every Hydra entrypoint shares: user mistakes end in one line on stderr and exit 2; in a
+multirun a failing job is recorded in its folder and the sweep goes on; W&B run identity."""
 
 import functools
+import json
+import logging
 import os
 import shutil
 import sys
@@ -10,13 +13,17 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from gpt2exp.errors import UserError
+from gpt2exp.tracking import run_identity
 
+FAILURE_FILE = "failure.json"
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
+log = logging.getLogger("gpt2exp.cli")
 
 
 def one_line(err: BaseException) -> str:
@@ -37,21 +44,77 @@ def fail(message: str) -> None:
 
 
 def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap a Hydra task function: a ``UserError`` in a single run removes the half-made run
-    folder and exits 2 with one line; in a multirun it fails that job only."""
+    """Wrap a Hydra task function. A ``UserError`` in a single run removes the half-made run
+    folder and exits 2 with one line. In a multirun any exception fails that job only: its
+    folder gets failure.json with the error line, the job returns inf (the worst loss for a
+    sweeper) and the sweep goes on; ``FailedJobs`` reports the failures at the end."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        if multirun:
+            (run_dir / FAILURE_FILE).unlink(missing_ok=True)
         try:
             return task(cfg)
         except (UserError, OmegaConfBaseException) as err:
-            hydra_cfg = HydraConfig.get()
-            if hydra_cfg.mode == RunMode.MULTIRUN:
+            message = str(err) if isinstance(err, UserError) else one_line(err)
+            if not multirun:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                fail(message)
+            return _record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), message)
+        except Exception as err:
+            if not multirun:
                 raise
-            shutil.rmtree(Path(hydra_cfg.runtime.output_dir), ignore_errors=True)
-            fail(str(err) if isinstance(err, UserError) else one_line(err))
+            log.exception("job %s failed", hydra_cfg.job.num)
+            return _record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), one_line(err))
 
     return wrapper
+
+
+def _record_failure(run_dir: Path, job: int, overrides: list[str], message: str) -> float:
+    log.error("error: %s", message)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"status": "failed", "job": job, "overrides": overrides, "error": message}
+    (run_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return float("inf")
+
+
+class FailedJobs(Callback):
+    """At the end of a multirun: one line naming the failed jobs, and exit status 1 if any."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = [p.parent for p in sweep_dir.rglob(".hydra")]
+        failures = sorted((json.loads((job / FAILURE_FILE).read_text()) for job in jobs
+                           if (job / FAILURE_FILE).is_file()), key=lambda f: f["job"])
+        if failures:
+            numbers = ", ".join(str(f["job"]) for f in failures)
+            print(
+                f"error: {len(failures)} of {len(jobs)} jobs failed (job {numbers}; {FAILURE_FILE} in each "
+                f"job's folder under {sweep_dir}); job {failures[0]['job']}: {failures[0]['error']}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+
+
+def tracker_options(logger_cfg: DictConfig, hydra_cfg: Any = None) -> dict:
+    """`Tracker` keyword arguments from a `logger` config section and Hydra's runtime state:
+    in a multirun the group defaults to the sweep's, the name to the job's overrides, and the
+    tags gain the chosen config options (see `tracking.run_identity`)."""
+    hydra_cfg = hydra_cfg or HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    identity = run_identity(
+        group=logger_cfg.group,
+        name=logger_cfg.name,
+        tags=list(logger_cfg.tags),
+        sweep_dir=hydra_cfg.sweep.dir if multirun else None,
+        overrides=list(hydra_cfg.overrides.task) if multirun else (),
+        choices=dict(hydra_cfg.runtime.choices),
+    )
+    return {"backend": logger_cfg.backend, "mode": logger_cfg.mode, "project": logger_cfg.project,
+            "entity": logger_cfg.entity, **identity}
 
 
 def run(hydra_main: Callable[[], Any]) -> None:

@@ -39,12 +39,49 @@ def _has_api_key() -> bool:
         return False
 
 
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The W&B group of a sweep: "sweep-" + the sweep folder's last two parts, e.g.
+    outputs/multirun/2026-11-27/08-22-56 -> "sweep-2026-11-27_08-22-56"."""
+    parts = [part for part in Path(sweep_dir).parts[-2:] if part not in ("", ".", "/")]
+    return "sweep-" + "_".join(parts)
+
+
+def run_identity(
+    *,
+    group: str | None = None,
+    name: str | None = None,
+    tags: list[str] | tuple[str, ...] = (),
+    sweep_dir: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    choices: dict[str, str | None] | None = None,
+) -> dict:
+    """W&B `group`, `name` and `tags` for one run (keyword arguments for `Tracker`).
+
+    Values the user set win. Otherwise a job of a sweep (`sweep_dir` given) joins the sweep's
+    group, the name is the run's overrides ("model.context_length=64,decoding.top_k=3", without
+    `logger.*` and `hydra.*` keys), and the tags add "group:option" for every chosen config
+    option (`choices`, e.g. {"model": "nano"} -> "model:nano"; Hydra's own groups skipped).
+    """
+    if group is None and sweep_dir is not None:
+        group = sweep_group(sweep_dir)
+    if name is None:
+        name = ",".join(o for o in overrides if not _is_bookkeeping(o)) or None
+    chosen = [f"{k}:{v}" for k, v in (choices or {}).items() if v is not None and k.split("/")[0] != "hydra"]
+    return {"group": group, "name": name, "tags": list(dict.fromkeys([*tags, *chosen]))}
+
+
+def _is_bookkeeping(override: str) -> bool:
+    """Overrides of where and how a run is logged or launched, not of what it computes."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    return key.split(".")[0].split("/")[0] in ("logger", "hydra")
+
+
 def _append_jsonl(path: Path, record: dict) -> None:
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(record, default=float) + "\n")
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=float)
@@ -128,7 +165,7 @@ class Tracker:
     def summary(self, values: dict) -> None:
         """Merges `values` into the run summary and rewrites summary.json."""
         self._summary.update(values)
-        _write_json_atomic(self.run_dir / "summary.json", self._summary)
+        write_json_atomic(self.run_dir / "summary.json", self._summary)
         if self._run:
             self._run.summary.update(values)
 

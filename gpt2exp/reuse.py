@@ -1,0 +1,144 @@
+"""Train once per training config within a sweep: a model store keyed by a hash of the
+training settings, with a lock file so that parallel jobs never train the same model twice.
+
+A store entry is ``<root>/<key>/``: ``lock`` (held by the job that trains), then
+``checkpoint.pt``, ``metrics.jsonl``, ``loss.png`` and last ``trained.json`` (the owner and
+its summary), whose presence means "ready".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpt2exp.tracking import write_json_atomic
+
+NOT_TRAINING = ("decoding", "logger")
+READY_FILE = "trained.json"
+ARTIFACTS = ("checkpoint.pt", "metrics.jsonl", "loss.png")
+
+
+def training_key(resolved_config: dict) -> str:
+    """A short hash of everything in the resolved config that changes the trained model."""
+    training = {k: v for k, v in resolved_config.items() if k not in NOT_TRAINING}
+    return hashlib.sha256(json.dumps(training, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainedModel:
+    """A published model: its files in the store and who trained it."""
+
+    key: str
+    folder: Path
+    owner: dict
+    summary: dict
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "checkpoint.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.jsonl"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.folder / "loss.png"
+
+
+class Slot:
+    """What `claim` yields: `trained` is the model to reuse, or None when this job must train
+    it and then `publish` its files."""
+
+    def __init__(self, folder: Path, key: str, owner: dict, trained: TrainedModel | None):
+        self.folder, self.key, self.owner, self.trained = folder, key, owner, trained
+        self.published = False
+
+    def publish(self, *, checkpoint: Path, metrics: Path, loss_plot: Path, summary: dict) -> None:
+        for source, name in zip((checkpoint, metrics, loss_plot), ARTIFACTS):
+            link_or_copy(source, self.folder / name)
+        write_json_atomic(self.folder / READY_FILE, {"key": self.key, "owner": self.owner, "summary": summary})
+        self.published = True
+
+
+@contextlib.contextmanager
+def claim(root: str | Path, key: str, owner: dict, poll_s: float = 1.0) -> Iterator[Slot]:
+    """Wait until the model for `key` is ready (reuse it) or this process holds its lock (train it).
+
+    A job that held the lock and leaves without publishing (it failed) releases the lock, so a
+    waiting job trains in its place; a lock whose process died on this host is broken.
+    """
+    folder = Path(root) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "lock"
+    while True:
+        trained = _ready(folder, key)
+        if trained:
+            yield Slot(folder, key, owner, trained)
+            return
+        if _try_lock(lock, owner):
+            break
+        if _holder_is_dead(lock):
+            lock.unlink(missing_ok=True)
+            continue
+        time.sleep(poll_s)
+    slot = Slot(folder, key, owner, None)
+    try:
+        yield slot
+    finally:
+        if not slot.published:
+            lock.unlink(missing_ok=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (a copy across file systems), replacing any old file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
+def _ready(folder: Path, key: str) -> TrainedModel | None:
+    try:
+        record = json.loads((folder / READY_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    return TrainedModel(key=key, folder=folder, owner=record["owner"], summary=record["summary"])
+
+
+def _try_lock(lock: Path, owner: dict) -> bool:
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), **owner}, f)
+    return True
+
+
+def _holder_is_dead(lock: Path) -> bool:
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False  # gone (try again) or being written
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
