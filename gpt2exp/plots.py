@@ -30,3 +30,27 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def plot_series(series: dict, path: str | Path, *, xlabel: str, ylabel: str, xticklabels=None) -> Path:
+    """One line per `{label: (xs, ys)}` entry on shared axes, as a PNG; `xticklabels` names the
+    integer x positions of a categorical axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)), [str(x) for x in xticklabels])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if series:
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

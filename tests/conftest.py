@@ -38,12 +38,13 @@ def text_file(tmp_path) -> Path:
 
 @pytest.fixture
 def compose_train():
-    """Compose conf/train.yaml with overrides, as the entrypoint would."""
+    """Compose conf/train.yaml with overrides, as the entrypoint would (`hydra=True`: with the
+    `hydra` node: launcher, sweeper, run and sweep dirs)."""
     register_configs()
 
-    def _compose(*overrides: str) -> DictConfig:
+    def _compose(*overrides: str, hydra: bool = False) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
+            return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra)
 
     return _compose
 

@@ -8,7 +8,7 @@ from PIL import Image
 from wandb_reader import find_wandb_file, read_run
 
 from gpt2exp.errors import UserError
-from gpt2exp.tracking import Tracker, resolve_mode
+from gpt2exp.tracking import Tracker, resolve_mode, run_identity
 
 CONFIG = {"model": {"emb_dim": 64, "n_layers": 2}, "optimizer": {"lr": 4e-4}, "tags": ["nano"], "seed": 123}
 TRAIN_LOSSES = {0: 10.93, 5: 7.41, 10: 5.879, 15: 4.6123456789}
@@ -177,3 +177,32 @@ def test_resolve_mode_rejects_unknown_modes(clean_env, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(UserError, match="WANDB_MODE"):
         resolve_mode("auto")
+
+
+CHOICES = {"model": "nano", "data": "pydocs", "experiment": None, "hydra/launcher": "basic", "logger": "wandb"}
+
+
+def test_sweep_jobs_share_a_group_named_after_the_sweep():
+    identity = run_identity(sweep_dir="outputs/multirun/2026-11-27/08-22-56",
+                            overrides=["model.context_length=64"], choices=CHOICES)
+    assert identity == {
+        "group": "sweep-2026-11-27_08-22-56",
+        "name": "model.context_length=64",
+        "tags": ["model:nano", "data:pydocs", "logger:wandb"],
+    }
+
+
+def test_run_name_leaves_out_logging_and_launching_overrides():
+    overrides = ["logger.mode=offline", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "decoding.top_k=3",
+                 "+model.x=1", "logger=none", "decoding=sample"]
+    assert run_identity(sweep_dir="s", overrides=overrides)["name"] == "decoding.top_k=3,+model.x=1,decoding=sample"
+
+
+def test_values_the_user_set_win():
+    identity = run_identity(group="mine", name="run-a", tags=["x", "model:nano"], sweep_dir="a/b",
+                            overrides=["model.context_length=64"], choices=CHOICES)
+    assert identity == {"group": "mine", "name": "run-a", "tags": ["x", "model:nano", "data:pydocs", "logger:wandb"]}
+
+
+def test_single_run_has_no_group_or_name():
+    assert run_identity(choices={"model": "small"}) == {"group": None, "name": None, "tags": ["model:small"]}

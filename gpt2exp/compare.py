@@ -1,0 +1,242 @@
+"""``python -m gpt2exp.compare <sweep dir | run folders...>``: runs side by side, offline.
+
+Reads each run folder's own files (.hydra/overrides.yaml, metrics.jsonl, summary.json,
+failure.json) and writes a table (printed, compare.csv, compare.md) with one row per run,
+an overlay of the runs' validation loss against tokens seen (val_loss.png) and a chosen
+metric against a swept parameter (<metric>_vs_<param>.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+from gpt2exp.errors import UserError
+
+FIGURES = {  # table column: metrics.jsonl key (the last value logged is the final one)
+    "train_loss": "train/loss",
+    "val_loss": "val/loss",
+    "train_perplexity": "train/perplexity",
+    "val_perplexity": "val/perplexity",
+    "tokens_seen": "tokens_seen",
+    "gen/tokens_per_sec": "gen/tokens_per_sec",
+    "gen/distinct_1": "gen/distinct_1",
+    "gen/distinct_2": "gen/distinct_2",
+    "gen/repeat_4gram_rate": "gen/repeat_4gram_rate",
+    "gen/nll": "gen/nll",
+}
+DEFAULT_METRICS = ("val_loss", "gen/nll", "gen/distinct_2")
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """The run folders (those with .hydra/config.yaml) at or under `paths`, in job order."""
+    runs: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"{path}: no such folder")
+        found = [path] if (path / ".hydra" / "config.yaml").is_file() else sorted(
+            (p.parent.parent for p in path.rglob(".hydra/config.yaml")), key=_natural_key
+        )
+        if not found:
+            raise UserError(f"{path}: no run folders (with .hydra/config.yaml) in it")
+        runs.extend(p for p in found if p not in runs)
+    return runs
+
+
+def read_run(folder: str | Path, name: str | None = None) -> dict:
+    """One run as a table row: "run" (`name`, default the folder's name), "status" (ok, failed, incomplete), "error", "overrides"
+    ({key: value}), the final figures of `FIGURES`, "tokens_per_sec" (mean over the
+    training's evaluations), "reused_from" and "curve" (tokens seen, val loss pairs)."""
+    import yaml
+
+    folder = Path(folder)
+    overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
+    metrics = _read_jsonl(folder / "metrics.jsonl")
+    summary = _read_json(folder / "summary.json")
+    failure = _read_json(folder / "failure.json")
+    row = {
+        "run": name or folder.name,
+        "status": "failed" if failure else "ok" if summary else "incomplete",
+        "error": (failure or {}).get("error", ""),
+        "overrides": dict(_split_override(o) for o in overrides),
+        "reused_from": (summary or {}).get("reused_from", {}).get("job", ""),
+    }
+    for column, key in FIGURES.items():
+        values = [m[key] for m in metrics if key in m]
+        row[column] = values[-1] if values else None
+    samples = _read_jsonl(folder / "samples.jsonl")
+    row["sample"] = samples[-1]["text"] if samples else ""
+    speeds = [m["tokens_per_sec"] for m in metrics if m.get("tokens_per_sec")]
+    row["tokens_per_sec"] = sum(speeds) / len(speeds) if speeds else None
+    row["curve"] = [(m["tokens_seen"], m["val/loss"]) for m in metrics if "val/loss" in m]
+    return row
+
+
+def swept_keys(rows: list[dict]) -> list[str]:
+    """Override keys whose value is not the same in every row, in first-seen order."""
+    keys = list(dict.fromkeys(k for row in rows for k in row["overrides"]))
+    return [k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1]
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """Columns and cells: run, status, the swept overrides, the figures any row has, the last
+    sample when decoding settings are swept, the job a model was reused from, error."""
+    swept = swept_keys(rows)
+    figures = [c for c in ("train_loss", "val_loss", "train_perplexity", "val_perplexity", "tokens_per_sec",
+                           *[c for c in FIGURES if c.startswith("gen/")]) if any(r[c] is not None for r in rows)]
+    extras = [c for c in ("reused_from", "error") if any(r[c] != "" for r in rows)]
+    if any(k.startswith("decoding") for k in swept):
+        extras.insert(0, "sample")
+    columns = ["run", "status", *swept, *figures, *extras]
+    cells = [[row["overrides"].get(c, "") if c in swept else row[c] for c in columns] for row in rows]
+    return columns, cells
+
+
+def write_tables(columns: list[str], cells: list[list], out_dir: Path) -> tuple[Path, Path]:
+    """compare.csv (full precision) and compare.md (4 significant digits) in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / "compare.csv", out_dir / "compare.md"
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([columns, *[["" if v is None else v for v in row] for row in cells]])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in cells]
+    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return csv_path, md_path
+
+
+def format_table(columns: list[str], cells: list[list]) -> str:
+    """The table as aligned plain text."""
+    text = [columns, *[[_fmt(v) for v in row] for row in cells]]
+    widths = [max(len(row[i]) for row in text) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in text)
+
+
+def plot_val_curves(rows: list[dict], path: Path) -> Path:
+    """All runs' validation loss against tokens seen, one line per run."""
+    from gpt2exp.plots import plot_series
+
+    swept = swept_keys(rows)
+    series = {_label(row, swept): tuple(zip(*row["curve"])) for row in rows if row["curve"]}
+    return plot_series(series, path, xlabel="Tokens seen", ylabel="Validation loss")
+
+
+def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) -> Path:
+    """`metric` against the values of override `param`: one line per setting of the other swept
+    keys in a grid sweep, else (each setting seen once, as in an Optuna sweep) one line."""
+    from gpt2exp.plots import plot_series
+
+    others = [k for k in swept_keys(rows) if k != param]
+    points = [(row["overrides"][param], row[metric], _label(row, others)) for row in rows
+              if param in row["overrides"] and row[metric] is not None]
+    labels = [label for _, _, label in points]
+    if len(points) > 1 and any(labels.count(label) == 1 for label in labels):
+        points = [(x, y, metric) for x, y, _ in points]
+    numeric = all(_number(x) is not None for x, _, _ in points)
+    ticks = None if numeric else sorted({x for x, _, _ in points})
+    series: dict = {}
+    for x, y, label in sorted(points, key=lambda p: _number(p[0]) if numeric else p[0]):
+        xs, ys = series.setdefault(label or metric, ([], []))
+        xs.append(_number(x) if numeric else ticks.index(x))
+        ys.append(y)
+    return plot_series(series, path, xlabel=param, ylabel=metric, xticklabels=ticks)
+
+
+def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: str | None = None,
+            param: str | None = None) -> dict:
+    """Table and plots for the runs at `paths`, written to `out_dir` (default: the one folder
+    given, or the folders' common parent). Returns {"text", "rows", and the written paths}."""
+    metrics = [*FIGURES, "tokens_per_sec"]
+    if metric is not None and metric not in metrics:
+        raise UserError(f"--metric {metric}: not one of {', '.join(metrics)}")
+    runs = find_runs(paths)
+    base = Path(paths[0]) if len(paths) == 1 else _common_parent(runs)
+    rows = [read_run(folder, str(folder.resolve().relative_to(base.resolve())) if folder != base else folder.name)
+            for folder in runs]
+    out_dir = Path(out_dir) if out_dir else base
+    columns, cells = table(rows)
+    csv_path, md_path = write_tables(columns, cells, out_dir)
+    written = {"text": format_table(columns, cells), "rows": rows, "csv": csv_path, "markdown": md_path,
+               "val_loss_plot": plot_val_curves(rows, out_dir / "val_loss.png")}
+    metric = metric or next((m for m in DEFAULT_METRICS if any(r[m] is not None for r in rows)), "val_loss")
+    swept = swept_keys(rows)
+    measured = [r for r in rows if r[metric] is not None]
+    param = param or next((k for k in swept if len({r["overrides"].get(k) for r in measured}) > 1),
+                          next(iter(swept), None))
+    if param is not None:
+        if param not in swept:
+            raise UserError(f"--param {param}: not a swept override; swept: {', '.join(swept) or 'none'}")
+        name = re.sub(r"[^\w.=-]+", "_", f"{metric}_vs_{param}")
+        written["metric_plot"] = plot_metric_vs_param(rows, metric, param, out_dir / f"{name}.png")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gpt2exp.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="a sweep folder (outputs/multirun/<date>/<time>) or run folders")
+    parser.add_argument("--out", help="where to write the table and plots (default: the folder given)")
+    parser.add_argument("--metric", help="the metric to plot against --param (default: val_loss)")
+    parser.add_argument("--param", help="the swept override on the x axis (default: the first one that varies "
+                        "among the runs with the metric)")
+    args = parser.parse_args(argv)
+    try:
+        written = compare(args.paths, args.out, args.metric, args.param)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(written["text"])
+    files = [written[k] for k in ("csv", "markdown", "val_loss_plot", "metric_plot") if k in written]
+    print("wrote " + ", ".join(str(p) for p in files))
+
+
+def _label(row: dict, keys: list[str]) -> str:
+    return ",".join(f"{k}={_fmt(row['overrides'][k])}" for k in keys if k in row["overrides"]) or row["run"]
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) or (isinstance(value, str) and len(value) > 8 and _number(value) is not None):
+        return f"{float(value):.4g}"
+    return str(value).replace("\n", " ")
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _common_parent(folders: list[Path]) -> Path:
+    import os
+
+    return Path(os.path.commonpath([str(f.resolve()) for f in folders]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The comparison report over run folders written the way train and generate write them."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from gpt2exp.compare import compare, main
+from gpt2exp.errors import UserError
+
+
+def make_run(folder: Path, overrides: list[str], metrics: list[dict] = (), summary: dict | None = None,
+             failure: str | None = None) -> Path:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    if failure is not None:
+        (folder / "failure.json").write_text(json.dumps({"status": "failed", "job": 2, "error": failure}))
+    return folder
+
+
+def train_metrics(val_losses: list[float], tokens_per_step: int) -> list[dict]:
+    return [{"step": i, "train/loss": v - 0.1, "val/loss": v, "train/perplexity": 1.0, "val/perplexity": 2.0,
+             "tokens_seen": i * tokens_per_step, "tokens_per_sec": 100.0 * i} for i, v in enumerate(val_losses)]
+
+
+@pytest.fixture
+def context_sweep(tmp_path) -> Path:
+    sweep = tmp_path / "multirun" / "2026-11-27" / "08-00-00"
+    common = ["data=text", "data.path=corpus.txt"]
+    for job, context in enumerate((64, 128)):
+        make_run(sweep / str(job), [*common, f"model.context_length={context}"],
+                 train_metrics([10.0, 8.0 - job, 7.0 - job], tokens_per_step=context), summary={"steps": 2})
+    make_run(sweep / "2", [*common, "model.context_length=99999"], failure="text shorter than one window")
+    (sweep / ".trained" / "abc").mkdir(parents=True)
+    return sweep
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_one_row_per_job_with_its_swept_override_final_figures_and_failure(context_sweep):
+    written = compare([context_sweep])
+    rows = read_csv(context_sweep / "compare.csv")
+    assert [(r["run"], r["status"], r["model.context_length"]) for r in rows] == [
+        ("0", "ok", "64"), ("1", "ok", "128"), ("2", "failed", "99999")]
+    assert "data.path" not in rows[0]
+    assert [float(r["val_loss"]) for r in rows[:2]] == [7.0, 6.0] and rows[2]["val_loss"] == ""
+    assert float(rows[0]["tokens_per_sec"]) == 150.0
+    assert rows[2]["error"] == "text shorter than one window"
+    markdown = (context_sweep / "compare.md").read_text().splitlines()
+    assert markdown[0].startswith("| run | status | model.context_length |") and len(markdown) == 5
+    assert "failed" in written["text"] and "text shorter than one window" in written["text"]
+
+
+def test_plots_are_written(context_sweep):
+    written = compare([context_sweep])
+    assert written["val_loss_plot"] == context_sweep / "val_loss.png"
+    assert written["metric_plot"] == context_sweep / "val_loss_vs_model.context_length.png"
+    for path in (written["val_loss_plot"], written["metric_plot"]):
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+
+
+def test_generate_runs_show_decoding_figures(tmp_path):
+    for job, (temperature, nll) in enumerate([(0.5, 3.0), (1.5, 4.5)]):
+        make_run(tmp_path / "gen" / str(job), ["ckpt=last.pt", f"decoding.temperature={temperature}"],
+                 [{"step": 0, "gen/tokens_per_sec": 50.0, "gen/distinct_1": 0.5, "gen/distinct_2": 0.7,
+                   "gen/repeat_4gram_rate": 0.1, "gen/nll": nll}], summary={})
+    written = compare([tmp_path / "gen"], out_dir=tmp_path / "report", metric="gen/nll")
+    rows = read_csv(tmp_path / "report" / "compare.csv")
+    assert [float(r["gen/nll"]) for r in rows] == [3.0, 4.5]
+    assert {"gen/tokens_per_sec", "gen/distinct_1", "gen/distinct_2", "gen/repeat_4gram_rate"} <= set(rows[0])
+    assert "val_loss" not in rows[0]
+    assert written["metric_plot"].name == "gen_nll_vs_decoding.temperature.png"
+
+
+def test_several_run_folders_are_named_from_their_common_parent(context_sweep, tmp_path):
+    compare([context_sweep / "0", context_sweep / "1"], out_dir=tmp_path / "out")
+    assert [r["run"] for r in read_csv(tmp_path / "out" / "compare.csv")] == ["0", "1"]
+
+
+def test_bad_arguments_exit_2_with_one_line(context_sweep, tmp_path, capsys):
+    for argv in ([str(tmp_path / "nothing")], [str(context_sweep), "--metric", "bleu"],
+                 [str(context_sweep), "--param", "model.emb_dim"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(UserError, match="no run folders"):
+        compare([context_sweep / ".trained"])

@@ -1,0 +1,65 @@
+"""Every experiment, sweeper and launcher preset composes into the run it promises."""
+
+import pytest
+
+from gpt2exp.config import check_train_config
+
+
+def test_article_is_the_tutorial_run(compose_train):
+    cfg = compose_train("experiment=article", "data.path=article.txt")
+    check_train_config(cfg)
+    assert (cfg.data.source, cfg.data.path, cfg.data.batch_size) == ("text", "article.txt", 2)
+    assert cfg.model.context_length == 128 and cfg.data.stride == 128
+    assert (cfg.model.emb_dim, cfg.model.n_layers, cfg.model.n_heads) == (768, 12, 12)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("adamw", 4e-4, 0.1)
+    assert cfg.optimizer.schedule == "constant" and cfg.optimizer.warmup_steps == 0
+    assert (cfg.trainer.epochs, cfg.trainer.max_steps) == (10, None)
+    assert (cfg.trainer.eval_freq, cfg.trainer.eval_iter) == (10, 5)
+    assert cfg.trainer.start_context == "at the start of"
+    assert cfg.decoding.temperature == 0.0
+
+
+@pytest.mark.parametrize(
+    ("experiment", "params"),
+    [
+        ("decoding_sweep", {"decoding.temperature": "0.5,1.0,1.5", "decoding.top_k": "3,40"}),
+        ("context_sweep", {"model.context_length": "64,128,256"}),
+    ],
+)
+def test_sweep_presets_are_multiruns_over_their_params(compose_train, experiment, params):
+    cfg = compose_train(f"experiment={experiment}", hydra=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == params
+    check_train_config(cfg)
+
+
+def test_decoding_sweep_samples(compose_train):
+    cfg = compose_train("experiment=decoding_sweep")
+    assert cfg.decoding.temperature > 0 and cfg.decoding.top_k is not None
+
+
+def test_optuna_preset_minimises_over_its_search_space(compose_train):
+    cfg = compose_train("hparams_search=optuna", hydra=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert sweeper.n_trials >= 2 and cfg.hydra.mode.name == "MULTIRUN"
+    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "optimizer.warmup_steps"}
+    assert sweeper.search_space is None
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("joblib", "JoblibLauncher"),
+        ("submitit_local", "LocalLauncher"),
+        ("slurm", "SlurmLauncher"),
+    ],
+)
+def test_launcher_presets_compose(compose_train, launcher, target):
+    cfg = compose_train(f"hydra/launcher={launcher}", hydra=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+
+
+def test_slurm_preset_asks_for_a_gpu_per_job(compose_train):
+    launcher = compose_train("hydra/launcher=slurm", hydra=True).hydra.launcher
+    assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0

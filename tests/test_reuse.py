@@ -1,0 +1,76 @@
+"""The sweep's model store: one job trains a training config, the others wait and reuse it."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from gpt2exp.reuse import claim, training_key
+
+CONFIG = {"model": {"emb_dim": 32}, "optimizer": {"lr": 1e-3}, "decoding": {"temperature": 0.0},
+          "logger": {"mode": "offline"}, "seed": 1}
+
+
+def test_key_ignores_decoding_and_logging_only():
+    key = training_key(CONFIG)
+    assert key == training_key({**CONFIG, "decoding": {"temperature": 1.5}, "logger": {"mode": "online"}})
+    assert key != training_key({**CONFIG, "model": {"emb_dim": 64}})
+    assert key != training_key({**CONFIG, "seed": 2})
+
+
+def publish(slot, tmp_path, val_loss=1.5):
+    files = {}
+    for name in ("checkpoint", "metrics", "loss_plot"):
+        files[name] = tmp_path / f"{name}.src"
+        files[name].write_text(name)
+    slot.publish(**files, summary={"final/val_loss": val_loss})
+
+
+def test_first_job_trains_later_jobs_reuse(tmp_path):
+    store = tmp_path / ".trained"
+    with claim(store, "k", {"job": 0}) as slot:
+        assert slot.trained is None
+        publish(slot, tmp_path)
+    with claim(store, "k", {"job": 1}) as slot:
+        trained = slot.trained
+    assert trained.owner == {"job": 0} and trained.summary == {"final/val_loss": 1.5}
+    assert trained.checkpoint.read_text() == "checkpoint" and trained.metrics.read_text() == "metrics"
+    with claim(store, "other", {"job": 2}) as slot:
+        assert slot.trained is None
+
+
+def test_a_failed_training_lets_the_next_job_train(tmp_path):
+    with pytest.raises(RuntimeError), claim(tmp_path, "k", {"job": 0}) as slot:
+        assert slot.trained is None
+        raise RuntimeError("out of memory")
+    with claim(tmp_path, "k", {"job": 1}) as slot:
+        assert slot.trained is None
+
+
+def test_a_waiting_job_gets_the_model_when_it_is_published(tmp_path):
+    got = {}
+    with claim(tmp_path, "k", {"job": 0}, poll_s=0.01) as slot:
+
+        def wait():
+            with claim(tmp_path, "k", {"job": 1}, poll_s=0.01) as other:
+                got["trained"] = other.trained
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive()
+        publish(slot, tmp_path)
+    waiter.join(5)
+    assert got["trained"].owner == {"job": 0}
+
+
+def test_the_lock_of_a_dead_process_is_broken(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with claim(tmp_path, "k", {"job": 1}, poll_s=0.01) as slot:
+        assert slot.trained is None
