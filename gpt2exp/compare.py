@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -49,9 +50,10 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 
 def read_run(folder: str | Path, name: str | None = None) -> dict:
-    """One run as a table row: "run" (`name`, default the folder's name), "status" (ok, failed, incomplete), "error", "overrides"
-    ({key: value}), the final figures of `FIGURES`, "tokens_per_sec" (mean over the
-    training's evaluations), "reused_from" and "curve" (tokens seen, val loss pairs)."""
+    """One run as a table row: "run" (`name`, default the folder's name), "status" (ok, failed,
+    incomplete), "error", "overrides" ({key: value}), the final figures of `FIGURES`,
+    "tokens_per_sec" (mean over the training's evaluations), "sample" (the last one),
+    "reused_from" and "curve" (tokens seen, val loss pairs)."""
     import yaml
 
     folder = Path(folder)
@@ -155,7 +157,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
         raise UserError(f"--metric {metric}: not one of {', '.join(metrics)}")
     runs = find_runs(paths)
     base = Path(paths[0]) if len(paths) == 1 else _common_parent(runs)
-    rows = [read_run(folder, str(folder.resolve().relative_to(base.resolve())) if folder != base else folder.name)
+    rows = [read_run(folder, folder.name if folder == base else str(folder.resolve().relative_to(base.resolve())))
             for folder in runs]
     out_dir = Path(out_dir) if out_dir else base
     columns, cells = table(rows)
@@ -233,8 +235,6 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _common_parent(folders: list[Path]) -> Path:
-    import os
-
     return Path(os.path.commonpath([str(f.resolve()) for f in folders]))
 
 
