@@ -40,10 +40,9 @@ def _has_api_key() -> bool:
 
 
 def sweep_group(sweep_dir: str | Path) -> str:
-    """The W&B group of a sweep: "sweep-" + the sweep folder's last two parts, e.g.
-    outputs/multirun/2026-11-27/08-22-56 -> "sweep-2026-11-27_08-22-56"."""
-    parts = [part for part in Path(sweep_dir).parts[-2:] if part not in ("", ".", "/")]
-    return "sweep-" + "_".join(parts)
+    """The W&B group of a sweep: the sweep folder's last two parts, e.g.
+    outputs/multirun/2026-11-27/08-22-56 -> "2026-11-27_08-22-56"."""
+    return "_".join(part for part in Path(sweep_dir).parts[-2:] if part not in ("", ".", "/"))
 
 
 def run_identity(

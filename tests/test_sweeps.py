@@ -65,7 +65,7 @@ def test_context_sweep_gives_one_wandb_run_per_job_in_one_group(context_sweep):
     _, sweep_dir = context_sweep
     runs = [read_run(find_wandb_file(sweep_dir / job)) for job in ("0", "1")]
     assert runs[0]["run_id"] != runs[1]["run_id"]
-    assert {run["group"] for run in runs} == {"sweep-sweep"}
+    assert {run["group"] for run in runs} == {"sweep"}
     assert [run["name"].split(",")[-1] for run in runs] == ["model.context_length=16", "model.context_length=32"]
     assert [run["config"]["model"]["context_length"] for run in runs] == [16, 32]
     assert all({"model:nano", "data:text"} <= set(run["tags"]) for run in runs)

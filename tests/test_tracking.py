@@ -186,7 +186,7 @@ def test_sweep_jobs_share_a_group_named_after_the_sweep():
     identity = run_identity(sweep_dir="outputs/multirun/2026-11-27/08-22-56",
                             overrides=["model.context_length=64"], choices=CHOICES)
     assert identity == {
-        "group": "sweep-2026-11-27_08-22-56",
+        "group": "2026-11-27_08-22-56",
         "name": "model.context_length=64",
         "tags": ["model:nano", "data:pydocs", "logger:wandb"],
     }

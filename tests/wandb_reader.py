@@ -60,18 +60,21 @@ def _set(target: dict, item) -> None:
 def read_run(wandb_file: str | Path) -> dict:
     """The run as plain data.
 
-    Keys: "run_id", "group", "name", "tags", "history" (one dict per logged step, in order, with "_step"), "config"
-    (without W&B's own "_wandb" entry), "summary", "files" (paths relative to the run's
-    files folder), "tables" ({history key: the table's JSON, {"columns", "data"}}) and
+    Keys: "run_id", "group", "job_type", "name" (each None when not set), "tags", "history" (one
+    dict per logged step, in order, with "_step"), "config" (without W&B's own "_wandb"
+    entry), "summary", "files" (paths relative to the run's files folder), "tables" ({history key: the table's JSON, {"columns", "data"}}) and
     "exit_code" (None if the run never finished).
     """
     wandb_file = Path(wandb_file)
-    run = {"run_id": None, "group": None, "name": None, "tags": [], "history": [], "config": {}, "summary": {}, "files": [], "exit_code": None}
+    run = {"run_id": None, "group": None, "job_type": None, "name": None, "tags": [], "history": [], "config": {},
+           "summary": {}, "files": [], "exit_code": None}
     for record in iter_records(wandb_file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run["run_id"] = record.run.run_id
-            run["group"], run["name"] = record.run.run_group, record.run.display_name
+            run["group"] = record.run.run_group or None
+            run["job_type"] = record.run.job_type or None
+            run["name"] = record.run.display_name or None
             run["tags"] = list(record.run.tags)
             for item in record.run.config.update:
                 _set(run["config"], item)
