@@ -2,7 +2,7 @@
 
 Reads each run folder's own files (.hydra/overrides.yaml, metrics.jsonl, summary.json,
 failure.json) and writes a table (printed, compare.csv, compare.md) with one row per run,
-an overlay of the runs' validation loss against tokens seen (val_loss.png) and a chosen
+an overlay of the training runs' validation loss against tokens seen (val_loss.png) and a chosen
 metric against a swept parameter (<metric>_vs_<param>.png).
 """
 
@@ -162,8 +162,9 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
     out_dir = Path(out_dir) if out_dir else base
     columns, cells = table(rows)
     csv_path, md_path = write_tables(columns, cells, out_dir)
-    written = {"text": format_table(columns, cells), "rows": rows, "csv": csv_path, "markdown": md_path,
-               "val_loss_plot": plot_val_curves(rows, out_dir / "val_loss.png")}
+    written = {"text": format_table(columns, cells), "rows": rows, "csv": csv_path, "markdown": md_path}
+    if any(row["curve"] for row in rows):
+        written["val_loss_plot"] = plot_val_curves(rows, out_dir / "val_loss.png")
     metric = metric or next((m for m in DEFAULT_METRICS if any(r[m] is not None for r in rows)), "val_loss")
     swept = swept_keys(rows)
     measured = [r for r in rows if r[metric] is not None]

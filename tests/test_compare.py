@@ -81,6 +81,7 @@ def test_generate_runs_show_decoding_figures(tmp_path):
     assert {"gen/tokens_per_sec", "gen/distinct_1", "gen/distinct_2", "gen/repeat_4gram_rate"} <= set(rows[0])
     assert "val_loss" not in rows[0]
     assert written["metric_plot"].name == "gen_nll_vs_decoding.temperature.png"
+    assert "val_loss_plot" not in written and not (tmp_path / "report" / "val_loss.png").exists()
 
 
 def test_several_run_folders_are_named_from_their_common_parent(context_sweep, tmp_path):

@@ -140,3 +140,21 @@ def test_optuna_sweep_minimises_the_final_val_loss(run_module, tmp_path, corpus)
     assert lrs[0] != lrs[1]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(losses))
+
+
+def test_compare_on_a_generate_sweep(run_module, tmp_path, corpus):
+    pytest.importorskip("gpt2exp.generate")
+    trained = run_module("gpt2exp.train", *FAST, "data=text", f"data.path={corpus}", "logger=none",
+                         "hydra.run.dir=trained", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    result = run_module("gpt2exp.generate", "-m", "ckpt=trained", "decoding.temperature=0.5,1.5",
+                        "decoding.max_new_tokens=4", "logger=none", "hydra.sweep.dir=gen", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = run_module("gpt2exp.compare", str(tmp_path / "gen"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    with (tmp_path / "gen" / "compare.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["status"], r["decoding.temperature"]) for r in rows] == [("ok", "0.5"), ("ok", "1.5")]
+    for key in ("gen/tokens_per_sec", "gen/distinct_1", "gen/distinct_2", "gen/repeat_4gram_rate", "gen/nll"):
+        assert all(r[key] != "" for r in rows)
+    assert (tmp_path / "gen" / "gen_nll_vs_decoding.temperature.png").stat().st_size > 0
