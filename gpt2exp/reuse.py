@@ -98,6 +98,19 @@ def claim(root: str | Path, key: str, owner: dict, poll_s: float = 1.0) -> Itera
             lock.unlink(missing_ok=True)
 
 
+def adopt(trained: TrainedModel, run_dir: Path, tracker) -> dict:
+    """Make `run_dir` a complete folder of the trained model: its training metrics logged again
+    through `tracker` (metrics.jsonl and W&B history), its checkpoint and loss plot linked in
+    (checkpoints/last.pt, loss.png). Returns its summary plus `reused_from` (job, run folder)."""
+    for line in trained.metrics.read_text(encoding="utf-8").splitlines():
+        metrics = json.loads(line)
+        tracker.log_metrics(metrics, step=metrics.pop("step"))
+    link_or_copy(trained.checkpoint, run_dir / "checkpoints" / "last.pt")
+    link_or_copy(trained.loss_plot, run_dir / "loss.png")
+    tracker.log_image("loss_plot", run_dir / "loss.png")
+    return {**trained.summary, "reused_from": {"job": trained.owner["job"], "run_dir": trained.owner["run_dir"]}}
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """`target` becomes a hard link to `source` (a copy across file systems), replacing any old file."""
     target.parent.mkdir(parents=True, exist_ok=True)

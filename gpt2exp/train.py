@@ -5,7 +5,6 @@ trained model: the first trains it, the others reuse it and only sample (see `re
 """
 
 import contextlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -172,29 +171,21 @@ def _train_model(cfg: DictConfig, resolved: dict, run_dir: Path, tracker) -> dic
 
 
 def _reuse_model(cfg: DictConfig, resolved: dict, trained, run_dir: Path, tracker) -> dict:
-    """Another job of this sweep trained this very model: take its checkpoint, metrics and loss
-    plot into this run and only sample with this job's decoding settings."""
+    """Another job of this sweep trained this very model: adopt its files into this run and
+    only sample with this job's decoding settings."""
     from gpt2exp.checkpoint import load_checkpoint
     from gpt2exp.model import GPTConfig, GPTModel
     from gpt2exp.trainer import resolve_device
 
-    owner_job = trained.owner["job"]
-    log.info("reusing the model trained by job %s (config hash %s, %s)", owner_job, trained.key,
+    log.info("reusing the model trained by job %s (config hash %s, %s)", trained.owner["job"], trained.key,
              trained.owner["run_dir"])
-    for line in trained.metrics.read_text(encoding="utf-8").splitlines():
-        metrics = json.loads(line)
-        tracker.log_metrics(metrics, step=metrics.pop("step"))
-    checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    reuse.link_or_copy(trained.checkpoint, checkpoint_path)
-    reuse.link_or_copy(trained.loss_plot, run_dir / "loss.png")
-    tracker.log_image("loss_plot", run_dir / "loss.png")
-
+    summary = reuse.adopt(trained, run_dir, tracker)
     device = resolve_device(cfg.trainer.device)
-    checkpoint = load_checkpoint(checkpoint_path, map_location=device)
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
     model = GPTModel(GPTConfig(**resolved["model"])).to(device)
     model.load_state_dict(checkpoint["model"])
     _sampler(cfg, resolved, model, tracker, device)(checkpoint["step"], None)
-    return {**trained.summary, "reused_from": {"job": owner_job, "run_dir": trained.owner["run_dir"]}}
+    return summary
 
 
 def _sampler(cfg: DictConfig, resolved: dict, model, tracker, device):

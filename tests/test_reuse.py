@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from gpt2exp.reuse import claim, training_key
+from gpt2exp.reuse import adopt, claim, training_key
+from gpt2exp.tracking import Tracker
 
 CONFIG = {"model": {"emb_dim": 32}, "optimizer": {"lr": 1e-3}, "decoding": {"temperature": 0.0},
           "logger": {"mode": "offline"}, "seed": 1}
@@ -74,3 +75,20 @@ def test_the_lock_of_a_dead_process_is_broken(tmp_path):
     (tmp_path / "k" / "lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     with claim(tmp_path, "k", {"job": 1}, poll_s=0.01) as slot:
         assert slot.trained is None
+
+
+def test_adopting_a_model_completes_the_run_folder(tmp_path):
+    metrics = [{"step": 0, "val/loss": 10.0}, {"step": 5, "val/loss": 7.0}]
+    with claim(tmp_path / "store", "k", {"job": 0, "run_dir": "sweep/0"}) as slot:
+        sources = {name: tmp_path / name for name in ("checkpoint", "loss_plot")}
+        for path in sources.values():
+            path.write_bytes(b"x")
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+        slot.publish(**sources, metrics=tmp_path / "metrics.jsonl", summary={"final/val_loss": 7.0})
+    with claim(tmp_path / "store", "k", {"job": 1}) as slot:
+        run_dir = tmp_path / "sweep" / "1"
+        with Tracker(run_dir, config={}, backend="none") as tracker:
+            summary = adopt(slot.trained, run_dir, tracker)
+    assert summary == {"final/val_loss": 7.0, "reused_from": {"job": 0, "run_dir": "sweep/0"}}
+    assert [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == metrics
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == b"x" and (run_dir / "loss.png").is_file()
