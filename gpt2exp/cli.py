@@ -68,7 +68,8 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
             if not multirun:
                 raise
             log.exception("job %s failed", hydra_cfg.job.num)
-            return _record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), one_line(err))
+            message = f"{type(err).__name__}: {one_line(err)}"
+            return _record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), message)
 
     return wrapper
 
