@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -57,15 +58,27 @@ def _set(target: dict, item) -> None:
     target[keys[-1]] = json.loads(item.value_json)
 
 
-def read_run(wandb_file: str | Path) -> dict:
-    """The run as plain data.
+def read_run(wandb_file: str | Path, timeout_s: float = 60.0) -> dict:
+    """The run as plain data, once its exit record is on disk (W&B's service process writes
+    the file asynchronously, so a run finished in this process may still be flushing).
 
     Keys: "run_id", "group", "job_type", "name" (each None when not set), "tags", "history" (one
     dict per logged step, in order, with "_step"), "config" (without W&B's own "_wandb"
     entry), "summary", "files" (paths relative to the run's files folder), "tables" ({history key: the table's JSON, {"columns", "data"}}) and
     "exit_code" (None if the run never finished).
     """
-    wandb_file = Path(wandb_file)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            run = _parse_run(Path(wandb_file))
+        except AssertionError:  # a chunk still being written
+            run = None
+        if (run and run["exit_code"] is not None) or time.monotonic() > deadline:
+            return run or _parse_run(Path(wandb_file))
+        time.sleep(0.2)
+
+
+def _parse_run(wandb_file: Path) -> dict:
     run = {"run_id": None, "group": None, "job_type": None, "name": None, "tags": [], "history": [], "config": {},
            "summary": {}, "files": [], "exit_code": None}
     for record in iter_records(wandb_file):
