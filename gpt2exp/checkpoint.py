@@ -1,10 +1,19 @@
-"""Checkpoints: written atomically, read back with `torch.load(weights_only=True)` only."""
+"""Checkpoints: written atomically, read back with `torch.load(weights_only=True)` only.
+
+A run's checkpoint folder holds `step-<step>.pt` files (the newest `keep_last` are kept),
+`last.pt` (the newest) and `best.pt` (the lowest val loss); the last two are hard links
+(or copies, where links are not possible), replaced atomically.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import re
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -13,6 +22,9 @@ from gpt2exp.errors import UserError
 
 FORMAT = "gpt2exp-checkpoint"
 VERSION = 1
+_STEP_FILE = re.compile(r"step-(\d+)\.pt")
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(
@@ -49,12 +61,62 @@ def save_checkpoint(
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def step_checkpoints(folder: str | Path) -> list[Path]:
+    """The folder's `step-<step>.pt` files, oldest step first."""
+    folder = Path(folder)
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := _STEP_FILE.fullmatch(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def save_step_checkpoint(folder: str | Path, *, step: int, keep_last: int, **payload) -> Path:
+    """Save `folder/step-<step>.pt` (see `save_checkpoint` for `payload`), point `last.pt` at it
+    and delete all but the newest `keep_last` step files."""
+    folder = Path(folder)
+    path = save_checkpoint(folder / f"step-{step:08d}.pt", step=step, **payload)
+    link_checkpoint(path, folder / "last.pt")
+    for old in step_checkpoints(folder)[:-keep_last]:
+        old.unlink(missing_ok=True)
     return path
+
+
+def link_checkpoint(source: Path, target: Path) -> None:
+    """Make `target` the same file as `source` (a hard link, else a copy), atomically."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp_name)
+    try:
+        try:
+            os.link(source, tmp_name)
+        except OSError:
+            shutil.copyfile(source, tmp_name)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def load_latest_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
+    """The newest step checkpoint in `folder` that loads; a corrupt or truncated one is skipped
+    with a warning and the one before it tried. None when there is no usable one."""
+    for path in reversed(step_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path)
+        except UserError as err:
+            log.warning("%s; falling back to the checkpoint before it", err)
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -66,10 +128,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"ckpt: '{path}' does not exist or is not a file")
     try:
+        _check_crcs(path)
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"ckpt: '{path}' is not a gpt2exp checkpoint") from None
-    except (RuntimeError, EOFError):
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, UnicodeDecodeError, zipfile.BadZipFile):
         raise UserError(f"ckpt: '{path}' is corrupt or truncated") from None
     except OSError as e:
         raise UserError(f"ckpt: '{path}' cannot be read ({e.strerror})") from None
@@ -79,3 +142,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         version = payload.get("version")
         raise UserError(f"ckpt: '{path}' has format version {version!r}; this gpt2exp reads {VERSION}")
     return payload
+
+
+def _check_crcs(path: Path) -> None:
+    """Raise `zipfile.BadZipFile` when a record of the checkpoint's zip archive fails its CRC
+    (torch.load itself does not check them, so a flipped bit would load silently)."""
+    if not zipfile.is_zipfile(path):
+        return  # not torch's zip format: torch.load reports what it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except OSError as err:  # a damaged directory points outside the file
+        raise zipfile.BadZipFile(str(err)) from None
+    if bad is not None:
+        raise zipfile.BadZipFile(f"bad CRC in {bad}")

@@ -27,20 +27,28 @@ log = logging.getLogger("gpt2exp.cli")
 
 
 def one_line(err: BaseException) -> str:
-    """An exception and its cause as one line, without OmegaConf's key/type trailer."""
-    parts = []
+    """An exception and its cause as one line, without OmegaConf's key/type trailer; the
+    config key it concerns leads when the text does not name it."""
+    parts, key = [], None
     while err is not None and len(parts) < 2:
         lines = [line.strip() for line in str(err).splitlines()]
         text = " ".join(line for line in lines if line and not line.startswith(_NOISE))
         if text and text not in parts:
             parts.append(text.rstrip(".") if err.__cause__ else text)
+        key = key or getattr(err, "full_key", None)
         err = err.__cause__
-    return ": ".join(parts)
+    message = ": ".join(parts)
+    return message if not key or key in message else f"{key}: {message}"
 
 
-def fail(message: str) -> None:
+def fail(message: str, status: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
+
+
+def error_message(err: BaseException) -> str:
+    """The one line an entrypoint prints for a user mistake (after "error: ")."""
+    return str(err) if isinstance(err, UserError) else one_line(err)
 
 
 def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
@@ -59,7 +67,7 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
         try:
             return task(cfg)
         except (UserError, OmegaConfBaseException) as err:
-            message = str(err) if isinstance(err, UserError) else one_line(err)
+            message = error_message(err)
             if not multirun:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 fail(message)
@@ -124,4 +132,4 @@ def run(hydra_main: Callable[[], Any]) -> None:
     try:
         hydra_main()
     except (HydraException, OmegaConfBaseException, UserError) as err:
-        fail(one_line(err))
+        fail(error_message(err))

@@ -5,6 +5,10 @@ config's defaults list, so a wrong type or an unknown key fails at compose time.
 ``check_*`` functions raise ``UserError`` with one line naming the key and what is allowed.
 """
 
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -87,6 +91,10 @@ class TrainerConfig:
     grad_clip: Optional[float] = 1.0
     device: str = "auto"
     progress: bool = True
+    checkpoint_freq: int = II("trainer.eval_freq")
+    keep_last: int = 2
+    resume: Optional[str] = None
+    skip_nonfinite: bool = False
 
 
 @dataclass
@@ -115,6 +123,12 @@ def _positive(section: Any, prefix: str, *keys: str) -> None:
         _require(value >= 1, f"{prefix}.{key}", value, "must be an integer >= 1")
 
 
+def check_data(data: Any) -> None:
+    _positive(data, "data", "batch_size", "stride")
+    _require(0 < data.train_ratio < 1, "data.train_ratio", data.train_ratio, "must be between 0 and 1 (exclusive)")
+    _require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be >= 0")
+
+
 def check_model(model: Any) -> None:
     _positive(model, "model", "context_length", "emb_dim", "n_heads", "n_layers")
     _require(
@@ -127,20 +141,42 @@ def check_model(model: Any) -> None:
     _require(0.0 <= model.drop_rate < 1.0, "model.drop_rate", model.drop_rate, "must be in [0, 1)")
 
 
+def model_parameters(model: Any) -> int:
+    """GPT-2's parameter count for these settings (tied embeddings, as `GPTModel` builds it)."""
+    emb, bias = model.emb_dim, 3 * model.emb_dim if model.qkv_bias else 0
+    per_layer = 12 * emb * emb + 10 * emb + bias
+    return (model.vocab_size + model.context_length) * emb + model.n_layers * per_layer + 2 * emb
+
+
+def check_fits_in_memory(model: Any) -> None:
+    """The fp32 weights are built in host memory first: refuse a model larger than the machine's."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    weights = 4 * model_parameters(model)
+    if weights > total:
+        raise UserError(
+            f"model: {model_parameters(model):,} parameters need {weights / 1e9:,.0f} GB for their weights alone, "
+            f"more than this machine's {total / 1e9:,.0f} GB; lower model.emb_dim, model.n_layers, "
+            "model.context_length or model.vocab_size"
+        )
+
+
 def check_optimizer(opt: Any) -> None:
     _require(opt.name == "adamw", "optimizer.name", opt.name, "must be 'adamw'")
-    _require(opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
-    _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
+    _require(0 < opt.lr < math.inf, "optimizer.lr", opt.lr, "must be > 0 and finite")
+    _require(0 <= opt.weight_decay < math.inf, "optimizer.weight_decay", opt.weight_decay, "must be >= 0 and finite")
     betas = list(opt.betas)
     _require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optimizer.betas", betas, "two values in [0, 1)")
-    _require(opt.eps > 0, "optimizer.eps", opt.eps, "must be > 0")
+    _require(0 < opt.eps < math.inf, "optimizer.eps", opt.eps, "must be > 0 and finite")
     _require(opt.schedule in ("constant", "cosine"), "optimizer.schedule", opt.schedule, "one of constant, cosine")
     _require(opt.warmup_steps >= 0, "optimizer.warmup_steps", opt.warmup_steps, "must be >= 0")
     _require(0 <= opt.min_lr_ratio <= 1, "optimizer.min_lr_ratio", opt.min_lr_ratio, "must be in [0, 1]")
 
 
 def check_decoding(dec: Any, vocab_size: int = VOCAB_SIZE) -> None:
-    _require(dec.temperature >= 0, "decoding.temperature", dec.temperature, "must be >= 0 (0 means greedy)")
+    _require(
+        0 <= dec.temperature < math.inf, "decoding.temperature", dec.temperature, "must be >= 0 and finite (0 is greedy)"
+    )
+    _require(0 <= dec.seed < 2**63, "decoding.seed", dec.seed, "must be in [0, 2**63)")
     if dec.top_k is not None:
         _require(1 <= dec.top_k <= vocab_size, "decoding.top_k", dec.top_k, f"must be in [1, {vocab_size}] or null")
     if dec.top_p is not None:
@@ -157,19 +193,23 @@ def check_logger(logger: Any) -> None:
 
 
 def check_trainer(trainer: Any) -> None:
-    _positive(trainer, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum")
+    _positive(trainer, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "checkpoint_freq", "keep_last")
     for key in ("max_steps", "sample_freq"):
         if trainer[key] is not None:
             _require(trainer[key] >= 1, f"trainer.{key}", trainer[key], "must be an integer >= 1 or null")
     if trainer.grad_clip is not None:
-        _require(trainer.grad_clip > 0, "trainer.grad_clip", trainer.grad_clip, "must be > 0 or null")
+        clip = trainer.grad_clip
+        _require(0 < clip < math.inf, "trainer.grad_clip", clip, "must be > 0 and finite, or null")
+    _require(trainer.start_context != "", "trainer.start_context", trainer.start_context, "must not be empty")
     device = trainer.device
     _require(
-        device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),
+        re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device) is not None,
         "trainer.device",
         device,
         "one of auto, cpu, cuda, cuda:N, mps",
     )
+    if trainer.resume is not None:
+        _require(trainer.resume.strip() != "", "trainer.resume", trainer.resume, "a run folder, auto, or null")
 
 
 def check_known_keys(cfg: Any, schema: type) -> None:
@@ -182,10 +222,24 @@ def check_known_keys(cfg: Any, schema: type) -> None:
             _require(key in allowed, f"{section.name}.{key}", cfg[section.name][key], "unknown key")
 
 
+def check_no_nul(cfg: Any, prefix: str = "") -> None:
+    """Refuse a NUL character in any string (no path or name can hold one)."""
+    for key, value in cfg.items():
+        if isinstance(value, Mapping):
+            check_no_nul(value, f"{prefix}{key}.")
+            continue
+        items = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+        has_nul = any(isinstance(item, str) and "\x00" in item for item in items)
+        _require(not has_nul, f"{prefix}{key}", value, "must not contain a NUL character")
+
+
 def check_train_config(cfg: Any) -> None:
     """All range checks for a training run; data-dependent checks happen when the data loads."""
     check_known_keys(cfg, TrainConfig)
-    check_model(cfg.model)
+    check_no_nul(cfg)
+    _require(0 <= cfg.seed < 2**63, "seed", cfg.seed, "must be in [0, 2**63)")
+    check_model(cfg.model)  # before data: data.stride follows model.context_length
+    check_data(cfg.data)
     check_optimizer(cfg.optimizer)
     check_decoding(cfg.decoding, cfg.model.vocab_size)
     check_logger(cfg.logger)

@@ -80,6 +80,19 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record, default=float) + "\n")
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    """The file's records; a missing file is empty and a torn last line (a killed run) is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
@@ -106,7 +119,9 @@ class Tracker:
         name: str | None = None,
         job_type: str = "train",
         notes: str | None = None,
+        run_id: str | None = None,
     ):
+        """`run_id` continues that W&B run (a resumed training run) instead of starting one."""
         if backend not in BACKENDS:
             raise UserError(f"logger.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
         self.run_dir = Path(run_dir)
@@ -130,6 +145,8 @@ class Tracker:
                 job_type=job_type,
                 notes=notes,
                 mode=self.mode,
+                id=run_id,
+                resume="allow" if run_id else None,
                 reinit="finish_previous",
                 settings=wandb.Settings(quiet=True, console="off"),
             )
@@ -141,6 +158,16 @@ class Tracker:
     @property
     def url(self) -> str | None:
         return self._run.url if self._run and self.mode == "online" else None
+
+    def carry_over(self, previous_run_dir: str | Path, up_to_step: int) -> None:
+        """Copy the metrics and samples that `previous_run_dir` logged up to `up_to_step` into this
+        run folder (a resumed run's folder then holds the whole curve); W&B already has them."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            records = [r for r in _read_jsonl(Path(previous_run_dir) / name) if r.get("step", 0) <= up_to_step]
+            for record in records:
+                _append_jsonl(self.run_dir / name, record)
+            if name == "samples.jsonl":
+                self._samples.extend(records)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """One line `{"step": step, **metrics}` in metrics.jsonl, and the same values at `step` in W&B."""

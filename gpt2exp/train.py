@@ -1,4 +1,4 @@
-"""``python -m gpt2exp.train``: compose a run from config, train, log, checkpoint.
+"""``python -m gpt2exp.train``: compose a run from config, train, log, checkpoint, resume.
 
 In a multirun, jobs whose training settings are identical (a decoding sweep) share one
 trained model: the first trains it, the others reuse it and only sample (see `reuse`).
@@ -7,7 +7,10 @@ trained model: the first trains it, the others reuse it and only sample (see `re
 import contextlib
 import logging
 import math
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,34 +18,71 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gpt2exp import cli, reuse
-from gpt2exp.config import check_train_config, register_configs
+from gpt2exp.config import check_fits_in_memory, check_train_config, register_configs
 from gpt2exp.errors import UserError
 
 log = logging.getLogger("gpt2exp.train")
 register_configs()
 
 
+@dataclass
+class RunPlan:
+    """A run whose inputs all checked out: its config, device, data, length and resume point."""
+
+    resolved: dict
+    device: Any
+    data: Any
+    total_steps: int
+    resume: Any
+
+
+def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
+    """Check everything a user can get wrong (config, resume folder, data, model size) before
+    a model is built or a file is written; raises UserError (or a config error) naming the key."""
+    from gpt2exp.resume import find_resume_point
+    from gpt2exp.trainer import resolve_device
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check_train_config(cfg)
+    check_fits_in_memory(cfg.model)
+    device = resolve_device(cfg.trainer.device)
+    resume = find_resume_point(cfg.trainer.resume, resolved, run_dir=run_dir, root=outputs_root)
+    data = _load_data(cfg)
+    grad_accum = cfg.trainer.grad_accum
+    steps_per_epoch = len(data.train_loader) // grad_accum
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"trainer.grad_accum={grad_accum} is more than the {len(data.train_loader)} "
+            "training batches of an epoch; lower it or data.batch_size"
+        )
+    total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
+    return RunPlan(resolved, device, data, total_steps, resume)
+
+
 def train(cfg: DictConfig) -> float:
-    """Train the configured model (or reuse the sweep's identical one); returns the final
-    validation loss (for sweepers)."""
+    """Train the configured model (or resume it, or reuse the sweep's identical one); returns
+    the final validation loss (for sweepers)."""
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from gpt2exp.tracking import Tracker
 
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    check_train_config(cfg)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     torch.manual_seed(cfg.seed)
+    plan = plan_run(cfg, run_dir, _outputs_root(hydra_cfg, run_dir))
+    options = cli.tracker_options(cfg.logger, hydra_cfg)
+    wandb_run = plan.resume.checkpoint["extra"].get("wandb", {}) if plan.resume else {}
+    if wandb_run.get("run_id"):  # continue that W&B run; offline, its group links the parts too
+        options["group"] = options["group"] or wandb_run.get("group") or wandb_run["run_id"]
 
-    with _model_slot(hydra_cfg, resolved, run_dir) as slot, logging_redirect_tqdm(), Tracker(
-        run_dir, config=resolved, **cli.tracker_options(cfg.logger, hydra_cfg)
+    with _model_slot(hydra_cfg, plan.resolved, run_dir) as slot, logging_redirect_tqdm(), Tracker(
+        run_dir, config=plan.resolved, run_id=wandb_run.get("run_id"), **options
     ) as tracker:
         if slot and slot.trained:
-            summary = _reuse_model(cfg, resolved, slot.trained, run_dir, tracker)
+            summary = _reuse_model(cfg, plan.resolved, slot.trained, run_dir, tracker)
         else:
-            summary = _train_model(cfg, resolved, run_dir, tracker)
+            summary = _train_model(cfg, plan, run_dir, tracker, options["group"])
             if slot:
                 summary["config_hash"] = slot.key
                 slot.publish(checkpoint=run_dir / "checkpoints" / "last.pt", metrics=run_dir / "metrics.jsonl",
@@ -59,53 +99,96 @@ def _model_slot(hydra_cfg, resolved: dict, run_dir: Path):
     return reuse.claim(Path(hydra_cfg.sweep.dir) / ".trained", reuse.training_key(resolved), owner)
 
 
-def _train_model(cfg: DictConfig, resolved: dict, run_dir: Path, tracker) -> dict:
-    """The tutorial's run: data, model, AdamW, the loop, the loss plot and the checkpoint."""
-    from gpt2exp.checkpoint import save_checkpoint
-    from gpt2exp.data import build_data, eval_batches
-    from gpt2exp.model import GPTConfig, GPTModel
-    from gpt2exp.plots import plot_losses
-    from gpt2exp.trainer import lr_multiplier, make_optimizer, resolve_device, train_model
+def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_group: str | None) -> dict:
+    """The tutorial's run (model, AdamW, the loop, the loss plot, checkpoints), from the
+    plan's resume point if any. SIGINT/SIGTERM save a checkpoint and exit 130/143 saying how
+    to resume; a non-finite loss exits 1 naming the step (a multirun fails that job only)."""
+    from gpt2exp.data import eval_batches
+    from gpt2exp.interrupt import GracefulStop
+    from gpt2exp.resume import resume_command
+    from gpt2exp.rng import restore_rng_state
+    from gpt2exp.trainer import NonFiniteLoss, TrainState, lr_multiplier, train_model
 
-    trainer_cfg, data_cfg = cfg.trainer, cfg.data
-    device = resolve_device(trainer_cfg.device)
-    data = build_data(
-        source=data_cfg.source,
-        path=data_cfg.path,
-        name=data_cfg.name,
-        local_dir=data_cfg.local_dir,
-        train_ratio=data_cfg.train_ratio,
-        batch_size=data_cfg.batch_size,
-        context_length=cfg.model.context_length,
-        stride=data_cfg.stride,
-        cache_dir=Path(data_cfg.cache_dir).expanduser(),
-        shuffle=data_cfg.shuffle,
-        drop_last=data_cfg.drop_last,
-        num_workers=data_cfg.num_workers,
-        seed=cfg.seed,
-    )
-    steps_per_epoch = len(data.train_loader) // trainer_cfg.grad_accum
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"trainer.grad_accum={trainer_cfg.grad_accum} is more than the {len(data.train_loader)} "
-            "training batches of an epoch; lower it or data.batch_size"
-        )
-    total_steps = trainer_cfg.max_steps or trainer_cfg.epochs * steps_per_epoch
-
-    model = GPTModel(GPTConfig(**resolved["model"])).to(device)
-    opt_cfg = cfg.optimizer
-    optimizer = make_optimizer(
-        model, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, betas=opt_cfg.betas, eps=opt_cfg.eps
-    )
+    trainer_cfg, opt_cfg, data, total_steps = cfg.trainer, cfg.optimizer, plan.data, plan.total_steps
+    model, optimizer = _build_model(cfg, plan.resolved, plan.device)
     log.info(
         "model %s parameters on %s | data %s: %d train / %d val tokens | %d steps | run folder %s",
-        f"{model.num_parameters():,}", device, data_cfg.source, data.train_tokens, data.val_tokens,
+        f"{model.num_parameters():,}", plan.device, cfg.data.source, data.train_tokens, data.val_tokens,
         total_steps, run_dir,
     )
-    history: list = []
+    state = TrainState()
+    if plan.resume is not None:
+        state = _restore(plan.resume, model, optimizer)
+        tracker.carry_over(plan.resume.run_dir, state.step)
+    hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, run_dir, wandb_group,
+                     last_checkpoint=plan.resume.path if plan.resume is not None else None)
+    with GracefulStop() as stop:
+        if plan.resume is not None:
+            restore_rng_state(plan.resume.checkpoint["extra"]["rng"])
+        try:
+            state = train_model(
+                model, optimizer, data.train_loader,
+                train_eval_batches=eval_batches(data.train_loader.dataset, num_batches=trainer_cfg.eval_iter,
+                                                batch_size=cfg.data.batch_size),
+                val_eval_batches=eval_batches(data.val_loader.dataset, num_batches=trainer_cfg.eval_iter,
+                                              batch_size=cfg.data.batch_size),
+                device=plan.device,
+                total_steps=total_steps,
+                eval_freq=trainer_cfg.eval_freq,
+                state=state,
+                grad_accum=trainer_cfg.grad_accum,
+                grad_clip=trainer_cfg.grad_clip,
+                skip_nonfinite=trainer_cfg.skip_nonfinite,
+                lr_at=lambda step: lr_multiplier(
+                    step, total_steps=total_steps, warmup_steps=opt_cfg.warmup_steps,
+                    schedule=opt_cfg.schedule, min_lr_ratio=opt_cfg.min_lr_ratio,
+                ),
+                sample_freq=trainer_cfg.sample_freq,
+                checkpoint_freq=trainer_cfg.checkpoint_freq,
+                on_eval=hooks.on_eval,
+                on_step=lambda step, metrics: tracker.log_metrics(metrics, step=step),
+                on_sample=_sampler(cfg, plan.resolved, model, tracker, plan.device),
+                on_checkpoint=hooks.on_checkpoint,
+                should_stop=stop.requested,
+                progress=trainer_cfg.progress,
+            )
+        except NonFiniteLoss as err:
+            tracker.finish(exit_code=1)
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise
+            cli.fail(f"{err}; last good checkpoint: {hooks.last_checkpoint or 'none yet'}; lower optimizer.lr, "
+                     "or set trainer.skip_nonfinite=true to skip such steps", status=1)
+    if stop.requested():
+        tracker.finish(exit_code=stop.exit_code)
+        command = resume_command(list(HydraConfig.get().overrides.task), run_dir)
+        print(f"interrupted at step {state.step}; resume with: {command}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    hooks.plot(state)
+    final = state.final
+    log.info("done: val loss %.3f (first %.3f) | checkpoint %s", final.val_loss, state.history[0].val_loss,
+             hooks.last_checkpoint)
+    return {
+        "final/train_loss": final.train_loss,
+        "final/val_loss": final.val_loss,
+        "final/val_perplexity": _perplexity(final.val_loss),
+        "best/val_loss": state.best_val_loss,
+        "steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "skipped_nonfinite": state.skipped_nonfinite,
+    }
 
-    def on_eval(point, extra):
-        history.append(point)
+
+class RunHooks:
+    """What the training loop calls back into besides sampling: eval logging, checkpoints,
+    and the loss plot at the end."""
+
+    def __init__(self, cfg, resolved, model, optimizer, tracker, run_dir: Path, wandb_group: str | None,
+                 last_checkpoint: Path | None = None):
+        self.cfg, self.resolved, self.model, self.optimizer, self.tracker = cfg, resolved, model, optimizer, tracker
+        self.run_dir, self.wandb_group, self.last_checkpoint = run_dir, wandb_group, last_checkpoint
+        self.checkpoint_dir = run_dir / "checkpoints"
+
+    def on_eval(self, point, extra) -> None:
         metrics = {
             "train/loss": point.train_loss,
             "val/loss": point.val_loss,
@@ -115,59 +198,47 @@ def _train_model(cfg: DictConfig, resolved: dict, run_dir: Path, tracker) -> dic
             "epoch": point.epoch,
             **extra,
         }
-        tracker.log_metrics(metrics, step=point.step)
+        self.tracker.log_metrics(metrics, step=point.step)
         log.info(
             "step %5d | epoch %.2f | train loss %.3f ppl %.1f | val loss %.3f ppl %.1f | %s tokens | %.0f tok/s",
             point.step, point.epoch, point.train_loss, metrics["train/perplexity"], point.val_loss,
             metrics["val/perplexity"], f"{point.tokens_seen:,}", extra["tokens_per_sec"],
         )
 
-    result = train_model(
-        model,
-        optimizer,
-        data.train_loader,
-        train_eval_batches=eval_batches(data.train_loader.dataset, num_batches=trainer_cfg.eval_iter,
-                                        batch_size=data_cfg.batch_size),
-        val_eval_batches=eval_batches(data.val_loader.dataset, num_batches=trainer_cfg.eval_iter,
-                                      batch_size=data_cfg.batch_size),
-        device=device,
-        total_steps=total_steps,
-        eval_freq=trainer_cfg.eval_freq,
-        grad_accum=trainer_cfg.grad_accum,
-        grad_clip=trainer_cfg.grad_clip,
-        lr_at=lambda step: lr_multiplier(
-            step, total_steps=total_steps, warmup_steps=opt_cfg.warmup_steps,
-            schedule=opt_cfg.schedule, min_lr_ratio=opt_cfg.min_lr_ratio,
-        ),
-        sample_freq=trainer_cfg.sample_freq,
-        on_eval=on_eval,
-        on_step=lambda step, metrics: tracker.log_metrics(metrics, step=step),
-        on_sample=_sampler(cfg, resolved, model, tracker, device),
-        progress=trainer_cfg.progress,
-    )
+    def on_checkpoint(self, state, *, periodic: bool, is_best: bool) -> None:
+        """`checkpoints/step-<step>.pt` (and last.pt) when periodic, best.pt on a new best val loss."""
+        from gpt2exp.checkpoint import link_checkpoint, save_checkpoint, save_step_checkpoint
+        from gpt2exp.rng import capture_rng_state
 
-    plot_path = plot_losses(
-        [p.epoch for p in history], [p.tokens_seen for p in history],
-        [p.train_loss for p in history], [p.val_loss for p in history], run_dir / "loss.png",
-    )
-    tracker.log_image("loss_plot", plot_path)
-    checkpoint_path = save_checkpoint(
-        run_dir / "checkpoints" / "last.pt",
-        model_state=model.state_dict(),
-        optimizer_state=optimizer.state_dict(),
-        step=result.steps,
-        config=resolved,
-        extra={"tokens_seen": result.tokens_seen},
-    )
-    final = result.final
-    log.info("done: val loss %.3f (first %.3f) | checkpoint %s", final.val_loss, history[0].val_loss, checkpoint_path)
-    return {
-        "final/train_loss": final.train_loss,
-        "final/val_loss": final.val_loss,
-        "final/val_perplexity": _perplexity(final.val_loss),
-        "steps": result.steps,
-        "tokens_seen": result.tokens_seen,
-    }
+        payload = {
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "config": self.resolved,
+            "extra": {
+                "train_state": state.to_dict(),
+                "rng": capture_rng_state(),
+                "wandb": {"run_id": self.tracker.run_id, "group": self.wandb_group},
+            },
+        }
+        if periodic:
+            self.last_checkpoint = save_step_checkpoint(
+                self.checkpoint_dir, step=state.step, keep_last=self.cfg.trainer.keep_last, **payload
+            )
+        if is_best and periodic:
+            link_checkpoint(self.last_checkpoint, self.checkpoint_dir / "best.pt")
+        elif is_best:
+            save_checkpoint(self.checkpoint_dir / "best.pt", step=state.step, **payload)
+
+    def plot(self, state) -> None:
+        """The loss plot over the whole run (a resumed one included)."""
+        from gpt2exp.plots import plot_losses
+
+        history = state.history
+        plot_path = plot_losses(
+            [p.epoch for p in history], [p.tokens_seen for p in history],
+            [p.train_loss for p in history], [p.val_loss for p in history], self.run_dir / "loss.png",
+        )
+        self.tracker.log_image("loss_plot", plot_path)
 
 
 def _reuse_model(cfg: DictConfig, resolved: dict, trained, run_dir: Path, tracker) -> dict:
@@ -212,6 +283,58 @@ def _sampler(cfg: DictConfig, resolved: dict, model, tracker, device):
                  text.replace("\n", " "))
 
     return on_sample
+
+
+def _restore(resume, model, optimizer):
+    """Load the checkpoint's model and optimizer; returns its training state."""
+    from gpt2exp.trainer import TrainState
+
+    model.load_state_dict(resume.checkpoint["model"])
+    optimizer.load_state_dict(resume.checkpoint["optimizer"])
+    state = TrainState.from_dict(resume.checkpoint["extra"]["train_state"])
+    log.info("resuming %s from %s (step %d, epoch %d)", resume.run_dir, resume.path, state.step, state.epoch)
+    return state
+
+
+def _load_data(cfg: DictConfig):
+    from gpt2exp.data import build_data
+
+    data_cfg = cfg.data
+    return build_data(
+        source=data_cfg.source,
+        path=data_cfg.path,
+        name=data_cfg.name,
+        local_dir=data_cfg.local_dir,
+        train_ratio=data_cfg.train_ratio,
+        batch_size=data_cfg.batch_size,
+        context_length=cfg.model.context_length,
+        stride=data_cfg.stride,
+        cache_dir=Path(data_cfg.cache_dir).expanduser(),
+        shuffle=data_cfg.shuffle,
+        drop_last=data_cfg.drop_last,
+        num_workers=data_cfg.num_workers,
+        seed=cfg.seed,
+    )
+
+
+def _build_model(cfg: DictConfig, resolved: dict, device):
+    from gpt2exp.model import GPTConfig, GPTModel
+    from gpt2exp.trainer import make_optimizer
+
+    model = GPTModel(GPTConfig(**resolved["model"])).to(device)
+    opt_cfg = cfg.optimizer
+    optimizer = make_optimizer(
+        model, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, betas=opt_cfg.betas, eps=opt_cfg.eps
+    )
+    return model, optimizer
+
+
+def _outputs_root(hydra_cfg, run_dir: Path) -> Path:
+    """Where `trainer.resume=auto` looks for earlier runs: the fixed part of the run-dir pattern."""
+    from gpt2exp.resume import outputs_root
+
+    section = hydra_cfg.sweep if hydra_cfg.mode == RunMode.MULTIRUN else hydra_cfg.run
+    return outputs_root(OmegaConf.to_container(section, resolve=False)["dir"], run_dir, Path(hydra_cfg.runtime.cwd))
 
 
 def _perplexity(loss: float) -> float:

@@ -5,20 +5,31 @@ accumulation, clipping and a warmup + cosine learning-rate schedule."""
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from gpt2exp.data.loaders import epoch_batches
+from gpt2exp.errors import UserError
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else MPS, else the CPU."""
+    """``auto`` picks CUDA when present, else MPS, else the CPU; a named device must exist."""
     if name != "auto":
-        return torch.device(name)
+        device = torch.device(name)
+        present = {
+            "cpu": True,
+            "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+            "mps": torch.backends.mps.is_available(),
+        }
+        if not present.get(device.type, False):
+            raise UserError(f"trainer.device={name!r} is not available on this machine; use auto or cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
@@ -73,14 +84,39 @@ class EvalPoint:
 
 
 @dataclass
-class TrainResult:
-    steps: int
-    tokens_seen: int
+class TrainState:
+    """Where a run is: everything besides the model, optimizer and RNGs that an exact resume needs.
+
+    ``batch_in_epoch`` counts the batches of epoch ``epoch`` already trained on.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float = math.inf
+    skipped_nonfinite: int = 0
     history: list[EvalPoint] = field(default_factory=list)
 
     @property
     def final(self) -> EvalPoint:
         return self.history[-1]
+
+    def to_dict(self) -> dict:
+        """Plain data, for a checkpoint."""
+        return {**asdict(self), "history": [asdict(point) for point in self.history]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainState":
+        return cls(**{**data, "history": [EvalPoint(**point) for point in data["history"]]})
+
+
+class NonFiniteLoss(Exception):
+    """A step's loss or gradient norm was NaN or infinite (and such steps are not skipped)."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float):
+        self.step = step
+        super().__init__(f"non-finite loss ({loss}, gradient norm {grad_norm}) at step {step}")
 
 
 def train_model(
@@ -93,79 +129,114 @@ def train_model(
     device: torch.device,
     total_steps: int,
     eval_freq: int,
+    state: TrainState | None = None,
     grad_accum: int = 1,
     grad_clip: float | None = 1.0,
+    skip_nonfinite: bool = False,
     lr_at: Callable[[int], float] = lambda step: 1.0,
     sample_freq: int | None = None,
+    checkpoint_freq: int | None = None,
     on_eval: Callable[[EvalPoint, dict], None] = lambda point, extra: None,
     on_step: Callable[[int, dict], None] = lambda step, metrics: None,
     on_sample: Callable[[int, int], None] = lambda step, epoch: None,
+    on_checkpoint: Callable[..., None] = lambda state, *, periodic, is_best: None,
+    should_stop: Callable[[], bool] = lambda: False,
     progress: bool = True,
-) -> TrainResult:
-    """Train for ``total_steps`` optimizer steps of ``grad_accum`` batches each.
+) -> TrainState:
+    """Train from ``state`` (a fresh run when None) up to ``total_steps`` optimizer steps of
+    ``grad_accum`` batches each; returns the state reached.
 
-    Evaluates before the first step, every ``eval_freq`` steps and after the last; samples
-    after every epoch, or every ``sample_freq`` steps when given.
+    Evaluates before the first step of a fresh run, every ``eval_freq`` steps and after the
+    last; samples after every epoch, or every ``sample_freq`` steps when given, and after the
+    last. After all of a step's hooks, calls ``on_checkpoint(state, periodic=..., is_best=...)``:
+    periodic every ``checkpoint_freq`` steps, after the last step and when ``should_stop()`` turns
+    true (training then returns early); is_best after an eval with a new best val loss.
+
+    The train loader's sampler must be an ``EpochSampler``: a resumed run starts inside its
+    epoch without replaying batches.
+    Raises ``NonFiniteLoss`` for a NaN/inf loss or gradient norm unless ``skip_nonfinite``, which
+    skips the update instead and counts it in ``state.skipped_nonfinite``.
     """
     from tqdm.auto import tqdm
 
-    steps_per_epoch = len(train_loader) // grad_accum
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    result = TrainResult(steps=0, tokens_seen=0)
-    step, epoch, interval_tokens, interval_start = 0, 0, 0, time.perf_counter()
+    state = state or TrainState()
+    batches_per_epoch = len(train_loader) // grad_accum * grad_accum
+    steps_per_epoch = batches_per_epoch // grad_accum
+    for group in optimizer.param_groups:  # saved with the optimizer, so a resumed run keeps it
+        group.setdefault("initial_lr", group["lr"])
+    interval_tokens, interval_start = 0, time.perf_counter()
 
-    def run_eval() -> None:
+    def run_eval() -> bool:
         nonlocal interval_tokens, interval_start
         elapsed = time.perf_counter() - interval_start
         point = EvalPoint(
-            step=step,
-            epoch=step / steps_per_epoch,
-            tokens_seen=result.tokens_seen,
+            step=state.step,
+            epoch=state.step / steps_per_epoch,
+            tokens_seen=state.tokens_seen,
             train_loss=evaluate(model, train_eval_batches, device),
             val_loss=evaluate(model, val_eval_batches, device),
         )
-        result.history.append(point)
+        state.history.append(point)
         on_eval(point, {"tokens_per_sec": interval_tokens / elapsed if interval_tokens else 0.0})
         interval_tokens, interval_start = 0, time.perf_counter()
+        is_best = point.val_loss < state.best_val_loss
+        state.best_val_loss = min(state.best_val_loss, point.val_loss)
+        return is_best
+
+    def train_step(batches) -> dict:
+        nonlocal interval_tokens
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_at(state.step)
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(grad_accum):
+            inputs, targets = next(batches)
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            loss = batch_loss(model, inputs, targets) / grad_accum
+            loss.backward()
+            step_loss += loss.item()
+            state.tokens_seen += inputs.numel()
+            interval_tokens += inputs.numel()
+        state.batch_in_epoch += grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf).item()
+        metrics = {
+            "train/batch_loss": step_loss, "lr": optimizer.param_groups[0]["lr"], "train/grad_norm": grad_norm,
+        }
+        if math.isfinite(step_loss) and math.isfinite(grad_norm):
+            optimizer.step()
+        elif skip_nonfinite:
+            state.skipped_nonfinite += 1
+        else:
+            raise NonFiniteLoss(state.step + 1, step_loss, grad_norm)
+        if skip_nonfinite:
+            metrics["train/skipped_nonfinite"] = state.skipped_nonfinite
+        state.step += 1
+        return metrics
 
     model.train()
-    run_eval()
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    while step < total_steps:
-        batches = iter(train_loader)
-        for _ in range(steps_per_epoch):
-            for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base_lr * lr_at(step)
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for _ in range(grad_accum):
-                inputs, targets = next(batches)
-                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                loss = batch_loss(model, inputs, targets) / grad_accum
-                loss.backward()
-                step_loss += loss.item()
-                result.tokens_seen += inputs.numel()
-                interval_tokens += inputs.numel()
-            grad_norm = None
-            if grad_clip is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
-            optimizer.step()
-            step += 1
+    if state.step == 0:
+        run_eval()
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    stop = False
+    while state.step < total_steps and not stop:
+        batches = epoch_batches(train_loader, state.epoch, skip_batches=state.batch_in_epoch)
+        epoch = state.epoch
+        while state.epoch == epoch and state.step < total_steps and not stop:
+            metrics = train_step(batches)
+            if state.batch_in_epoch == batches_per_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}")
-            metrics = {"train/batch_loss": step_loss, "lr": optimizer.param_groups[0]["lr"]}
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = grad_norm
-            on_step(step, metrics)
-            if step % eval_freq == 0 or step == total_steps:
-                run_eval()
-            if sample_freq is not None and (step % sample_freq == 0 or step == total_steps):
-                on_sample(step, epoch)
-            if step == total_steps:
-                break
-        epoch += 1
-        if sample_freq is None:
-            on_sample(step, epoch)
+            bar.set_postfix(loss=f"{metrics['train/batch_loss']:.3f}")
+            on_step(state.step, metrics)
+            last = state.step == total_steps
+            is_best = run_eval() if state.step % eval_freq == 0 or last else False
+            due = state.step % sample_freq == 0 if sample_freq is not None else state.epoch > epoch
+            if due or last:
+                on_sample(state.step, state.epoch)
+            stop = should_stop()
+            periodic = last or stop or (checkpoint_freq is not None and state.step % checkpoint_freq == 0)
+            if periodic or is_best:
+                on_checkpoint(state, periodic=periodic, is_best=is_best)
     bar.close()
-    result.steps = step
-    return result
+    return state

@@ -5,7 +5,14 @@ import re
 import pytest
 import torch
 
-from gpt2exp.checkpoint import load_checkpoint, save_checkpoint
+from gpt2exp.checkpoint import (
+    link_checkpoint,
+    load_checkpoint,
+    load_latest_checkpoint,
+    save_checkpoint,
+    save_step_checkpoint,
+    step_checkpoints,
+)
 from gpt2exp.errors import UserError
 
 
@@ -96,3 +103,59 @@ def test_pickle_that_runs_code_is_refused(tmp_path, dump):
     with pytest.raises(UserError, match=re.escape(f"ckpt: '{path}' is not a gpt2exp checkpoint")):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+# --- a run's checkpoint folder: retention, last/best, fallback ------------------------------------
+
+
+def _save_steps(folder, steps, keep_last=2):
+    for step in steps:
+        save_step_checkpoint(folder, step=step, keep_last=keep_last, model_state={"w": torch.full((2,), float(step))},
+                             optimizer_state=None, config={})
+
+
+def test_keep_last_keeps_the_newest_step_files_and_last_pt_is_the_newest(tmp_path):
+    _save_steps(tmp_path, [5, 10, 15, 20], keep_last=2)
+    assert [p.name for p in step_checkpoints(tmp_path)] == ["step-00000015.pt", "step-00000020.pt"]
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 20
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_best_pt_points_at_the_checkpoint_it_was_linked_to(tmp_path):
+    _save_steps(tmp_path, [5])
+    link_checkpoint(tmp_path / "step-00000005.pt", tmp_path / "best.pt")
+    _save_steps(tmp_path, [10, 15, 20])
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 5
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_a_bit", "garbage"])
+def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog, damage):
+    _save_steps(tmp_path, [5, 10])
+    newest = tmp_path / "step-00000010.pt"
+    data = bytearray(newest.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) - 100]
+    elif damage == "flip_a_bit":
+        offset = data.index(torch.full((2,), 10.0).numpy().tobytes())
+        data[offset] ^= 1
+    else:
+        data = bytearray(os.urandom(len(data)))
+    newest.write_bytes(bytes(data))
+    path, checkpoint = load_latest_checkpoint(tmp_path)
+    assert (path.name, checkpoint["step"]) == ("step-00000005.pt", 5)
+    assert f"'{newest}' is" in caplog.text and "falling back" in caplog.text
+
+
+def test_no_usable_checkpoint_gives_none(tmp_path):
+    _save_steps(tmp_path, [5])
+    (tmp_path / "step-00000005.pt").write_bytes(b"")
+    assert load_latest_checkpoint(tmp_path) is None
+
+
+def test_crafted_pickle_among_step_checkpoints_is_refused_without_running(tmp_path):
+    _save_steps(tmp_path, [5])
+    marker = tmp_path / "pwned"
+    torch.save({"format": "gpt2exp-checkpoint", "version": 1, "model": RunsCodeWhenUnpickled(marker)},
+               tmp_path / "step-00000010.pt")
+    path, checkpoint = load_latest_checkpoint(tmp_path)
+    assert checkpoint["step"] == 5 and not marker.exists()

@@ -1,6 +1,8 @@
 """Tests of gpt2exp.data: corpora, the token cache and the sliding-window loaders."""
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -158,6 +160,51 @@ def test_cache_is_reused_without_tokenizing_again(tmp_path, monkeypatch):
 def test_corrupt_cache_is_rebuilt(tmp_path, corrupt):
     path = Path(cached_tokens(STORY, cache_dir=tmp_path, label="story").filename)
     corrupt(path)
+    assert cached_tokens(STORY, cache_dir=tmp_path, label="story").tolist() == encode_whole(STORY)
+    assert np.load(path).tolist() == encode_whole(STORY)
+
+
+# Two processes build the same cache entry at once: each tokenizes, then waits for the other
+# before writing, so both writes overlap.
+_RACE = """
+import sys, time
+from pathlib import Path
+import gpt2exp.data.cache as cache
+cache_dir, me, other, text = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]).read_text()
+real_tokenize = cache.tokenize
+def tokenize_then_wait(text):
+    tokens = real_tokenize(text)
+    (cache_dir / f"ready-{me}").touch()
+    while not (cache_dir / f"ready-{other}").exists():
+        time.sleep(0.001)
+    return tokens
+cache.tokenize = tokenize_then_wait
+print(cache.cached_tokens(text, cache_dir=cache_dir, label="story").tolist() == real_tokenize(text).tolist())
+"""
+
+
+def test_two_processes_building_the_same_cache_both_succeed(tmp_path):
+    text_path = tmp_path / "story.txt"
+    text_path.write_text(STORY)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _RACE, str(cache_dir), me, other, str(text_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [(p.returncode, out.strip()) for p, (out, _) in zip(processes, outputs)] == [(0, "True")] * 2, outputs
+    [cache_file] = cache_dir.glob("*.npy")
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([cache_file.name, "ready-a", "ready-b"])
+    assert cached_tokens(STORY, cache_dir=cache_dir, label="story").tolist() == encode_whole(STORY)
+
+
+def test_a_partial_temporary_file_left_by_a_killed_run_is_never_read(tmp_path):
+    path = Path(cached_tokens(STORY, cache_dir=tmp_path, label="story").filename)
+    path.unlink()
+    partial = path.with_name(f"{path.name}.k1ll3d.tmp")
+    partial.write_bytes(b"\x93NUMPY half a header")
     assert cached_tokens(STORY, cache_dir=tmp_path, label="story").tolist() == encode_whole(STORY)
     assert np.load(path).tolist() == encode_whole(STORY)
 

@@ -6,13 +6,13 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from gpt2exp.data.cache import cached_tokens, tokenize
-from gpt2exp.data.loaders import SlidingWindowDataset, create_dataloader, eval_batches
+from gpt2exp.data.loaders import EpochSampler, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
 from gpt2exp.data.sources import SOURCES, WIKITEXT_NAMES, Splits, load_splits, pydocs_documents
 from gpt2exp.errors import UserError
 
 __all__ = [
-    "SOURCES", "WIKITEXT_NAMES", "DataBundle", "SlidingWindowDataset", "Splits", "build_data",
-    "cached_tokens", "create_dataloader", "eval_batches", "load_splits", "pydocs_documents", "tokenize",
+    "SOURCES", "WIKITEXT_NAMES", "DataBundle", "EpochSampler", "SlidingWindowDataset", "Splits", "build_data",
+    "cached_tokens", "create_dataloader", "epoch_batches", "eval_batches", "load_splits", "pydocs_documents", "tokenize",
 ]
 
 
@@ -52,8 +52,11 @@ def build_data(
         if value < 1:
             raise UserError(f"{key}={value} must be >= 1")
     splits = load_splits(source, path=path, name=name, local_dir=local_dir, train_ratio=train_ratio)
-    train_tokens = cached_tokens(splits.train, cache_dir=cache_dir, label=f"{source}-train")
-    val_tokens = cached_tokens(splits.val, cache_dir=cache_dir, label=f"{source}-val")
+    try:
+        train_tokens = cached_tokens(splits.train, cache_dir=cache_dir, label=f"{source}-train")
+        val_tokens = cached_tokens(splits.val, cache_dir=cache_dir, label=f"{source}-val")
+    except OSError as err:
+        raise UserError(f"data.cache_dir: cannot keep the token cache in '{cache_dir}' ({err.strerror})") from None
     ratio_hint = {"train": "a larger data.train_ratio, ", "val": "a smaller data.train_ratio, "}
     for split, tokens in (("train", train_tokens), ("val", val_tokens)):
         if len(tokens) < context_length + 1:

@@ -1,9 +1,11 @@
 """Token ids -> (inputs, targets) batches of sliding windows, as in the tutorial."""
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class SlidingWindowDataset(Dataset):
@@ -28,6 +30,38 @@ class SlidingWindowDataset(Dataset):
         return window[:-1], window[1:]
 
 
+class EpochSampler(Sampler[int]):
+    """Window indices of one epoch: a permutation fixed by (`seed`, epoch) when shuffling, else
+    in order. `set_epoch(epoch, start)` picks the epoch and skips its first `start` indices, so a
+    resumed run sees exactly the windows the interrupted one had left, without loading the others."""
+
+    def __init__(self, length: int, *, shuffle: bool, seed: int):
+        self.length, self.shuffle, self.seed = length, shuffle, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.length))
+        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+        return torch.randperm(self.length, generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order(self.epoch)[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, self.length - self.start)
+
+
+def epoch_batches(loader: DataLoader, epoch: int, skip_batches: int = 0) -> Iterator:
+    """The loader's batches of `epoch`, from batch `skip_batches` on (the loader's sampler must be
+    an `EpochSampler`)."""
+    loader.sampler.set_epoch(epoch, start=skip_batches * loader.batch_size)
+    return iter(loader)
+
+
 def create_dataloader(
     tokens: np.ndarray,
     *,
@@ -39,11 +73,14 @@ def create_dataloader(
     num_workers: int = 0,
     seed: int = 0,
 ) -> DataLoader:
-    """Batches of sliding windows over `tokens`; the shuffled order is fixed by `seed`."""
+    """Batches of sliding windows over `tokens`; the shuffled order of each epoch is fixed by
+    `seed` and the epoch (see `EpochSampler`). The loader's own generator (worker seeds) keeps
+    it off torch's global RNG."""
+    dataset = SlidingWindowDataset(tokens, context_length, stride)
     return DataLoader(
-        SlidingWindowDataset(tokens, context_length, stride),
+        dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
         drop_last=drop_last,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),

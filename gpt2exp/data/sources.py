@@ -157,25 +157,33 @@ def _read_text(path: str | None) -> str:
     """Read a UTF-8 file, all *.txt files of a folder or a glob's files; drop blank lines."""
     if not path:
         raise UserError("data.path is required for data=text (a file, folder or glob)")
-    given = Path(path).expanduser()
-    if given.is_file():
-        files = [given]
-    else:
-        pattern = os.path.join(glob.escape(str(given)), "*.txt") if given.is_dir() else str(given)
-        files = [Path(match) for match in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(match)]
-    if not files:
-        problem = "no *.txt files in folder" if given.is_dir() else "no such file or folder:"
-        raise UserError(f"data.path: {problem} '{path}'")
-    texts = []
-    for file in files:
-        try:
-            texts.append(file.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise UserError(f"data.path: '{file}' is not UTF-8 text") from None
+    try:
+        files = _text_files(path)
+        texts = []
+        for file in files:
+            try:
+                texts.append(file.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise UserError(f"data.path: '{file}' is not UTF-8 text") from None
+    except OSError as err:
+        raise UserError(f"data.path: cannot read '{path}' ({err.strerror})") from None
     text = "\n".join(line for line in "\n".join(texts).splitlines() if line.strip())
     if not text:
         raise UserError(f"data.path: '{path}' holds no text (only blank lines)")
     return text
+
+
+def _text_files(path: str) -> list[Path]:
+    """The file, the folder's *.txt files or the glob's files that `path` names (at least one)."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return [given]
+    pattern = os.path.join(glob.escape(str(given)), "*.txt") if given.is_dir() else str(given)
+    files = [Path(match) for match in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(match)]
+    if not files:
+        problem = "no *.txt files in folder" if given.is_dir() else "no such file or folder:"
+        raise UserError(f"data.path: {problem} '{path}'")
+    return files
 
 
 def _load_wikitext(name: str, local_dir: str | None) -> Splits:

@@ -1,0 +1,44 @@
+"""SIGINT/SIGTERM as a request to stop training after the current step (and save a checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+
+class GracefulStop:
+    """While entered, the first SIGINT or SIGTERM sets `signum` (training stops after its step);
+    a second one stops at once with KeyboardInterrupt. Does nothing outside the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for death by that signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + (self.signum or 0)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s: stopping after this step and saving a checkpoint (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

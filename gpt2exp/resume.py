@@ -1,0 +1,141 @@
+"""Where a run resumes from: ``trainer.resume=<run folder>`` or ``auto`` (the newest run folder
+under the same outputs root whose config matches)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gpt2exp.checkpoint import load_latest_checkpoint, step_checkpoints
+from gpt2exp.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Keys that may change between a run and its resumption without changing what is trained.
+IGNORED_KEYS = ("trainer.resume", "trainer.progress", "logger")
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a run continues from, and the run folder it was found in."""
+
+    run_dir: Path
+    path: Path
+    checkpoint: dict
+
+
+def config_fingerprint(config: dict) -> str:
+    """A hash of a resolved config without the `IGNORED_KEYS`."""
+    return hashlib.sha256(json.dumps(_pruned(config), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _pruned(config: dict) -> dict:
+    pruned = json.loads(json.dumps(config, default=str))
+    for key in IGNORED_KEYS:
+        *parents, leaf = key.split(".")
+        section = pruned
+        for parent in parents:
+            section = section.get(parent, {})
+        section.pop(leaf, None)
+    return pruned
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def outputs_root(run_dir_pattern: str, run_dir: Path, launch_dir: Path) -> Path:
+    """The folder that all run folders of Hydra's run-dir pattern share: `outputs` for
+    `outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}` (relative to `launch_dir`, where the command was
+    run), the parent of a fixed run folder."""
+    static = run_dir_pattern.split("${", 1)[0]
+    if static == run_dir_pattern:
+        return run_dir.parent
+    return launch_dir / (static if static.endswith("/") else str(Path(static).parent))
+
+
+def find_resume_point(resume: str | None, config: dict, *, run_dir: Path, root: Path) -> ResumePoint | None:
+    """The checkpoint that `resume` (a run folder, "auto" or None) names, checked against `config`.
+
+    A run folder without a usable checkpoint, or whose model differs, is a UserError; "auto"
+    without a matching run folder starts afresh (None).
+    """
+    if resume is None:
+        return None
+    if resume == "auto":
+        point = _newest_matching(root, config_fingerprint(config), exclude=run_dir)
+        if point is None:
+            log.info("trainer.resume=auto: no run under '%s' with this config has a checkpoint; starting afresh", root)
+        return point
+    folder = Path(resume).expanduser()
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    try:
+        exists = folder.is_dir()
+        found = load_latest_checkpoint(folder / "checkpoints") if exists else None
+    except OSError as err:
+        raise UserError(f"trainer.resume: cannot read '{resume}' ({err.strerror})") from None
+    if not exists:
+        raise UserError(f"trainer.resume: no such run folder '{resume}'")
+    if found is None:
+        raise UserError(f"trainer.resume: no usable checkpoint in '{folder / 'checkpoints'}'")
+    point = ResumePoint(folder, *found)
+    _check_compatible(point, config)
+    return point
+
+
+def _newest_matching(root: Path, fingerprint: str, *, exclude: Path) -> ResumePoint | None:
+    candidates = []
+    for checkpoints in root.rglob("checkpoints"):
+        files = step_checkpoints(checkpoints)
+        if files and checkpoints.parent.resolve() != exclude.resolve():
+            candidates.append((files[-1].stat().st_mtime, checkpoints.parent))
+    for _, folder in sorted(candidates, reverse=True):
+        if _stored_fingerprint(step_checkpoints(folder / "checkpoints")[-1]) != fingerprint:
+            continue
+        found = load_latest_checkpoint(folder / "checkpoints")
+        if found is not None and "train_state" in found[1]["extra"]:
+            return ResumePoint(folder, *found)
+    return None
+
+
+def _stored_fingerprint(path: Path) -> str | None:
+    """The config fingerprint of a checkpoint, read without loading its tensors."""
+    try:
+        return config_fingerprint(torch.load(path, mmap=True, weights_only=True)["config"])
+    except Exception:  # noqa: BLE001 - any unreadable candidate is simply not a match
+        return None
+
+
+def _check_compatible(point: ResumePoint, config: dict) -> None:
+    if "train_state" not in point.checkpoint["extra"]:
+        raise UserError(f"trainer.resume: '{point.path}' holds no training state to resume from")
+    before, now = _flat(_pruned(point.checkpoint["config"])), _flat(_pruned(config))
+    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    model_changes = [key for key in changed if key.startswith("model.")]
+    if model_changes:
+        key = model_changes[0]
+        raise UserError(
+            f"trainer.resume: {key}={now.get(key)!r} differs from the checkpoint's {before.get(key)!r} "
+            f"('{point.path}'); resume with the run's model settings"
+        )
+    if changed:
+        log.warning("resuming with settings that differ from the checkpoint's: %s", ", ".join(changed))
+
+
+def resume_command(task_overrides: list[str], run_dir: Path) -> str:
+    """The command line that resumes this run."""
+    kept = [o for o in task_overrides if not o.lstrip("+~").startswith("trainer.resume=")]
+    return shlex.join(["python", "-m", "gpt2exp.train", *kept, f"trainer.resume={run_dir}"])
