@@ -222,21 +222,29 @@ def check_known_keys(cfg: Any, schema: type) -> None:
             _require(key in allowed, f"{section.name}.{key}", cfg[section.name][key], "unknown key")
 
 
-def check_no_nul(cfg: Any, prefix: str = "") -> None:
-    """Refuse a NUL character in any string (no path or name can hold one)."""
-    for key, value in cfg.items():
-        if isinstance(value, Mapping):
-            check_no_nul(value, f"{prefix}{key}.")
-            continue
-        items = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-        has_nul = any(isinstance(item, str) and "\x00" in item for item in items)
-        _require(not has_nul, f"{prefix}{key}", value, "must not contain a NUL character")
+def _strings(value: Any, key: str):
+    """(dotted key, string) for every string in a config value, lists and sections included."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            yield from _strings(item, f"{key}.{name}")
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        for item in value:
+            yield from _strings(item, key)
+    elif isinstance(value, str):
+        yield key, value
+
+
+def check_no_nul(cfg: Any, schema: type) -> None:
+    """Refuse a NUL character in any string of the schema's sections (no path or name holds one)."""
+    for section in fields(schema):
+        for key, text in _strings(cfg[section.name], section.name):
+            _require("\x00" not in text, key, text, "must not contain a NUL character")
 
 
 def check_train_config(cfg: Any) -> None:
     """All range checks for a training run; data-dependent checks happen when the data loads."""
     check_known_keys(cfg, TrainConfig)
-    check_no_nul(cfg)
+    check_no_nul(cfg, TrainConfig)
     _require(0 <= cfg.seed < 2**63, "seed", cfg.seed, "must be in [0, 2**63)")
     check_model(cfg.model)  # before data: data.stride follows model.context_length
     check_data(cfg.data)
