@@ -1,8 +1,14 @@
 """Next-token selection (greedy, temperature, top-k, top-p) and KV-cached generation."""
 
-import torch
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from gpt2exp.model import GPTModel
+import torch
+from torch import nn
+
+from gpt2exp.model import GPTModel, KVCache
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def filter_logits(
@@ -17,9 +23,9 @@ def filter_logits(
         logits = logits / temperature
     if top_p is not None and top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
-        cum_probs = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the tokens ranked above it already reach top_p.
-        drop_sorted = (cum_probs - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
         drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -31,53 +37,114 @@ def next_token(
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
-    """Pick one token per row of [batch, vocab] logits -> [batch, 1]; temperature 0 is argmax."""
+    """Pick one token per row of [batch, vocab] logits -> [batch, 1]; temperature 0 is argmax.
+
+    ``generator`` is one generator for the whole batch, or one per row (then each row draws
+    exactly what it would draw alone)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     probs = torch.softmax(filter_logits(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, num_samples=1, generator=generator)
+    return torch.cat([torch.multinomial(row[None], num_samples=1, generator=g) for row, g in zip(probs, generator)])
 
 
-@torch.no_grad()
+def to_decoding_layout(model: GPTModel) -> GPTModel:
+    """Store every Linear weight transposed in memory (same values, same shape): on the CPU,
+    the one-token matmuls of generation read that layout up to twice as fast. For a model
+    that only generates; training keeps the default layout."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.data = module.weight.data.t().contiguous().t()
+    return model
+
+
+@dataclass
+class Generation:
+    """What ``generate`` made, one list per prompt."""
+
+    prompts: list[list[int]]
+    new_tokens: list[list[int]]  # up to and excluding the first eos_id
+    logprobs: list[list[float]]  # each new token's log-probability under the model at temperature 1
+
+    @property
+    def token_ids(self) -> list[list[int]]:
+        """Each prompt followed by its new tokens."""
+        return [prompt + new for prompt, new in zip(self.prompts, self.new_tokens)]
+
+
+@torch.inference_mode()
 def generate(
     model: GPTModel,
-    token_ids: torch.Tensor,
+    prompts: torch.Tensor | Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
     eos_id: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     use_cache: bool = True,
-) -> torch.Tensor:
-    """Extend [batch, seq_len] prompts by up to ``max_new_tokens`` tokens.
+) -> Generation:
+    """Extend each prompt (a [batch, seq_len] tensor or lists of different lengths) by up to
+    ``max_new_tokens`` tokens, as the tutorial does one prompt at a time.
 
-    The context is cropped to the model's last ``context_length`` tokens. With ``use_cache``
-    each step feeds only the newest token; once the window is full it slides, which with
-    absolute positions means recomputing it, so the output equals the uncached one. A row that
-    emits ``eos_id`` keeps emitting it; generation stops when every row has.
+    Each step sees a row's last ``context_length`` tokens. Shorter prompts are left-padded and
+    the padding is masked out, so each row gets what it would get alone (with one generator
+    per row when sampling). A row stops at ``eos_id`` (not included); generation stops when
+    every row has. With ``use_cache`` each step feeds only the newest token to a ``KVCache``;
+    once the window is full it slides, which with absolute positions means recomputing it,
+    so the output equals the uncached one.
     """
+    prompts = prompts.tolist() if isinstance(prompts, torch.Tensor) else [list(p) for p in prompts]
+    if not prompts or not all(prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = model.tok_emb.weight.device
     context_length = model.cfg.context_length
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    pad_counts = [width - len(p) for p in prompts]
+    pad = torch.tensor(pad_counts, device=device) if any(pad_counts) else None
+    token_ids = torch.zeros(batch, width + max_new_tokens, dtype=torch.long, device=device)
+    token_ids[:, :width] = torch.tensor([[0] * n + p for n, p in zip(pad_counts, prompts)])
+    logprobs = torch.zeros(batch, max_new_tokens, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    cache = KVCache(model.cfg, batch, device=device, dtype=model.tok_emb.weight.dtype) if use_cache else None
+    head_t = model.out_head.weight.t().contiguous()  # [emb_dim, vocab_size]; free after to_decoding_layout
+
     was_training = model.training
     model.eval()
-    past_kv = None
-    finished = torch.zeros(token_ids.size(0), 1, dtype=torch.bool, device=token_ids.device)
-    for _ in range(max_new_tokens):
-        if past_kv is None:
-            logits, past_kv = model(token_ids[:, -context_length:], use_cache=True)
+    steps = 0
+    for steps in range(1, max_new_tokens + 1):
+        end = width + steps - 1
+        if cache is not None and 0 < cache.length < context_length:
+            hidden = model.hidden_states(token_ids[:, end - 1 : end], cache, _window_pad(pad, cache_start))
         else:
-            logits, past_kv = model(token_ids[:, -1:], past_kv=past_kv, use_cache=True)
-        if not use_cache or past_kv[0][0].size(2) >= context_length:
-            past_kv = None
-        new_token = next_token(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            cache_start = max(0, end - context_length)
+            if cache is not None:
+                cache.length = 0
+            hidden = model.hidden_states(token_ids[:, cache_start:end], cache, _window_pad(pad, cache_start))
+        logits = (hidden[:, -1] @ head_t).float()
+        new_token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        token_ids[:, end] = new_token[:, 0]
+        logprobs[:, steps - 1] = torch.log_softmax(logits, dim=-1).gather(1, new_token)[:, 0]
         if eos_id is not None:
-            new_token = new_token.masked_fill(finished, eos_id)
-            finished |= new_token == eos_id
-        token_ids = torch.cat((token_ids, new_token), dim=1)
-        if eos_id is not None and bool(finished.all()):
-            break
+            finished |= new_token[:, 0] == eos_id
+            if bool(finished.all()):
+                break
     model.train(was_training)
-    return token_ids
+
+    new_tokens = token_ids[:, width : width + steps].tolist()
+    kept = [row.index(eos_id) if eos_id in row else len(row) for row in new_tokens]
+    return Generation(
+        prompts=prompts,
+        new_tokens=[row[:n] for row, n in zip(new_tokens, kept)],
+        logprobs=[row[:n] for row, n in zip(logprobs[:, :steps].tolist(), kept)],
+    )
+
+
+def _window_pad(pad: torch.Tensor | None, window_start: int) -> torch.Tensor | None:
+    """Left-padding tokens still inside a window that starts at column ``window_start``."""
+    return None if pad is None else (pad - window_start).clamp(min=0)

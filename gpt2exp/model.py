@@ -7,10 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# One layer's cached keys and values, each [batch, n_heads, past_len, head_dim].
-LayerKV = tuple[torch.Tensor, torch.Tensor]
-
-
 @dataclass(frozen=True)
 class GPTConfig:
     """The seed's model keys; the defaults are OpenAI's 124M GPT-2."""
@@ -24,6 +20,21 @@ class GPTConfig:
     qkv_bias: bool = True
 
 
+class KVCache:
+    """Every layer's keys and values for up to ``context_length`` positions, allocated once.
+
+    ``length`` counts the filled positions; the model writes new keys/values after them and
+    advances it; only filled positions are read. Set ``length = 0`` to refill it from scratch.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, *, device=None, dtype=torch.float32):
+        head_dim = cfg.emb_dim // cfg.n_heads
+        # [n_layers, keys/values, batch, n_heads, context_length, head_dim]
+        self.kv = torch.empty(cfg.n_layers, 2, batch_size, cfg.n_heads, cfg.context_length, head_dim,
+                              device=device, dtype=dtype)
+        self.length = 0
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -33,24 +44,26 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
         self.resid_drop = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, past_kv: LayerKV | None = None) -> tuple[torch.Tensor, LayerKV]:
+    def forward(
+        self, x: torch.Tensor, layer_kv: torch.Tensor | None = None, past_len: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``layer_kv`` is this layer's slice of a ``KVCache``; ``mask`` (True = may attend) is
+        needed only when the plain causal rule from position 0 does not hold."""
         batch, seq_len, emb_dim = x.shape
         q, k, v = self.qkv(x).split(emb_dim, dim=2)
         # [batch, seq_len, emb_dim] -> [batch, n_heads, seq_len, head_dim]
         q, k, v = (t.view(batch, seq_len, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
-        if past_kv is not None:
-            k = torch.cat((past_kv[0], k), dim=2)
-            v = torch.cat((past_kv[1], v), dim=2)
+        if layer_kv is not None:
+            end = past_len + seq_len
+            layer_kv[0, :, :, past_len:end] = k
+            layer_kv[1, :, :, past_len:end] = v
+            k, v = layer_kv[0, :, :, :end], layer_kv[1, :, :, :end]
         dropout_p = self.drop_rate if self.training else 0.0
-        if past_kv is None or seq_len == k.size(2):
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:
-            # New queries sit at the end of the cached sequence: query i sees keys up to past_len + i.
-            past_len = k.size(2) - seq_len
-            mask = torch.ones(seq_len, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=past_len)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        is_causal = mask is None and seq_len > 1
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         out = out.transpose(1, 2).reshape(batch, seq_len, emb_dim)
-        return self.resid_drop(self.out_proj(out)), (k, v)
+        return self.resid_drop(self.out_proj(out))
 
 
 class FeedForward(nn.Module):
@@ -72,11 +85,12 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.emb_dim)
         self.ff = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, past_kv: LayerKV | None = None) -> tuple[torch.Tensor, LayerKV]:
-        attn_out, kv = self.attn(self.norm1(x), past_kv)
-        x = x + attn_out
-        x = x + self.ff(self.norm2(x))
-        return x, kv
+    def forward(
+        self, x: torch.Tensor, layer_kv: torch.Tensor | None = None, past_len: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), layer_kv, past_len, mask)
+        return x + self.ff(self.norm2(x))
 
 
 class GPTModel(nn.Module):
@@ -110,20 +124,44 @@ class GPTModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, token_ids: torch.Tensor, past_kv: list[LayerKV] | None = None, use_cache: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, list[LayerKV]]:
-        """Logits [batch, seq_len, vocab_size]; with ``use_cache`` also each layer's keys/values."""
+        self, token_ids: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [batch, seq_len, vocab_size] for [batch, seq_len] tokens (see ``hidden_states``)."""
+        return self.out_head(self.hidden_states(token_ids, cache, pad))
+
+    def hidden_states(
+        self, token_ids: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The final-norm outputs [batch, seq_len, emb_dim] that the output head turns into logits.
+
+        With a ``cache`` the tokens follow the ``cache.length`` cached ones. ``pad`` [batch]
+        counts each row's left-padding tokens from the sequence's start: they are never
+        attended to and positions start after them, so a padded row computes what it would alone.
+        """
         seq_len = token_ids.size(1)
-        past_len = past_kv[0][0].size(2) if past_kv else 0
-        if past_len + seq_len > self.cfg.context_length:
-            raise ValueError(
-                f"sequence of {past_len + seq_len} tokens exceeds context_length={self.cfg.context_length}"
-            )
-        positions = torch.arange(past_len, past_len + seq_len, device=token_ids.device)
+        past_len = cache.length if cache is not None else 0
+        end = past_len + seq_len
+        if end > self.cfg.context_length:
+            raise ValueError(f"sequence of {end} tokens exceeds context_length={self.cfg.context_length}")
+        positions = torch.arange(past_len, end, device=token_ids.device)
+        mask = None
+        if pad is not None:
+            mask = _padded_causal_mask(positions, pad, end)
+            positions = (positions - pad[:, None]).clamp(min=0)  # [batch, seq_len]
+        elif past_len and seq_len > 1:
+            mask = torch.ones(seq_len, end, dtype=torch.bool, device=token_ids.device).tril(diagonal=past_len)
         x = self.drop_emb(self.tok_emb(token_ids) + self.pos_emb(positions))  # [batch, seq_len, emb_dim]
-        present_kv = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, past_kv[i] if past_kv else None)
-            present_kv.append(kv)
-        logits = self.out_head(self.final_norm(x))
-        return (logits, present_kv) if use_cache else logits
+            x = block(x, cache.kv[i] if cache is not None else None, past_len, mask)
+        if cache is not None:
+            cache.length = end
+        return self.final_norm(x)
+
+
+def _padded_causal_mask(positions: torch.Tensor, pad: torch.Tensor, end: int) -> torch.Tensor:
+    """[batch, 1, seq_len, end] True where a query may attend: causally, and never to padding
+    (a padding query attends to itself only, so no row is all masked)."""
+    keys = torch.arange(end, device=positions.device)
+    queries = positions[:, None]
+    allowed = (keys <= queries) & ((keys >= pad[:, None, None]) | (keys == queries))
+    return allowed[:, None]

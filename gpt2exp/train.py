@@ -277,7 +277,7 @@ def _sampler(cfg: DictConfig, resolved: dict, model, tracker, device):
             model, prompt_ids, max_new_tokens=dec.max_new_tokens, temperature=dec.temperature,
             top_k=dec.top_k, top_p=dec.top_p, eos_id=dec.eos_id, generator=generator,
         )
-        text = encoding.decode(out[0].tolist())
+        text = encoding.decode(out.token_ids[0])
         tracker.log_sample(step=step, prompt=start_context, text=text, settings=settings)
         log.info("sample @ step %d%s: %s", step, "" if epoch is None else f" (epoch {epoch})",
                  text.replace("\n", " "))

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.model import GPTConfig, GPTModel, KVCache
 
 TINY = GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
 
@@ -42,9 +42,11 @@ def test_kv_cache_matches_full_forward():
     tokens = torch.randint(0, 50257, (2, 20))
     with torch.no_grad():
         full = model(tokens)
-        first, past = model(tokens[:, :12], use_cache=True)
-        second, past = model(tokens[:, 12:15], past_kv=past, use_cache=True)
-        third, _ = model(tokens[:, 15:], past_kv=past, use_cache=True)
+        cache = KVCache(TINY, batch_size=2)
+        first = model(tokens[:, :12], cache)
+        second = model(tokens[:, 12:15], cache)
+        third = model(tokens[:, 15:], cache)
+        assert cache.length == 20
     torch.testing.assert_close(torch.cat((first, second, third), dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -52,3 +54,19 @@ def test_rejects_sequences_longer_than_the_context():
     model = GPTModel(TINY)
     with pytest.raises(ValueError, match="context_length=32"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_left_padding_is_invisible():
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    short, long = torch.randint(0, 50257, (1, 5)), torch.randint(0, 50257, (1, 9))
+    batch = torch.cat((torch.cat((torch.zeros(1, 4, dtype=torch.long), short), dim=1), long))
+    with torch.no_grad():
+        padded = model(batch, pad=torch.tensor([4, 0]))
+        cache = KVCache(TINY, batch_size=2)
+        model(batch[:, :7], cache, pad=torch.tensor([4, 0]))
+        cached_tail = model(batch[:, 7:], cache, pad=torch.tensor([4, 0]))
+        alone_short, alone_long = model(short), model(long)
+    torch.testing.assert_close(padded[0, 4:], alone_short[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded[1], alone_long[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached_tail, padded[:, 7:], atol=1e-5, rtol=1e-5)
