@@ -108,8 +108,19 @@ class TrainConfig:
     seed: int = 123
 
 
+@dataclass
+class GenerateConfig:
+    ckpt: str = MISSING
+    prompt: str = "Every effort moves you"
+    device: str = "auto"
+    plot_temperatures: list[float] = field(default_factory=lambda: [1.0, 0.3, 1.5])
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -192,6 +203,15 @@ def check_logger(logger: Any) -> None:
     _require(logger.mode in modes, "logger.mode", logger.mode, "one of " + ", ".join(modes))
 
 
+def check_device(device: str, key: str) -> None:
+    _require(
+        re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device) is not None,
+        key,
+        device,
+        "one of auto, cpu, cuda, cuda:N, mps",
+    )
+
+
 def check_trainer(trainer: Any) -> None:
     _positive(trainer, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "checkpoint_freq", "keep_last")
     for key in ("max_steps", "sample_freq"):
@@ -201,13 +221,7 @@ def check_trainer(trainer: Any) -> None:
         clip = trainer.grad_clip
         _require(0 < clip < math.inf, "trainer.grad_clip", clip, "must be > 0 and finite, or null")
     _require(trainer.start_context != "", "trainer.start_context", trainer.start_context, "must not be empty")
-    device = trainer.device
-    _require(
-        re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device) is not None,
-        "trainer.device",
-        device,
-        "one of auto, cpu, cuda, cuda:N, mps",
-    )
+    check_device(trainer.device, "trainer.device")
     if trainer.resume is not None:
         _require(trainer.resume.strip() != "", "trainer.resume", trainer.resume, "a run folder, auto, or null")
 
@@ -252,3 +266,16 @@ def check_train_config(cfg: Any) -> None:
     check_decoding(cfg.decoding, cfg.model.vocab_size)
     check_logger(cfg.logger)
     check_trainer(cfg.trainer)
+
+
+def check_generate_config(cfg: Any, vocab_size: int = VOCAB_SIZE) -> None:
+    """All range checks for a generate run; ``vocab_size`` is the checkpoint's model's."""
+    check_known_keys(cfg, GenerateConfig)
+    _require(cfg.prompt != "", "prompt", cfg.prompt, "must not be empty")
+    _require(
+        len(cfg.plot_temperatures) > 0 and all(t > 0 for t in cfg.plot_temperatures),
+        "plot_temperatures", list(cfg.plot_temperatures), "one or more values > 0",
+    )
+    check_device(cfg.device, "device")
+    check_decoding(cfg.decoding, vocab_size)
+    check_logger(cfg.logger)

@@ -31,6 +31,15 @@ def filter_logits(
     return logits
 
 
+def next_token_probs(
+    logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """The distribution ``next_token`` draws from; temperature 0 puts all mass on the argmax."""
+    if temperature == 0:
+        return torch.zeros_like(logits, dtype=torch.float).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
+    return torch.softmax(filter_logits(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
+
+
 def next_token(
     logits: torch.Tensor,
     *,
@@ -45,7 +54,7 @@ def next_token(
     exactly what it would draw alone)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    probs = torch.softmax(filter_logits(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
+    probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     if generator is None or isinstance(generator, torch.Generator):
         return torch.multinomial(probs, num_samples=1, generator=generator)
     return torch.cat([torch.multinomial(row[None], num_samples=1, generator=g) for row, g in zip(probs, generator)])

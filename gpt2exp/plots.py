@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -25,6 +26,64 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
     ax_tokens.plot(tokens_seen, train_losses, alpha=0)  # invisible: only aligns the top axis
     ax_tokens.set_xlabel("Tokens seen")
 
+    return _save(fig, path)
+
+
+def plot_next_token_probs(
+    logits,
+    *,
+    label: Callable[[int], str],
+    temperatures: Sequence[float],
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    path: str | Path,
+    show: int = 10,
+) -> Path:
+    """The tutorial's temperature figure for 1-D next-token ``logits``: the probabilities of the
+    ``show`` most likely tokens (named by ``label(token_id)``) at each of ``temperatures``, and
+    beside them the distribution the given decoding settings draw from, as a PNG."""
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from gpt2exp.decoding import next_token_probs
+
+    logits = torch.as_tensor(logits, dtype=torch.float32).flatten()
+    shown = torch.topk(logits, min(show, logits.numel())).indices
+    positions = torch.arange(len(shown)).numpy()
+    names = [label(int(i)) for i in shown]
+
+    fig = Figure(figsize=(10, 3.5), dpi=150)
+    FigureCanvasAgg(fig)
+    ax_temps, ax_settings = fig.subplots(1, 2)
+    width = 0.8 / len(temperatures)
+    for j, temp in enumerate(temperatures):
+        probs = torch.softmax(logits / temp, dim=-1)[shown]
+        ax_temps.bar(positions + (j - (len(temperatures) - 1) / 2) * width, probs.numpy(), width,
+                     label=f"Temperature = {temp:g}")
+    ax_temps.set_ylabel("Probability")
+    ax_temps.set_title("Temperature scaling")
+    ax_temps.legend()
+
+    probs = next_token_probs(logits[None], temperature=temperature, top_k=top_k, top_p=top_p)[0]
+    ax_settings.bar(positions, probs[shown].numpy())
+    ax_settings.set_title(_settings_title(temperature, top_k, top_p) + f" ({int((probs > 0).sum())} tokens kept)")
+    for ax in (ax_temps, ax_settings):
+        ax.set_xticks(positions)
+        ax.set_xticklabels(names, rotation=90)
+    return _save(fig, path)
+
+
+def _settings_title(temperature: float, top_k: int | None, top_p: float | None) -> str:
+    if temperature == 0:
+        return "Greedy (argmax)"
+    parts = [f"T={temperature:g}"] + [f"{key}={value:g}" for key, value in (("top_k", top_k), ("top_p", top_p))
+                                      if value is not None]
+    return "Sampling, " + ", ".join(parts)
+
+
+def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,17 +36,28 @@ def text_file(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def compose_train():
-    """Compose conf/train.yaml with overrides, as the entrypoint would (`hydra=True`: with the
-    `hydra` node: launcher, sweeper, run and sweep dirs)."""
+def _composer(config_name: str, *base_overrides: str):
     register_configs()
 
     def _compose(*overrides: str, hydra: bool = False) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra)
+            return compose(config_name=config_name, overrides=[*base_overrides, *overrides],
+                           return_hydra_config=hydra)
 
     return _compose
+
+
+@pytest.fixture
+def compose_train():
+    """Compose conf/train.yaml with overrides, as the entrypoint would (`hydra=True`: with the
+    `hydra` node: launcher, sweeper, run and sweep dirs)."""
+    return _composer("train")
+
+
+@pytest.fixture
+def compose_generate():
+    """Compose conf/generate.yaml (with ``ckpt=x.pt``) and overrides, as the entrypoint would."""
+    return _composer("generate", "ckpt=x.pt")
 
 
 # A run that takes seconds: a tiny model on a small text file, no W&B.

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from gpt2exp.config import check_train_config
+from gpt2exp.config import check_generate_config, check_train_config
 from gpt2exp.errors import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -73,3 +73,20 @@ def test_out_of_range_values_name_the_key(compose_train, override, key):
         check_train_config(cfg)
     message = str(info.value)
     assert message.startswith(key) and "\n" not in message
+
+
+@pytest.mark.parametrize("option", options("decoding"))
+def test_generate_composes_with_every_decoding_preset(compose_generate, option):
+    cfg = compose_generate(f"decoding={option}")
+    check_generate_config(cfg)
+    assert cfg.decoding.num_samples == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("prompt=", "prompt"), ("device=tpu", "device"), ("plot_temperatures=[]", "plot_temperatures"),
+     ("decoding.top_p=0", "decoding.top_p"), ("+decoding.top_n=3", "decoding.top_n")],
+)
+def test_generate_out_of_range_values_name_the_key(compose_generate, override, key):
+    with pytest.raises(UserError, match=rf"^{key}="):
+        check_generate_config(compose_generate(override))

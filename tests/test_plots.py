@@ -14,3 +14,19 @@ def test_plot_losses_writes_a_readable_png(tmp_path):
     with Image.open(path) as image:
         assert image.format == "PNG"
         assert image.size == (750, 450)
+
+
+def test_temperature_plot_shows_the_most_likely_tokens(tmp_path):
+    import torch
+
+    from gpt2exp.plots import plot_next_token_probs
+
+    torch.manual_seed(123)
+    shown = []
+    path = plot_next_token_probs(
+        torch.normal(0, 4, (8,)), label=lambda i: shown.append(i) or f"word{i}", temperatures=[1.0, 0.3, 1.5],
+        temperature=1.0, top_k=3, top_p=None, path=tmp_path / "probs.png", show=4,
+    )
+    assert shown == [5, 1, 0, 3]  # the tutorial's logits, most likely first
+    with Image.open(path) as image:
+        assert image.format == "PNG"

@@ -1,0 +1,111 @@
+"""``python -m gpt2exp.generate ckpt=<checkpoint or run folder> prompt="..."``: sample from a
+trained checkpoint, log the samples, the figures that compare decoding settings and the
+temperature plot."""
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from gpt2exp import cli
+from gpt2exp.config import check_decoding, check_generate_config, check_model, register_configs
+from gpt2exp.errors import UserError
+
+log = logging.getLogger("gpt2exp.generate")
+register_configs()
+
+
+def checkpoint_file(ckpt: str) -> Path:
+    """A checkpoint file as given, or a run folder's ``checkpoints/last.pt``."""
+    path = Path(ckpt).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise UserError(f"ckpt: run folder '{ckpt}' has no checkpoints/last.pt")
+    return path
+
+
+def generate(cfg: DictConfig) -> None:
+    """Sample ``decoding.num_samples`` continuations of ``prompt`` and log them."""
+    check_generate_config(cfg)
+    import torch
+
+    from gpt2exp.checkpoint import load_checkpoint
+    from gpt2exp.decoding import generate, to_decoding_layout
+    from gpt2exp.model import GPTConfig, GPTModel
+    from gpt2exp.plots import plot_next_token_probs
+    from gpt2exp.text_metrics import distinct_n, mean_nll, repeat_ngram_rate
+    from gpt2exp.tokenizer import get_encoding
+    from gpt2exp.tracking import Tracker
+    from gpt2exp.trainer import resolve_device
+
+    ckpt_path = checkpoint_file(cfg.ckpt)
+    checkpoint = load_checkpoint(ckpt_path)
+    model_cfg = checkpoint["config"].get("model") if isinstance(checkpoint["config"], dict) else None
+    if not isinstance(model_cfg, dict):
+        raise UserError(f"ckpt: '{ckpt_path}' holds no model config")
+    check_model(OmegaConf.create(model_cfg))
+    check_decoding(cfg.decoding, model_cfg["vocab_size"])
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    device = resolve_device(cfg.device)
+    model = GPTModel(GPTConfig(**model_cfg))
+    model.load_state_dict(checkpoint["model"])
+    model = to_decoding_layout(model.to(device).eval())
+    context_length = model.cfg.context_length
+
+    encoding = get_encoding()
+    prompt_ids = encoding.encode(cfg.prompt, allowed_special="all")
+    if len(prompt_ids) > context_length:
+        log.warning(
+            "prompt: %d tokens; the model sees only the last context_length=%d", len(prompt_ids), context_length
+        )
+    dec = cfg.decoding
+    settings = {key: resolved["decoding"][key] for key in ("temperature", "top_k", "top_p", "max_new_tokens", "seed")}
+    log.info("checkpoint %s (step %s) on %s | %s", ckpt_path, checkpoint["step"], device, settings)
+
+    with Tracker(run_dir, config=resolved, job_type="generate", **cli.tracker_options(cfg.logger)) as tracker:
+        generators = [torch.Generator(device=device).manual_seed(dec.seed + i) for i in range(dec.num_samples)]
+        start = time.perf_counter()
+        out = generate(
+            model, [prompt_ids] * dec.num_samples, max_new_tokens=dec.max_new_tokens, temperature=dec.temperature,
+            top_k=dec.top_k, top_p=dec.top_p, eos_id=dec.eos_id, generator=generators,
+        )
+        seconds = time.perf_counter() - start
+        for i, token_ids in enumerate(out.token_ids):
+            text = encoding.decode(token_ids)
+            tracker.log_sample(step=0, prompt=cfg.prompt, text=text, settings={**settings, "sample": i})
+            log.info("sample %d: %s", i, text)
+
+        metrics = {
+            "gen/tokens_per_sec": sum(map(len, out.new_tokens)) / seconds,
+            "gen/distinct_1": distinct_n(out.new_tokens, 1),
+            "gen/distinct_2": distinct_n(out.new_tokens, 2),
+            "gen/repeat_4gram_rate": repeat_ngram_rate(out.new_tokens, 4),
+            "gen/nll": mean_nll(out.logprobs),
+        }
+        tracker.log_metrics(metrics, step=0)
+        tracker.summary(metrics)
+        log.info(" | ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
+
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt_ids[-context_length:]], device=device))[0, -1].float().cpu()
+        plot_path = plot_next_token_probs(
+            logits, label=lambda token_id: repr(encoding.decode([token_id])), temperatures=list(cfg.plot_temperatures),
+            temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p, path=run_dir / "next_token_probs.png",
+        )
+        tracker.log_image("next_token_probs", plot_path, step=0)
+    log.info("done: %d samples in %s", dec.num_samples, run_dir)
+
+
+@hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    return cli.reports_user_errors(generate)(cfg)
+
+
+if __name__ == "__main__":
+    cli.run(_hydra_main)

@@ -1,0 +1,119 @@
+"""End-to-end runs through ``python -m gpt2exp.generate`` on a tiny saved checkpoint."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_folders
+from wandb_reader import find_wandb_file, read_run
+
+from gpt2exp.checkpoint import save_checkpoint
+from gpt2exp.model import GPTConfig, GPTModel
+
+pytestmark = pytest.mark.slow
+README = Path(__file__).resolve().parents[1] / "README.md"
+TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
+              "drop_rate": 0.0, "qkv_bias": False}
+METRICS = {"gen/tokens_per_sec", "gen/distinct_1", "gen/distinct_2", "gen/repeat_4gram_rate", "gen/nll"}
+
+
+@pytest.fixture
+def train_run(tmp_path) -> Path:
+    """A training run's folder, as ``python -m gpt2exp.train`` leaves it, with a tiny model."""
+    torch.manual_seed(0)
+    run_dir = tmp_path / "outputs" / "2025-01-31" / "12-00-00"
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", model_state=GPTModel(GPTConfig(**TINY_MODEL)).state_dict(),
+                    optimizer_state=None, step=40, config={"model": TINY_MODEL})
+    return run_dir
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def generate_runs(tmp_path: Path) -> list[Path]:
+    return [p for p in run_folders(tmp_path) if (p / "samples.jsonl").exists()]
+
+
+def test_samples_metrics_and_plot_land_in_the_run_folder_and_wandb(run_module, train_run, tmp_path):
+    result = run_module("gpt2exp.generate", f"ckpt={train_run}", "prompt=at the start of", "decoding.num_samples=2",
+                        "decoding.max_new_tokens=12")
+    assert result.returncode == 0, result.stderr
+    [run_dir] = generate_runs(tmp_path)
+
+    samples = read_jsonl(run_dir / "samples.jsonl")
+    assert len(samples) == 2 and all(s["text"].startswith("at the start of") for s in samples)
+    assert samples[0]["settings"] | {"sample": 0} == {"temperature": 1.0, "top_k": 40, "top_p": None,
+                                                     "max_new_tokens": 12, "seed": 123, "sample": 0}
+    assert f"sample 1: {samples[1]['text']}" in result.stdout
+    [metrics] = read_jsonl(run_dir / "metrics.jsonl")
+    assert set(metrics) == METRICS | {"step"} and metrics["gen/tokens_per_sec"] > 0
+    assert 0 < metrics["gen/distinct_1"] <= 1 and metrics["gen/nll"] > 0
+    assert (run_dir / "next_token_probs.png").stat().st_size > 0
+
+    run = read_run(find_wandb_file(run_dir))
+    assert run["job_type"] == "generate" and run["group"] is None and run["exit_code"] == 0
+    assert run["config"]["decoding"]["top_k"] == 40 and run["config"]["ckpt"] == str(train_run)
+    assert {key: run["summary"][key] for key in METRICS} == {key: metrics[key] for key in METRICS}
+    table = run["tables"]["samples"]
+    assert table["columns"][:3] == ["step", "prompt", "text"] and "temperature" in table["columns"]
+    assert [row[2] for row in table["data"]] == [s["text"] for s in samples]
+    assert any(path.startswith("media/images/next_token_probs") for path in run["files"])
+
+    again = run_module("gpt2exp.generate", f"ckpt={train_run}/checkpoints/last.pt", "prompt=at the start of",
+                       "decoding.num_samples=2", "decoding.max_new_tokens=12", "logger=none")
+    assert again.returncode == 0, again.stderr
+    assert [s["text"] for s in read_jsonl(generate_runs(tmp_path)[-1] / "samples.jsonl")] == [s["text"] for s in samples]
+
+
+def test_readme_commands_sample_and_sweep_into_one_wandb_group(train_run, tmp_path):
+    block = re.search(r"## Sample from a checkpoint.*?```bash\n(.*?)```", README.read_text(), re.S).group(1)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    single, *sweep = generate_runs(tmp_path)
+    assert "multirun" not in str(single) and len(read_jsonl(single / "samples.jsonl")) == 3
+
+    runs = [read_run(find_wandb_file(run_dir)) for run_dir in sweep]
+    settings = sorted((r["config"]["decoding"]["temperature"], r["config"]["decoding"]["top_k"]) for r in runs)
+    assert settings == [(0.3, 3), (0.3, 40), (1.0, 3), (1.0, 40), (1.5, 3), (1.5, 40)]
+    assert len({r["run_id"] for r in runs}) == 6
+    [group] = {r["group"] for r in runs}
+    assert group == "_".join(sweep[0].parent.parts[-2:])
+    assert all(r["job_type"] == "generate" and METRICS <= set(r["summary"]) for r in runs)
+
+
+def test_a_prompt_longer_than_the_context_is_cropped_with_one_warning(run_module, train_run):
+    result = run_module("gpt2exp.generate", f"ckpt={train_run}", "prompt=" + "word " * 40, "logger=none",
+                        "decoding.max_new_tokens=3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("the model sees only the last context_length=32") == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("decoding.temperature=-1", "decoding.temperature=-1.0 is not allowed: must be >= 0"),
+        ("decoding.top_k=0", "decoding.top_k=0 is not allowed: must be in [1, 50257]"),
+        ("decoding.top_k=50258", "decoding.top_k=50258 is not allowed: must be in [1, 50257]"),
+        ("decoding.top_p=0", "decoding.top_p=0.0 is not allowed: must be in (0, 1]"),
+        ("decoding.top_p=1.5", "decoding.top_p=1.5 is not allowed: must be in (0, 1]"),
+        ("prompt=", "prompt='' is not allowed: must not be empty"),
+        ("ckpt=missing.pt", "ckpt: 'missing.pt' does not exist"),
+        ("ckpt=notes.txt", "ckpt: 'notes.txt' is not a gpt2exp checkpoint"),
+        ("ckpt=outputs", "ckpt: run folder 'outputs' has no checkpoints/last.pt"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(run_module, train_run, tmp_path, override, message):
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    result = run_module("gpt2exp.generate", f"ckpt={train_run}", override)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not run_folders(tmp_path) and not list(tmp_path.rglob("wandb"))
