@@ -112,38 +112,38 @@ def generate(
     if not prompts or not all(prompts):
         raise ValueError("every prompt needs at least one token")
     device = model.tok_emb.weight.device
-    context_length = model.cfg.context_length
     batch, width = len(prompts), max(len(p) for p in prompts)
     pad_counts = [width - len(p) for p in prompts]
     pad = torch.tensor(pad_counts, device=device) if any(pad_counts) else None
     token_ids = torch.zeros(batch, width + max_new_tokens, dtype=torch.long, device=device)
     token_ids[:, :width] = torch.tensor([[0] * n + p for n, p in zip(pad_counts, prompts)])
     logprobs = torch.zeros(batch, max_new_tokens, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     cache = KVCache(model.cfg, batch, device=device, dtype=model.tok_emb.weight.dtype) if use_cache else None
-    head_t = model.out_head.weight.t().contiguous()  # [emb_dim, vocab_size]; free after to_decoding_layout
 
+    head_t = model.out_head.weight.t().contiguous()  # [emb_dim, vocab_size]; free after to_decoding_layout
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    steps = 0
     was_training = model.training
     model.eval()
-    steps = 0
-    for steps in range(1, max_new_tokens + 1):
-        end = width + steps - 1
-        if cache is not None and 0 < cache.length < context_length:
-            hidden = model.hidden_states(token_ids[:, end - 1 : end], cache, _window_pad(pad, cache_start))
-        else:
-            cache_start = max(0, end - context_length)
-            if cache is not None:
-                cache.length = 0
-            hidden = model.hidden_states(token_ids[:, cache_start:end], cache, _window_pad(pad, cache_start))
-        logits = (hidden[:, -1] @ head_t).float()
-        new_token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-        token_ids[:, end] = new_token[:, 0]
-        logprobs[:, steps - 1] = torch.log_softmax(logits, dim=-1).gather(1, new_token)[:, 0]
-        if eos_id is not None:
-            finished |= new_token[:, 0] == eos_id
-            if bool(finished.all()):
-                break
-    model.train(was_training)
+    try:
+        while steps < max_new_tokens and not (eos_id is not None and bool(finished.all())):
+            end = width + steps
+            if cache is not None and 0 < cache.length < model.cfg.context_length:
+                hidden = model.hidden_states(token_ids[:, end - 1 : end], cache, _window_pad(pad, window_start))
+            else:
+                window_start = max(0, end - model.cfg.context_length)
+                if cache is not None:
+                    cache.length = 0
+                hidden = model.hidden_states(token_ids[:, window_start:end], cache, _window_pad(pad, window_start))
+            logits = (hidden[:, -1] @ head_t).float()
+            new_token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            token_ids[:, end] = new_token[:, 0]
+            logprobs[:, steps] = torch.log_softmax(logits, dim=-1).gather(1, new_token)[:, 0]
+            if eos_id is not None:
+                finished |= new_token[:, 0] == eos_id
+            steps += 1
+    finally:
+        model.train(was_training)
 
     new_tokens = token_ids[:, width : width + steps].tolist()
     kept = [row.index(eos_id) if eos_id in row else len(row) for row in new_tokens]
