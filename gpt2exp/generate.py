@@ -54,7 +54,10 @@ def generate(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device = resolve_device(cfg.device)
     model = GPTModel(GPTConfig(**model_cfg))
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError):
+        raise UserError(f"ckpt: '{ckpt_path}' holds weights that do not fit its model config") from None
     model = to_decoding_layout(model.to(device).eval())
     context_length = model.cfg.context_length
 

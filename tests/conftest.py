@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated token cache and offline W&B for every test, a Hydra
 compose helper, and a runner for the real ``python -m`` entrypoints."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from gpt2exp.checkpoint import save_checkpoint
 from gpt2exp.config import register_configs
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -91,3 +93,30 @@ def run_module(tmp_path):
 def run_folders(root: Path) -> list[Path]:
     """Hydra run folders under ``root/outputs`` (those with a .hydra folder), oldest first."""
     return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def generate_runs(root: Path) -> list[Path]:
+    """Run folders of ``gpt2exp.generate`` under ``root/outputs``, oldest first."""
+    return [p for p in run_folders(root) if (p / "samples.jsonl").exists()]
+
+
+TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
+              "drop_rate": 0.0, "qkv_bias": False}
+
+
+@pytest.fixture
+def train_run(tmp_path) -> Path:
+    """A training run's folder, as ``python -m gpt2exp.train`` leaves it, with a tiny model."""
+    import torch
+
+    from gpt2exp.model import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    run_dir = tmp_path / "outputs" / "2025-01-31" / "12-00-00"
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", model_state=GPTModel(GPTConfig(**TINY_MODEL)).state_dict(),
+                    optimizer_state=None, step=40, config={"model": TINY_MODEL})
+    return run_dir

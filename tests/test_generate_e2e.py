@@ -1,43 +1,11 @@
 """End-to-end runs through ``python -m gpt2exp.generate`` on a tiny saved checkpoint."""
 
-import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import torch
-from conftest import run_folders
+from conftest import generate_runs, read_jsonl, run_folders
 from wandb_reader import find_wandb_file, read_run
 
-from gpt2exp.checkpoint import save_checkpoint
-from gpt2exp.model import GPTConfig, GPTModel
-
 pytestmark = pytest.mark.slow
-README = Path(__file__).resolve().parents[1] / "README.md"
-TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
-              "drop_rate": 0.0, "qkv_bias": False}
 METRICS = {"gen/tokens_per_sec", "gen/distinct_1", "gen/distinct_2", "gen/repeat_4gram_rate", "gen/nll"}
-
-
-@pytest.fixture
-def train_run(tmp_path) -> Path:
-    """A training run's folder, as ``python -m gpt2exp.train`` leaves it, with a tiny model."""
-    torch.manual_seed(0)
-    run_dir = tmp_path / "outputs" / "2025-01-31" / "12-00-00"
-    save_checkpoint(run_dir / "checkpoints" / "last.pt", model_state=GPTModel(GPTConfig(**TINY_MODEL)).state_dict(),
-                    optimizer_state=None, step=40, config={"model": TINY_MODEL})
-    return run_dir
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def generate_runs(tmp_path: Path) -> list[Path]:
-    return [p for p in run_folders(tmp_path) if (p / "samples.jsonl").exists()]
 
 
 def test_samples_metrics_and_plot_land_in_the_run_folder_and_wandb(run_module, train_run, tmp_path):
@@ -69,24 +37,6 @@ def test_samples_metrics_and_plot_land_in_the_run_folder_and_wandb(run_module, t
                        "decoding.num_samples=2", "decoding.max_new_tokens=12", "logger=none")
     assert again.returncode == 0, again.stderr
     assert [s["text"] for s in read_jsonl(generate_runs(tmp_path)[-1] / "samples.jsonl")] == [s["text"] for s in samples]
-
-
-def test_readme_commands_sample_and_sweep_into_one_wandb_group(train_run, tmp_path):
-    block = re.search(r"## Sample from a checkpoint.*?```bash\n(.*?)```", README.read_text(), re.S).group(1)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    single, *sweep = generate_runs(tmp_path)
-    assert "multirun" not in str(single) and len(read_jsonl(single / "samples.jsonl")) == 3
-
-    runs = [read_run(find_wandb_file(run_dir)) for run_dir in sweep]
-    settings = sorted((r["config"]["decoding"]["temperature"], r["config"]["decoding"]["top_k"]) for r in runs)
-    assert settings == [(0.3, 3), (0.3, 40), (1.0, 3), (1.0, 40), (1.5, 3), (1.5, 40)]
-    assert len({r["run_id"] for r in runs}) == 6
-    [group] = {r["group"] for r in runs}
-    assert group == "_".join(sweep[0].parent.parts[-2:])
-    assert all(r["job_type"] == "generate" and METRICS <= set(r["summary"]) for r in runs)
 
 
 def test_a_prompt_longer_than_the_context_is_cropped_with_one_warning(run_module, train_run):

@@ -1,14 +1,18 @@
 """README's commands are the ones users type: each ``python -m gpt2exp.train`` line is run here,
-shrunk to seconds with overrides appended after it, and the set-up and test commands are
-the ones ``.ci/run`` runs."""
+shrunk to seconds with overrides appended after it, the "Sample from a checkpoint" commands run
+as written on a tiny checkpoint, and the set-up and test commands are the ones ``.ci/run`` runs."""
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_folders
+from conftest import TINY, generate_runs, read_jsonl, run_folders
+from wandb_reader import find_wandb_file, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -77,3 +81,23 @@ def test_quickstart_learns_within_fifty_steps(run_module, tmp_path):
     [run_dir] = run_folders(tmp_path)
     evals = [m for m in map(json.loads, (run_dir / "metrics.jsonl").open()) if "val/loss" in m]
     assert evals[0]["val/loss"] > 10.5 and evals[-1]["val/loss"] < evals[0]["val/loss"] - 3
+
+
+@pytest.mark.slow
+def test_readme_sample_commands_sample_and_sweep_into_one_wandb_group(train_run, tmp_path):
+    """The section's commands as written, in a folder with one (tiny) training run."""
+    block = re.search(r"## Sample from a checkpoint.*?```bash\n(.*?)```", README, re.S).group(1)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    single, *sweep = generate_runs(tmp_path)
+    assert "multirun" not in str(single) and len(read_jsonl(single / "samples.jsonl")) == 3
+
+    runs = [read_run(find_wandb_file(run_dir)) for run_dir in sweep]
+    settings = sorted((r["config"]["decoding"]["temperature"], r["config"]["decoding"]["top_k"]) for r in runs)
+    assert settings == [(0.3, 3), (0.3, 40), (1.0, 3), (1.0, 40), (1.5, 3), (1.5, 40)]
+    assert len({r["run_id"] for r in runs}) == 6
+    [group] = {r["group"] for r in runs}
+    assert group == "_".join(sweep[0].parent.parts[-2:])
+    assert all(r["job_type"] == "generate" and "gen/nll" in r["summary"] for r in runs)

@@ -1,19 +1,13 @@
 """End-to-end runs through ``python -m gpt2exp.train`` in subprocesses."""
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_folders
+from conftest import TINY, read_jsonl, run_folders
 from wandb_reader import find_wandb_file, read_run
 
 pytestmark = pytest.mark.slow
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_tiny_run_trains_logs_and_checkpoints(run_module, text_file, tmp_path):
