@@ -26,7 +26,7 @@ from gpt2exp.data import (
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import EOT_TOKEN, get_encoding
 
-WIKITEXT_VALID = Path("/work/shared/data/wikitext-2/wiki.valid.tokens")
+WIKITEXT_VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"
 STORY = "\n".join(f"Line {i} of a story about a fox who jumps over the lazy dog." for i in range(200))
 
 
