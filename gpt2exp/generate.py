@@ -4,6 +4,7 @@ temperature plot."""
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -28,20 +29,25 @@ def checkpoint_file(ckpt: str) -> Path:
     return path
 
 
-def generate(cfg: DictConfig) -> None:
-    """Sample ``decoding.num_samples`` continuations of ``prompt`` and log them."""
-    check_generate_config(cfg)
-    import torch
+@dataclass
+class GenerationPlan:
+    """What a generate run needs once every check has passed."""
 
+    resolved: dict
+    ckpt_path: Path
+    checkpoint: dict
+    model_cfg: dict
+    device: "torch.device"
+
+
+def plan_generation(cfg: DictConfig) -> GenerationPlan:
+    """Check everything a user can get wrong (config, checkpoint, decoding against the model)
+    before a model is built or a file is written; raises UserError (or a config error)."""
     from gpt2exp.checkpoint import load_checkpoint
-    from gpt2exp.decoding import generate, to_decoding_layout
-    from gpt2exp.model import GPTConfig, GPTModel
-    from gpt2exp.plots import plot_next_token_probs
-    from gpt2exp.text_metrics import distinct_n, mean_nll, repeat_ngram_rate
-    from gpt2exp.tokenizer import get_encoding
-    from gpt2exp.tracking import Tracker
     from gpt2exp.trainer import resolve_device
 
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check_generate_config(cfg)
     ckpt_path = checkpoint_file(cfg.ckpt)
     checkpoint = load_checkpoint(ckpt_path)
     model_cfg = checkpoint["config"].get("model") if isinstance(checkpoint["config"], dict) else None
@@ -49,11 +55,24 @@ def generate(cfg: DictConfig) -> None:
         raise UserError(f"ckpt: '{ckpt_path}' holds no model config")
     check_model(OmegaConf.create(model_cfg))
     check_decoding(cfg.decoding, model_cfg["vocab_size"])
+    return GenerationPlan(resolved, ckpt_path, checkpoint, model_cfg, resolve_device(cfg.device))
 
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+def generate(cfg: DictConfig) -> None:
+    """Sample ``decoding.num_samples`` continuations of ``prompt`` and log them."""
+    plan = plan_generation(cfg)
+    import torch
+
+    from gpt2exp.decoding import generate, to_decoding_layout
+    from gpt2exp.model import GPTConfig, GPTModel
+    from gpt2exp.plots import plot_next_token_probs
+    from gpt2exp.text_metrics import distinct_n, mean_nll, repeat_ngram_rate
+    from gpt2exp.tokenizer import get_encoding
+    from gpt2exp.tracking import Tracker
+
+    resolved, ckpt_path, checkpoint, device = plan.resolved, plan.ckpt_path, plan.checkpoint, plan.device
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    device = resolve_device(cfg.device)
-    model = GPTModel(GPTConfig(**model_cfg))
+    model = GPTModel(GPTConfig(**plan.model_cfg))
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError):

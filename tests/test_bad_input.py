@@ -1,5 +1,6 @@
 """Bad input never costs a run: random overrides of every numeric and string key of the train
-entrypoint either pass every check or stop with one line naming the key, and leave nothing behind."""
+and generate entrypoints either pass every check or stop with one line naming the key, and leave
+nothing behind."""
 
 import typing
 from dataclasses import fields, is_dataclass
@@ -13,8 +14,9 @@ from hypothesis import strategies as st
 from omegaconf.errors import OmegaConfBaseException
 
 from gpt2exp import cli
-from gpt2exp.config import TrainConfig
+from gpt2exp.config import GenerateConfig, TrainConfig
 from gpt2exp.errors import UserError
+from gpt2exp.generate import plan_generation
 from gpt2exp.resume import find_resume_point
 from gpt2exp.train import plan_run
 
@@ -31,6 +33,7 @@ def scalar_keys(schema: type, prefix: str = "") -> list[str]:
 
 
 KEYS = scalar_keys(TrainConfig)
+GENERATE_KEYS = scalar_keys(GenerateConfig)
 
 
 def quoted(text: str) -> str:
@@ -71,8 +74,23 @@ def test_any_override_passes_or_names_its_key_in_one_line(compose_train, base_ov
     assert not list(tmp_path.rglob("*.pt"))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(GENERATE_KEYS), value=VALUES)
+def test_any_generate_override_passes_or_names_its_key_in_one_line(compose_generate, train_run, tmp_path,
+                                                                   monkeypatch, key, value):
+    monkeypatch.chdir(tmp_path)
+    override = f"{key}={value}"
+    try:
+        plan_generation(compose_generate(f"ckpt={train_run}", "logger=none", override))
+    except (UserError, HydraException, OmegaConfBaseException) as err:  # what the entrypoint reports
+        message = cli.error_message(err)
+        assert "\n" not in message and key in message, (override, message)
+    assert sorted(tmp_path.rglob("*.pt")) == [train_run / "checkpoints" / "last.pt"]
+
+
 def test_every_key_is_covered():
     assert {"model.emb_dim", "optimizer.lr", "data.path", "trainer.resume", "trainer.keep_last", "seed"} <= set(KEYS)
+    assert {"ckpt", "prompt", "decoding.temperature", "decoding.top_k", "decoding.top_p"} <= set(GENERATE_KEYS)
 
 
 def write_empty(path: Path) -> str:
