@@ -16,7 +16,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
 from gpt2exp.errors import UserError
+from gpt2exp.precision import PRECISIONS
 from gpt2exp.tokenizer import VOCAB_SIZE
+
+SAMPLERS = ("windows", "random")
+BENCH_SECTIONS = ("peak", "train", "generate", "data")
 
 
 @dataclass
@@ -28,6 +32,7 @@ class ModelConfig:
     n_layers: int = MISSING
     drop_rate: float = 0.0
     qkv_bias: bool = False
+    pad_vocab_to: int = 1
 
 
 @dataclass
@@ -39,6 +44,7 @@ class DataConfig:
     train_ratio: float = 0.9
     batch_size: int = 8
     stride: int = II("model.context_length")
+    sampler: str = "windows"
     shuffle: bool = True
     drop_last: bool = True
     num_workers: int = 0
@@ -90,6 +96,8 @@ class TrainerConfig:
     grad_accum: int = 1
     grad_clip: Optional[float] = 1.0
     device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
     progress: bool = True
     checkpoint_freq: int = II("trainer.eval_freq")
     keep_last: int = 2
@@ -118,9 +126,32 @@ class GenerateConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+@dataclass
+class BenchSettings:
+    batch_size: int = 8
+    steps: int = 10
+    warmup: int = 2
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    threads: Optional[int] = None
+    new_tokens: int = 32
+    text_path: Optional[str] = None
+    sections: list[str] = field(default_factory=lambda: list(BENCH_SECTIONS))
+
+
+@dataclass
+class BenchConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    seed: int = 123
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
+    ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -138,10 +169,11 @@ def check_data(data: Any) -> None:
     _positive(data, "data", "batch_size", "stride")
     _require(0 < data.train_ratio < 1, "data.train_ratio", data.train_ratio, "must be between 0 and 1 (exclusive)")
     _require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be >= 0")
+    _require(data.sampler in SAMPLERS, "data.sampler", data.sampler, "one of " + ", ".join(SAMPLERS))
 
 
 def check_model(model: Any) -> None:
-    _positive(model, "model", "context_length", "emb_dim", "n_heads", "n_layers")
+    _positive(model, "model", "context_length", "emb_dim", "n_heads", "n_layers", "pad_vocab_to")
     _require(
         model.emb_dim % model.n_heads == 0,
         "model.n_heads",
@@ -156,7 +188,8 @@ def model_parameters(model: Any) -> int:
     """GPT-2's parameter count for these settings (tied embeddings, as `GPTModel` builds it)."""
     emb, bias = model.emb_dim, 3 * model.emb_dim if model.qkv_bias else 0
     per_layer = 12 * emb * emb + 10 * emb + bias
-    return (model.vocab_size + model.context_length) * emb + model.n_layers * per_layer + 2 * emb
+    padded_vocab = -(-model.vocab_size // model.pad_vocab_to) * model.pad_vocab_to
+    return (padded_vocab + model.context_length) * emb + model.n_layers * per_layer + 2 * emb
 
 
 def check_fits_in_memory(model: Any) -> None:
@@ -212,6 +245,10 @@ def check_device(device: str, key: str) -> None:
     )
 
 
+def check_precision(precision: str, key: str) -> None:
+    _require(precision in PRECISIONS, key, precision, "one of " + ", ".join(PRECISIONS))
+
+
 def check_trainer(trainer: Any) -> None:
     _positive(trainer, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "checkpoint_freq", "keep_last")
     for key in ("max_steps", "sample_freq"):
@@ -222,6 +259,7 @@ def check_trainer(trainer: Any) -> None:
         _require(0 < clip < math.inf, "trainer.grad_clip", clip, "must be > 0 and finite, or null")
     _require(trainer.start_context != "", "trainer.start_context", trainer.start_context, "must not be empty")
     check_device(trainer.device, "trainer.device")
+    check_precision(trainer.precision, "trainer.precision")
     if trainer.resume is not None:
         _require(trainer.resume.strip() != "", "trainer.resume", trainer.resume, "a run folder, auto, or null")
 
@@ -279,3 +317,25 @@ def check_generate_config(cfg: Any, vocab_size: int = VOCAB_SIZE) -> None:
     check_device(cfg.device, "device")
     check_decoding(cfg.decoding, vocab_size)
     check_logger(cfg.logger)
+
+
+def check_bench_config(cfg: Any) -> None:
+    """All range checks for a benchmark run."""
+    check_known_keys(cfg, BenchConfig)
+    check_no_nul(cfg, BenchConfig)
+    check_model(cfg.model)
+    check_optimizer(cfg.optimizer)
+    bench = cfg.bench
+    _positive(bench, "bench", "batch_size", "steps", "new_tokens")
+    _require(bench.warmup >= 0, "bench.warmup", bench.warmup, "must be an integer >= 0")
+    if bench.threads is not None:
+        _require(bench.threads >= 1, "bench.threads", bench.threads, "must be an integer >= 1 or null")
+    check_device(bench.device, "bench.device")
+    check_precision(bench.precision, "bench.precision")
+    sections = list(bench.sections)
+    _require(
+        bool(sections) and set(sections) <= set(BENCH_SECTIONS),
+        "bench.sections",
+        sections,
+        "a non-empty list of " + ", ".join(BENCH_SECTIONS),
+    )

@@ -120,7 +120,7 @@ def generate(
     logprobs = torch.zeros(batch, max_new_tokens, device=device)
     cache = KVCache(model.cfg, batch, device=device, dtype=model.tok_emb.weight.dtype) if use_cache else None
 
-    head_t = model.out_head.weight.t().contiguous()  # [emb_dim, vocab_size]; free after to_decoding_layout
+    head_t = model.out_head.weight[: model.cfg.vocab_size].t().contiguous()  # [emb_dim, vocab_size] (no padding)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     steps = 0
     was_training = model.training

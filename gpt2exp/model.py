@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2exp.loss import head_cross_entropy
+
 @dataclass(frozen=True)
 class GPTConfig:
     """The seed's model keys; the defaults are OpenAI's 124M GPT-2."""
@@ -18,6 +20,11 @@ class GPTConfig:
     n_layers: int = 12
     drop_rate: float = 0.1
     qkv_bias: bool = True
+    pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 suits GPU matmuls)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.pad_vocab_to) * self.pad_vocab_to
 
 
 class KVCache:
@@ -99,12 +106,12 @@ class GPTModel(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.tok_emb = nn.Embedding(cfg.padded_vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.emb_dim)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
         self.out_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(number of residual additions).
@@ -124,10 +131,24 @@ class GPTModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, token_ids: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None
+        self,
+        token_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        pad: torch.Tensor | None = None,
+        *,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [batch, seq_len, vocab_size] for [batch, seq_len] tokens (see ``hidden_states``)."""
-        return self.out_head(self.hidden_states(token_ids, cache, pad))
+        """Logits [batch, seq_len, vocab_size] for [batch, seq_len] tokens (see ``hidden_states``).
+
+        With ``targets`` [batch, seq_len] it returns the mean next-token cross-entropy instead,
+        computed without materialising the logits (see ``gpt2exp.loss``).
+        """
+        hidden = self.hidden_states(token_ids, cache, pad)
+        if targets is not None:
+            return head_cross_entropy(
+                hidden.flatten(0, 1), self.out_head.weight, targets.flatten(), vocab_size=self.cfg.vocab_size
+            )
+        return self.out_head(hidden)[..., : self.cfg.vocab_size]
 
     def hidden_states(
         self, token_ids: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None

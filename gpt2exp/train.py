@@ -27,10 +27,12 @@ register_configs()
 
 @dataclass
 class RunPlan:
-    """A run whose inputs all checked out: its config, device, data, length and resume point."""
+    """A run whose inputs all checked out: its config, device and precision, data, length and
+    resume point."""
 
     resolved: dict
     device: Any
+    precision: Any
     data: Any
     total_steps: int
     resume: Any
@@ -39,6 +41,7 @@ class RunPlan:
 def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
     """Check everything a user can get wrong (config, resume folder, data, model size) before
     a model is built or a file is written; raises UserError (or a config error) naming the key."""
+    from gpt2exp.precision import resolve_precision
     from gpt2exp.resume import find_resume_point
     from gpt2exp.trainer import resolve_device
 
@@ -46,8 +49,9 @@ def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
     check_train_config(cfg)
     check_fits_in_memory(cfg.model)
     device = resolve_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
     resume = find_resume_point(cfg.trainer.resume, resolved, run_dir=run_dir, root=outputs_root)
-    data = _load_data(cfg)
+    data = _load_data(cfg, device)
     grad_accum = cfg.trainer.grad_accum
     steps_per_epoch = len(data.train_loader) // grad_accum
     if steps_per_epoch == 0:
@@ -56,7 +60,7 @@ def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
             "training batches of an epoch; lower it or data.batch_size"
         )
     total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
-    return RunPlan(resolved, device, data, total_steps, resume)
+    return RunPlan(resolved, device, precision, data, total_steps, resume)
 
 
 def train(cfg: DictConfig) -> float:
@@ -103,6 +107,8 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
     """The tutorial's run (model, AdamW, the loop, the loss plot, checkpoints), from the
     plan's resume point if any. SIGINT/SIGTERM save a checkpoint and exit 130/143 saying how
     to resume; a non-finite loss exits 1 naming the step (a multirun fails that job only)."""
+    import torch
+
     from gpt2exp.data import eval_batches
     from gpt2exp.interrupt import GracefulStop
     from gpt2exp.resume import resume_command
@@ -112,10 +118,11 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
     trainer_cfg, opt_cfg, data, total_steps = cfg.trainer, cfg.optimizer, plan.data, plan.total_steps
     model, optimizer = _build_model(cfg, plan.resolved, plan.device)
     log.info(
-        "model %s parameters on %s | data %s: %d train / %d val tokens | %d steps | run folder %s",
-        f"{model.num_parameters():,}", plan.device, cfg.data.source, data.train_tokens, data.val_tokens,
-        total_steps, run_dir,
+        "model %s parameters on %s (%s) | data %s: %d train / %d val tokens | %d steps | run folder %s",
+        f"{model.num_parameters():,}", plan.device, plan.precision.name, cfg.data.source, data.train_tokens,
+        data.val_tokens, total_steps, run_dir,
     )
+    train_forward = torch.compile(model) if trainer_cfg.compile else model  # shares model's weights
     state = TrainState()
     if plan.resume is not None:
         state = _restore(plan.resume, model, optimizer)
@@ -127,7 +134,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
             restore_rng_state(plan.resume.checkpoint["extra"]["rng"])
         try:
             state = train_model(
-                model, optimizer, data.train_loader,
+                train_forward, optimizer, data.train_loader,
                 train_eval_batches=eval_batches(data.train_loader.dataset, num_batches=trainer_cfg.eval_iter,
                                                 batch_size=cfg.data.batch_size),
                 val_eval_batches=eval_batches(data.val_loader.dataset, num_batches=trainer_cfg.eval_iter,
@@ -151,6 +158,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
                 on_checkpoint=hooks.on_checkpoint,
                 should_stop=stop.requested,
                 progress=trainer_cfg.progress,
+                precision=plan.precision,
             )
         except NonFiniteLoss as err:
             tracker.finish(exit_code=1)
@@ -296,7 +304,7 @@ def _restore(resume, model, optimizer):
     return state
 
 
-def _load_data(cfg: DictConfig):
+def _load_data(cfg: DictConfig, device):
     from gpt2exp.data import build_data
 
     data_cfg = cfg.data
@@ -314,6 +322,8 @@ def _load_data(cfg: DictConfig):
         drop_last=data_cfg.drop_last,
         num_workers=data_cfg.num_workers,
         seed=cfg.seed,
+        sampler=data_cfg.sampler,
+        pin_memory=device.type == "cuda",
     )
 
 

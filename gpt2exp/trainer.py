@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from gpt2exp.data.loaders import epoch_batches
 from gpt2exp.errors import UserError
+from gpt2exp.precision import Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -40,12 +40,14 @@ def resolve_device(name: str) -> torch.device:
 def make_optimizer(
     model: nn.Module, *, lr: float, weight_decay: float, betas: Sequence[float], eps: float
 ) -> torch.optim.AdamW:
-    """AdamW that decays the weight matrices only, not biases, norms or embeddings' ... biases."""
+    """AdamW that decays the weight matrices only, not biases or norms; PyTorch's fused kernel
+    (one pass over all parameters) on the CPU and CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
 def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str, min_lr_ratio: float) -> float:
@@ -60,16 +62,18 @@ def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: s
 
 def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of one batch."""
-    logits = model(inputs)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    return model(inputs, targets=targets)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Sequence[Batch], device: torch.device) -> float:
+def evaluate(
+    model: nn.Module, batches: Sequence[Batch], device: torch.device, precision: Precision = Precision()
+) -> float:
     """Mean loss over fixed batches, in eval mode."""
     was_training = model.training
     model.eval()
-    losses = [batch_loss(model, x.to(device), y.to(device)).item() for x, y in batches]
+    with precision.autocast():
+        losses = [batch_loss(model, x.to(device), y.to(device)).item() for x, y in batches]
     model.train(was_training)
     return sum(losses) / len(losses)
 
@@ -142,6 +146,7 @@ def train_model(
     on_checkpoint: Callable[..., None] = lambda state, *, periodic, is_best: None,
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = True,
+    precision: Precision = Precision(),
 ) -> TrainState:
     """Train from ``state`` (a fresh run when None) up to ``total_steps`` optimizer steps of
     ``grad_accum`` batches each; returns the state reached.
@@ -155,7 +160,8 @@ def train_model(
     The train loader's sampler must be an ``EpochSampler``: a resumed run starts inside its
     epoch without replaying batches.
     Raises ``NonFiniteLoss`` for a NaN/inf loss or gradient norm unless ``skip_nonfinite``, which
-    skips the update instead and counts it in ``state.skipped_nonfinite``.
+    skips the update instead and counts it in ``state.skipped_nonfinite``. The forward passes run
+    under ``precision``'s autocast; with fp16 the loss is scaled and overflowing steps are skipped.
     """
     from tqdm.auto import tqdm
 
@@ -165,6 +171,7 @@ def train_model(
     for group in optimizer.param_groups:  # saved with the optimizer, so a resumed run keeps it
         group.setdefault("initial_lr", group["lr"])
     interval_tokens, interval_start = 0, time.perf_counter()
+    scaler = precision.grad_scaler()
 
     def run_eval() -> bool:
         nonlocal interval_tokens, interval_start
@@ -173,8 +180,8 @@ def train_model(
             step=state.step,
             epoch=state.step / steps_per_epoch,
             tokens_seen=state.tokens_seen,
-            train_loss=evaluate(model, train_eval_batches, device),
-            val_loss=evaluate(model, val_eval_batches, device),
+            train_loss=evaluate(model, train_eval_batches, device, precision),
+            val_loss=evaluate(model, val_eval_batches, device, precision),
         )
         state.history.append(point)
         on_eval(point, {"tokens_per_sec": interval_tokens / elapsed if interval_tokens else 0.0})
@@ -192,18 +199,21 @@ def train_model(
         for _ in range(grad_accum):
             inputs, targets = next(batches)
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            loss = batch_loss(model, inputs, targets) / grad_accum
-            loss.backward()
+            with precision.autocast():
+                loss = batch_loss(model, inputs, targets) / grad_accum
+            scaler.scale(loss).backward()
             step_loss += loss.item()
             state.tokens_seen += inputs.numel()
             interval_tokens += inputs.numel()
         state.batch_in_epoch += grad_accum
+        scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf).item()
         metrics = {
             "train/batch_loss": step_loss, "lr": optimizer.param_groups[0]["lr"], "train/grad_norm": grad_norm,
         }
-        if math.isfinite(step_loss) and math.isfinite(grad_norm):
-            optimizer.step()
+        if math.isfinite(step_loss) and (math.isfinite(grad_norm) or scaler.is_enabled()):
+            scaler.step(optimizer)  # with fp16 the scaler skips a step whose gradients overflowed
+            scaler.update()
         elif skip_nonfinite:
             state.skipped_nonfinite += 1
         else:

@@ -60,6 +60,8 @@ def test_appended_unknown_key_is_refused(compose_train):
         ("trainer.eval_freq=0", "trainer.eval_freq"),
         ("trainer.grad_clip=0", "trainer.grad_clip"),
         ("trainer.device=tpu", "trainer.device"),
+        ("trainer.precision=fp8", "trainer.precision"),
+        ("model.pad_vocab_to=0", "model.pad_vocab_to"),
         ("decoding.temperature=-0.5", "decoding.temperature"),
         ("decoding.top_k=0", "decoding.top_k"),
         ("decoding.top_k=50258", "decoding.top_k"),

@@ -69,6 +69,26 @@ def test_shuffle_is_reproducible_with_a_seed_and_changes_with_another():
     assert first_tokens_in_order(seed=1) != first_tokens_in_order(seed=2)
 
 
+def random_offset_batches(seed):
+    loader = create_dataloader(
+        np.arange(400, dtype=np.uint16), batch_size=4, context_length=8, stride=8,
+        shuffle=True, drop_last=True, seed=seed, sampler="random",
+    )
+    return [(inputs.tolist(), targets.tolist()) for inputs, targets in loader]
+
+
+def test_random_sampler_draws_windows_at_any_offset_reproducibly():
+    batches = random_offset_batches(seed=1)
+    assert len(batches) == len(range(0, 400 - 8, 8)) // 4  # as many windows per epoch as sliding ones
+    starts = [row[0] for inputs, _ in batches for row in inputs]
+    for inputs, targets in batches:
+        for row, target in zip(inputs, targets):
+            assert row == list(range(row[0], row[0] + 8)) and target == [t + 1 for t in row]
+    assert any(start % 8 for start in starts) and max(starts) <= 400 - 9
+    assert random_offset_batches(seed=1) == batches
+    assert random_offset_batches(seed=2) != batches
+
+
 def test_eval_batches_spread_evenly_and_are_fixed():
     dataset = SlidingWindowDataset(np.arange(1001, dtype=np.uint16), context_length=10, stride=10)  # 100 windows
     batches = eval_batches(dataset, num_batches=3, batch_size=2)
@@ -398,6 +418,7 @@ def test_build_data_gives_train_and_val_loaders(tmp_path):
                                  r"\(model.context_length \+ 1 = 17\); .*a smaller data.train_ratio"),
         ({"context_length": 10_000}, "data: the train split has .*model.context_length"),
         ({"batch_size": 10_000}, "the train split gives .* windows, fewer than one batch of data.batch_size=10000"),
+        ({"sampler": "shuffled"}, "data.sampler='shuffled' is not allowed: one of windows, random"),
     ],
 )
 def test_build_data_rejects_settings_that_give_no_batches(tmp_path, overrides, message):

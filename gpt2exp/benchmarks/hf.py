@@ -38,7 +38,7 @@ def _hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
     """HF's Conv1D keeps weights as [in, out], the transpose of ``nn.Linear``'s [out, in]."""
     cfg = model.cfg
     state = {
-        "transformer.wte.weight": model.tok_emb.weight,
+        "transformer.wte.weight": model.tok_emb.weight[: cfg.vocab_size],
         "transformer.wpe.weight": model.pos_emb.weight,
         "transformer.ln_f.weight": model.final_norm.weight,
         "transformer.ln_f.bias": model.final_norm.bias,

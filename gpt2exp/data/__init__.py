@@ -41,10 +41,13 @@ def build_data(
     drop_last: bool = True,
     num_workers: int = 0,
     seed: int = 0,
+    sampler: str = "windows",
+    pin_memory: bool = False,
 ) -> DataBundle:
     """Load a corpus, tokenize it (cached in `cache_dir`) and wrap both splits in loaders.
 
-    The val loader neither shuffles nor drops its last batch. Raises UserError, naming the
+    The train loader draws its windows with `sampler` (see `create_dataloader`); the val loader
+    takes the sliding windows in order and keeps its last, partial batch. Raises UserError, naming the
     config key, when a setting is out of range or a split is too short for one window.
     """
     at_least_one = {"data.batch_size": batch_size, "data.stride": stride, "model.context_length": context_length}
@@ -68,15 +71,16 @@ def build_data(
             )
     train_loader = create_dataloader(
         train_tokens, batch_size=batch_size, context_length=context_length, stride=stride,
-        shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, seed=seed,
+        shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, seed=seed, sampler=sampler,
+        pin_memory=pin_memory,
     )
     if len(train_loader) == 0:
         raise UserError(
-            f"data: the train split gives {len(train_loader.dataset)} windows, fewer than one batch of "
+            f"data: the train split gives {len(train_loader.sampler)} windows, fewer than one batch of "
             f"data.batch_size={batch_size}; use a smaller data.batch_size or data.stride, or a longer text"
         )
     val_loader = create_dataloader(
         val_tokens, batch_size=batch_size, context_length=context_length, stride=stride,
-        shuffle=False, drop_last=False, num_workers=num_workers, seed=seed,
+        shuffle=False, drop_last=False, num_workers=num_workers, seed=seed, pin_memory=pin_memory,
     )
     return DataBundle(train_loader, val_loader, len(train_tokens), len(val_tokens))

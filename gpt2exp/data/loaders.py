@@ -1,4 +1,4 @@
-"""Token ids -> (inputs, targets) batches of sliding windows, as in the tutorial."""
+"""Token ids -> (inputs, targets) batches: the tutorial's sliding windows, or windows at random offsets."""
 
 from collections.abc import Iterator
 
@@ -45,14 +45,29 @@ class EpochSampler(Sampler[int]):
     def order(self, epoch: int) -> list[int]:
         if not self.shuffle:
             return list(range(self.length))
-        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-        return torch.randperm(self.length, generator=torch.Generator().manual_seed(seed)).tolist()
+        return torch.randperm(self.length, generator=_epoch_generator(self.seed, epoch)).tolist()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order(self.epoch)[self.start :])
 
     def __len__(self) -> int:
         return max(0, self.length - self.start)
+
+
+class RandomOffsetSampler(EpochSampler):
+    """`samples` window indices per epoch drawn uniformly, with replacement, from `0..offsets-1`;
+    fixed by (`seed`, epoch) and resumable like `EpochSampler`."""
+
+    def __init__(self, offsets: int, *, samples: int, seed: int):
+        super().__init__(samples, shuffle=True, seed=seed)
+        self.offsets = offsets
+
+    def order(self, epoch: int) -> list[int]:
+        return torch.randint(self.offsets, (self.length,), generator=_epoch_generator(self.seed, epoch)).tolist()
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
 
 
 def epoch_batches(loader: DataLoader, epoch: int, skip_batches: int = 0) -> Iterator:
@@ -72,17 +87,30 @@ def create_dataloader(
     drop_last: bool,
     num_workers: int = 0,
     seed: int = 0,
+    sampler: str = "windows",
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """Batches of sliding windows over `tokens`; the shuffled order of each epoch is fixed by
-    `seed` and the epoch (see `EpochSampler`). The loader's own generator (worker seeds) keeps
-    it off torch's global RNG."""
-    dataset = SlidingWindowDataset(tokens, context_length, stride)
+    """Batches of windows over `tokens`; each epoch's order is fixed by `seed` and the epoch.
+
+    sampler "windows": the sliding windows, every `stride` tokens, shuffled or in order (see
+    `EpochSampler`). sampler "random": as many windows per epoch, each at an offset drawn
+    uniformly from every offset where a window fits (see `RandomOffsetSampler`). The loader's
+    own generator (worker seeds) keeps it off torch's global RNG; `pin_memory` speeds up
+    copies to CUDA.
+    """
+    windows = SlidingWindowDataset(tokens, context_length, stride)
+    if sampler == "windows":
+        dataset, order = windows, EpochSampler(len(windows), shuffle=shuffle, seed=seed)
+    else:
+        dataset = SlidingWindowDataset(tokens, context_length, stride=1)
+        order = RandomOffsetSampler(len(dataset), samples=len(windows), seed=seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
+        sampler=order,
         drop_last=drop_last,
         num_workers=num_workers,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
     )
 

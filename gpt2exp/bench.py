@@ -1,0 +1,193 @@
+"""``python -m gpt2exp.bench``: measure this machine's matmul peak, training throughput and MFU of
+gpt2exp beside Hugging Face transformers, generation speed, the token cache and peak memory;
+print them as a table (and write ``bench.json`` in the run folder)."""
+
+import json
+import logging
+import resource
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from gpt2exp import cli
+from gpt2exp.config import check_bench_config, register_configs
+
+log = logging.getLogger("gpt2exp.bench")
+register_configs()
+
+Row = tuple[str, str, float, str]
+
+
+def bench(cfg: DictConfig) -> list[Row]:
+    """Run the configured sections; returns the table's rows (section, measure, value, unit)."""
+    import torch
+    import transformers
+
+    from gpt2exp.model import GPTConfig, GPTModel
+    from gpt2exp.precision import resolve_precision
+    from gpt2exp.trainer import resolve_device
+
+    check_bench_config(cfg)
+    settings, sections = cfg.bench, set(cfg.bench.sections)
+    transformers.logging.set_verbosity_error()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device, key="bench.precision")
+    torch.manual_seed(cfg.seed)
+    model = GPTModel(GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))).to(device)
+    m = model.cfg
+    log.info(
+        "model: %d layers, %d wide, %d heads, context %d, %s parameters | batch %d | %s (%d threads) | %s",
+        m.n_layers, m.emb_dim, m.n_heads, m.context_length, f"{model.num_parameters():,}",
+        settings.batch_size, device, torch.get_num_threads(), precision.name,
+    )
+
+    rows: list[Row] = []
+    peak = None
+    if "peak" in sections:
+        rows += _peak_rows(device)
+        peak = _mfu_peak(device, precision, rows)
+    if "train" in sections:
+        rows += _train_rows(cfg, model, device, precision, peak)
+    if "generate" in sections:
+        rows += _generate_rows(model, settings.new_tokens, device, precision)
+    if "data" in sections:
+        rows += _data_rows(settings.text_path)
+    rows += _memory_rows(device)
+    return rows
+
+
+def _peak_rows(device) -> list[Row]:
+    import torch
+
+    from gpt2exp.benchmarks.flops import matmul_flops
+    from gpt2exp.precision import bf16_supported
+
+    rows = [("peak", "matmul fp32", matmul_flops(device, torch.float32) / 1e9, "GFLOP/s")]
+    if bf16_supported(device):
+        rows.append(("peak", "matmul bf16", matmul_flops(device, torch.bfloat16) / 1e9, "GFLOP/s"))
+    if device.type == "cuda":
+        rows.append(("peak", "matmul fp16", matmul_flops(device, torch.float16) / 1e9, "GFLOP/s"))
+    return rows
+
+
+def _mfu_peak(device, precision, peak_rows: list[Row]) -> tuple[float, str] | None:
+    """The FLOP/s that MFU is measured against: the GPU's rated peak, else the measured one."""
+    from gpt2exp.benchmarks.flops import rated_peak
+
+    rated = rated_peak(device, precision.name)
+    if rated is not None:
+        return rated, f"rated {precision.name} peak"
+    measured = {measure: value for _, measure, value, _ in peak_rows}.get(f"matmul {precision.name}")
+    return (measured * 1e9, f"measured {precision.name} peak") if measured else None
+
+
+def _train_rows(cfg: DictConfig, model, device, precision, peak: tuple[float, str] | None) -> list[Row]:
+    import torch
+
+    from gpt2exp.benchmarks.flops import train_flops_per_token
+    from gpt2exp.benchmarks.hf import to_hf
+    from gpt2exp.benchmarks.timing import time_interleaved
+    from gpt2exp.benchmarks.training import train_step
+    from gpt2exp.trainer import make_optimizer
+
+    settings, opt = cfg.bench, cfg.optimizer
+    context_length = model.cfg.context_length
+    hf_model = to_hf(model)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    windows = torch.randint(0, model.cfg.vocab_size, (settings.batch_size, context_length + 1), generator=generator)
+    inputs, targets = windows[:, :-1].to(device), windows[:, 1:].to(device)
+    ours, theirs = (torch.compile(model), torch.compile(hf_model)) if settings.compile else (model, hf_model)
+    optimizer_options = {"lr": opt.lr, "weight_decay": opt.weight_decay, "betas": opt.betas, "eps": opt.eps}
+    steps = {
+        "gpt2exp": train_step(lambda: ours(inputs, targets=targets), model,
+                              make_optimizer(model, **optimizer_options), precision),
+        "transformers": train_step(lambda: theirs(input_ids=inputs, labels=inputs).loss, hf_model,
+                                   make_optimizer(hf_model, **optimizer_options), precision),
+    }
+    seconds = time_interleaved(steps, repeats=settings.steps, warmup=settings.warmup, device=device)
+    tokens_per_s = {name: inputs.numel() / value for name, value in seconds.items()}
+    rows: list[Row] = []
+    for name, value in tokens_per_s.items():
+        rows.append(("train", name, value, "tokens/s"))
+        if peak is not None:
+            mfu = value * train_flops_per_token(model, context_length) / peak[0]
+            rows.append(("train", f"{name} MFU", mfu, f"of {peak[1]}"))
+    rows.append(("train", "gpt2exp / transformers", tokens_per_s["gpt2exp"] / tokens_per_s["transformers"], "x"))
+    return rows
+
+
+def _generate_rows(model, new_tokens: int, device, precision) -> list[Row]:
+    from gpt2exp.benchmarks.generation import measure_generation
+
+    with precision.autocast():
+        result = measure_generation(model, new_tokens=new_tokens, batch_size=1, device=device)
+    labels = {"kv_cache": "gpt2exp, KV cache", "recompute": "gpt2exp, no cache (recompute)",
+              "hf_generate": "transformers generate"}
+    return [("generate", labels[name], value, "tokens/s") for name, value in result.items()]
+
+
+def _data_rows(text_path: str | None) -> list[Row]:
+    from gpt2exp.benchmarks.corpus import measure_token_cache
+    from gpt2exp.data import pydocs_documents
+    from gpt2exp.errors import UserError
+    from gpt2exp.tokenizer import EOT_TOKEN
+
+    if text_path is None:
+        name, text = "pydocs", EOT_TOKEN.join(pydocs_documents())
+    else:
+        try:
+            name, text = Path(text_path).name, Path(text_path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"bench.text_path={text_path!r} cannot be read as UTF-8 text ({err})") from None
+    result = measure_token_cache(text)
+    corpus = f"{name}, {result['tokens']:,} tokens"
+    return [
+        ("data", f"tokenize + cache ({corpus})", result["tokenize_s"], "s"),
+        ("data", "load from cache", result["reload_s"], "s"),
+    ]
+
+
+def _memory_rows(device) -> list[Row]:
+    import torch
+
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rows = [("memory", "peak process RSS", max_rss / (2**20 if sys.platform == "darwin" else 2**10), "MiB")]
+    if device.type == "cuda":
+        rows.append(("memory", "peak CUDA allocated", torch.cuda.max_memory_allocated(device) / 2**20, "MiB"))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    """The rows as aligned columns under a header."""
+    lines = [("section", "measure", "value", "unit")]
+    lines += [(section, measure, _format_value(value), unit) for section, measure, value, unit in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(3)]
+    return "\n".join(
+        f"{section:<{widths[0]}}  {measure:<{widths[1]}}  {value:>{widths[2]}}  {unit}".rstrip()
+        for section, measure, value, unit in lines
+    )
+
+
+def _format_value(value: float) -> str:
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def _run(cfg: DictConfig) -> None:
+    rows = bench(cfg)
+    log.info("%s", format_table(rows))
+    records = [dict(zip(("section", "measure", "value", "unit"), row)) for row in rows]
+    (Path(HydraConfig.get().runtime.output_dir) / "bench.json").write_text(json.dumps(records, indent=1) + "\n")
+
+
+@hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    cli.reports_user_errors(_run)(cfg)
+
+
+if __name__ == "__main__":
+    cli.run(_hydra_main)

@@ -1,0 +1,43 @@
+"""FLOP counts and peaks: a matmul's FLOP/s measured on the spot, GPUs' rated peaks, and the
+training FLOPs per token of a GPT model."""
+
+import torch
+
+from gpt2exp.benchmarks.timing import time_interleaved
+from gpt2exp.model import GPTModel
+
+# Rated dense peaks in FLOP/s by precision; fp32 on these GPUs means TF32 matmuls (enabled by
+# gpt2exp.precision). The first name that occurs in the device's name wins.
+_RATED_PEAKS = {
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 378e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
+}
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, *, size: int | None = None, repeats: int = 5) -> float:
+    """FLOP/s of a square ``size`` x ``size`` matmul (the median of ``repeats`` after a warm-up)."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = time_interleaved({"matmul": lambda: a @ b}, repeats=repeats, warmup=1, device=device)["matmul"]
+    return 2 * size**3 / seconds
+
+
+def rated_peak(device: torch.device, precision: str) -> float | None:
+    """The GPU's rated dense FLOP/s at ``precision`` (fp32, bf16, fp16), when it is known."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks[precision] for key, peaks in _RATED_PEAKS.items() if key in name), None)
+
+
+def train_flops_per_token(model: GPTModel, context_length: int) -> float:
+    """6 N + 12 L E T: N the parameters that take part in matmuls (all but the position
+    embedding and vocabulary padding; the tied token embedding once, as the output head),
+    L layers, E the embedding width, T the context length (PaLM's estimate, appendix B)."""
+    cfg = model.cfg
+    n = model.num_parameters() - model.pos_emb.weight.numel() - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.emb_dim
+    return 6 * n + 12 * cfg.n_layers * cfg.emb_dim * context_length
+

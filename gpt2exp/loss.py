@@ -1,0 +1,86 @@
+"""Next-token cross-entropy fused with the output head and computed a chunk of rows at a time.
+
+For each chunk the logits are computed, turned into the loss and, when training, straight into
+the gradients of the hidden states and of the head's weight (which autograd then only scales),
+so the [tokens, vocab] logits, their log-softmax and their gradient never exist in full. This
+saves most of the memory traffic and allocation of ``F.cross_entropy(hidden @ weight.T)``.
+"""
+
+import torch
+
+CHUNK_ROWS = 256
+
+
+def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``hidden @ weight.T`` against ``targets``.
+
+    hidden [tokens, emb_dim], weight [padded_vocab, emb_dim], targets [tokens]. Logit columns
+    from ``vocab_size`` on (vocabulary padding) are masked out. Under autocast the matmuls run
+    in the autocast dtype and the softmax in fp32, as autocast would do.
+    """
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _HeadCrossEntropy.apply(hidden, weight, targets, vocab_size)
+    return _chunked(hidden, weight, targets, vocab_size, grad_hidden=False, grad_weight=False)[0]
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size):
+        loss, ctx.grad_hidden, ctx.grad_weight = _chunked(
+            hidden, weight, targets, vocab_size, grad_hidden=hidden.requires_grad, grad_weight=weight.requires_grad
+        )
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        # The gradients were computed for a loss gradient of 1; scaling them in place spares a
+        # copy of the [vocab, emb_dim] weight gradient (a second backward pass is not supported).
+        grads = ctx.grad_hidden, ctx.grad_weight
+        ctx.grad_hidden = ctx.grad_weight = None
+        return *(None if g is None else g.mul_(grad_loss) for g in grads), None, None
+
+
+@torch.no_grad()
+def _chunked(hidden, weight, targets, vocab_size, *, grad_hidden, grad_weight):
+    """(mean loss, its gradient w.r.t. hidden or None, its gradient w.r.t. weight or None)."""
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    with torch.autocast(device_type, enabled=False):
+        n_rows, chunk = hidden.size(0), min(CHUNK_ROWS, hidden.size(0))
+        w = weight.to(dtype)
+        # One buffer for a chunk's logits (and, in fp32, their log-softmax and its gradient).
+        logits = hidden.new_empty(chunk, weight.size(0), dtype=dtype)
+        log_probs = logits if dtype == torch.float32 else torch.empty_like(logits, dtype=torch.float32)
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        d_hidden = hidden.new_empty(hidden.shape, dtype=dtype) if grad_hidden else None
+        d_weight = None
+        for start in range(0, n_rows, chunk):
+            x = hidden[start : start + chunk].to(dtype)
+            t = targets[start : start + chunk, None]
+            rows = x.size(0)
+            chunk_logits = torch.mm(x, w.t(), out=logits[:rows])
+            chunk_logits[:, vocab_size:] = float("-inf")
+            chunk_log_probs = log_probs[:rows].copy_(chunk_logits) if dtype != torch.float32 else chunk_logits
+            torch.log_softmax(chunk_log_probs, 1, out=chunk_log_probs)  # in place: row by row
+            loss -= chunk_log_probs.gather(1, t).sum()
+            if not (grad_hidden or grad_weight):
+                continue
+            # d loss / d logits = softmax - one_hot(target), for the summed loss.
+            d_logits = chunk_log_probs.exp_().scatter_add_(1, t, chunk_log_probs.new_full(t.shape, -1.0))
+            if dtype != torch.float32:
+                d_logits = chunk_logits.copy_(d_logits)
+            if grad_hidden:
+                torch.mm(d_logits, w, out=d_hidden[start : start + rows])
+            if grad_weight and d_weight is None:
+                d_weight = torch.mm(d_logits.t(), x).to(torch.float32)
+            elif grad_weight and dtype == torch.float32:
+                d_weight.addmm_(d_logits.t(), x)
+            elif grad_weight:
+                d_weight += d_logits.t() @ x
+        scale = 1.0 / n_rows
+        return (
+            loss * scale,
+            None if d_hidden is None else d_hidden.mul_(scale).to(hidden.dtype),
+            None if d_weight is None else d_weight.mul_(scale).to(weight.dtype),
+        )

@@ -1,0 +1,59 @@
+"""A run's numeric precision: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler), and TF32
+matmuls on NVIDIA GPUs from Ampere on."""
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from gpt2exp.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision (fp32, bf16 or fp16) on one kind of device."""
+
+    name: str = "fp32"
+    device_type: str = "cpu"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES.get(self.name, torch.float32)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward pass's context: autocast to bf16/fp16, or nothing for fp32."""
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A loss scaler, active for fp16 only (a no-op pass-through otherwise)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_precision(name: str, device: torch.device, key: str = "trainer.precision") -> Precision:
+    """``auto`` is bf16 where it runs natively, else fp16 on CUDA, else fp32.
+
+    Also turns on TF32 matmuls on CUDA devices of compute capability 8 (Ampere) and newer.
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}")
+    if name == "fp16" and device.type != "cuda":
+        raise UserError(f"{key}=fp16 is not allowed on {device.type}: it needs CUDA (use bf16 or fp32)")
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+    if name == "auto":
+        name = "bf16" if bf16_supported(device) else "fp16" if device.type == "cuda" else "fp32"
+    return Precision(name, device.type)

@@ -1,0 +1,72 @@
+"""``python -m gpt2exp.bench``: the table's shape (never its speeds) and its config checks."""
+
+import json
+import re
+
+import pytest
+from conftest import CONF_DIR, run_folders
+from hydra import compose, initialize_config_dir
+
+from gpt2exp.config import check_bench_config, register_configs
+from gpt2exp.errors import UserError
+
+TINY_BENCH = [
+    "model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
+    "bench.batch_size=2", "bench.steps=2", "bench.warmup=1", "bench.new_tokens=4",
+]
+
+
+def compose_bench(*overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="bench", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("bench.sections=[train,speed]", "bench.sections"),
+        ("bench.sections=[]", "bench.sections"),
+        ("bench.steps=0", "bench.steps"),
+        ("bench.warmup=-1", "bench.warmup"),
+        ("bench.precision=fp64", "bench.precision"),
+        ("bench.threads=0", "bench.threads"),
+    ],
+)
+def test_out_of_range_bench_settings_name_the_key(override, key):
+    check_bench_config(compose_bench("model=small"))
+    with pytest.raises(UserError, match=f"^{re.escape(key)}="):
+        check_bench_config(compose_bench(override))
+
+
+@pytest.mark.slow
+def test_bench_prints_every_section(run_module, text_file, tmp_path):
+    result = run_module("gpt2exp.bench", *TINY_BENCH, f"bench.text_path={text_file}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("model: 1 layers, 32 wide, 2 heads, context 32,") and "| fp32" in lines[0]
+    assert lines[1].split() == ["section", "measure", "value", "unit"]
+    table = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
+    measures = [(row[0], row[1]) for row in table]
+    assert re.fullmatch(rf"tokenize \+ cache \({text_file.name}, [\d,]+ tokens\)", measures[-3][1])
+    assert measures[:-3] + measures[-2:] == [
+        ("peak", "matmul fp32"), *([("peak", "matmul bf16")] if "matmul bf16" in result.stdout else []),
+        ("train", "gpt2exp"), ("train", "gpt2exp MFU"), ("train", "transformers"), ("train", "transformers MFU"),
+        ("train", "gpt2exp / transformers"),
+        ("generate", "gpt2exp, KV cache"), ("generate", "gpt2exp, no cache (recompute)"),
+        ("generate", "transformers generate"),
+        ("data", "load from cache"),
+        ("memory", "peak process RSS"),
+    ]
+    assert all(float(row[2].replace(",", "")) > 0 for row in table)
+    [run_dir] = run_folders(tmp_path)
+    records = json.loads((run_dir / "bench.json").read_text())
+    assert [(r["section"], r["measure"]) for r in records] == measures
+
+
+@pytest.mark.slow
+def test_bench_runs_only_the_chosen_sections(run_module, tmp_path):
+    result = run_module("gpt2exp.bench", *TINY_BENCH, "bench.sections=[train]")
+    assert result.returncode == 0, result.stderr
+    sections = [line.split()[0] for line in result.stdout.splitlines()[2:]]
+    assert sections == ["train"] * 3 + ["memory"]

@@ -1,0 +1,131 @@
+"""The fast paths change speed, never results: the fused head loss, vocabulary padding, the
+fused optimizer, mixed precision, and a model that matches Hugging Face's GPT-2."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gpt2exp.loss
+from gpt2exp.decoding import generate
+from gpt2exp.errors import UserError
+from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.precision import Precision, bf16_supported, resolve_precision
+from gpt2exp.trainer import make_optimizer
+
+TINY = GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
+
+
+def batch(seed=0, rows=3, length=20):
+    tokens = torch.randint(0, TINY.vocab_size, (rows, length + 1), generator=torch.Generator().manual_seed(seed))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 16 rows, so a 3 x 20 batch takes three full chunks and a partial one."""
+    monkeypatch.setattr(gpt2exp.loss, "CHUNK_ROWS", 16)
+
+
+def test_fused_loss_and_gradients_equal_cross_entropy_on_the_logits(small_chunks):
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    inputs, targets = batch()
+    reference = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    expected = grads(model, reference)
+    loss = model(inputs, targets=targets)
+    torch.testing.assert_close(loss, reference)
+    for name, grad in grads(model, loss).items():
+        torch.testing.assert_close(grad, expected[name], msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs, targets=targets), reference)
+
+
+def test_fused_loss_under_bf16_autocast_is_close_to_autocast_cross_entropy(small_chunks):
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    inputs, targets = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = F.cross_entropy(model(inputs).flatten(0, 1).float(), targets.flatten())
+        loss = model(inputs, targets=targets)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, atol=1e-3, rtol=1e-3)
+    expected = grads(model, reference)
+    for name, grad in grads(model, loss).items():
+        torch.testing.assert_close(grad, expected[name], atol=2e-2 * expected[name].abs().max().item(), rtol=0)
+
+
+def test_vocabulary_padding_changes_no_loss_and_no_sample(small_chunks):
+    torch.manual_seed(0)
+    plain = GPTModel(TINY)
+    padded = GPTModel(GPTConfig(**{**TINY.__dict__, "pad_vocab_to": 64}))
+    assert padded.tok_emb.weight.shape[0] == 50304 and padded.out_head.weight is padded.tok_emb.weight
+    state = plain.state_dict()
+    state["tok_emb.weight"] = torch.cat((state["tok_emb.weight"], torch.randn(47, TINY.emb_dim)))
+    state["out_head.weight"] = state["tok_emb.weight"]
+    padded.load_state_dict(state)
+    inputs, targets = batch()
+
+    assert padded(inputs).shape[-1] == TINY.vocab_size
+    torch.testing.assert_close(padded(inputs), plain(inputs))
+    torch.testing.assert_close(padded(inputs, targets=targets), plain(inputs, targets=targets))
+    padded_grads = grads(padded, padded(inputs, targets=targets))
+    assert padded_grads["tok_emb.weight"][TINY.vocab_size :].abs().max() == 0
+    torch.testing.assert_close(padded_grads["tok_emb.weight"][: TINY.vocab_size],
+                               grads(plain, plain(inputs, targets=targets))["tok_emb.weight"])
+    prompt = inputs[:1, :4]
+    assert generate(padded, prompt, max_new_tokens=12).tolist() == generate(plain, prompt, max_new_tokens=12).tolist()
+
+
+def test_logits_match_hugging_face_gpt2_with_the_same_weights():
+    from gpt2exp.benchmarks.hf import to_hf
+
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    inputs, targets = batch()
+    hf_model = to_hf(model)
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(inputs).logits, model(inputs), atol=1e-5, rtol=1e-5)
+        hf_loss = hf_model(input_ids=inputs, labels=inputs).loss
+        torch.testing.assert_close(hf_loss, model(inputs[:, :-1], targets=inputs[:, 1:]))
+
+
+def test_optimizer_is_fused_and_decays_matrices_only():
+    model = GPTModel(TINY)
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+    assert optimizer.defaults["fused"]
+    decayed, not_decayed = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and not_decayed["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in not_decayed["params"])
+
+
+def test_auto_precision_is_bf16_on_a_cpu_that_has_it_and_fp16_needs_cuda():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu).name == ("bf16" if bf16_supported(cpu) else "fp32")
+    assert resolve_precision("fp32", cpu) == Precision("fp32", "cpu")
+    with pytest.raises(UserError, match="^trainer.precision=fp16 is not allowed on cpu"):
+        resolve_precision("fp16", cpu)
+
+
+def test_bf16_autocast_trains_the_model():
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    optimizer = make_optimizer(model, lr=3e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+    precision = Precision("bf16", "cpu")
+    assert not precision.grad_scaler().is_enabled()
+    inputs, targets = batch()
+    losses = []
+    for _ in range(10):
+        optimizer.zero_grad()
+        with precision.autocast():
+            loss = model(inputs, targets=targets)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert losses[-1] < losses[0] - 1
