@@ -47,12 +47,12 @@ def bench(cfg: DictConfig) -> list[Row]:
     )
 
     rows: list[Row] = []
-    peak = None
+    peaks = {}
     if "peak" in sections:
         rows += _peak_rows(device)
-        peak = _mfu_peak(device, precision, rows)
+        peaks = _mfu_peaks(device, rows)
     if "train" in sections:
-        rows += _train_rows(cfg, model, device, precision, peak)
+        rows += _train_rows(cfg, model, device, precision, peaks)
     if "generate" in sections:
         rows += _generate_rows(model, settings.new_tokens, device, precision)
     if "data" in sections:
@@ -75,49 +75,69 @@ def _peak_rows(device) -> list[Row]:
     return rows
 
 
-def _mfu_peak(device, precision, peak_rows: list[Row]) -> tuple[float, str] | None:
-    """The FLOP/s that MFU is measured against: the GPU's rated peak, else the measured one."""
+def _mfu_peaks(device, peak_rows: list[Row]) -> dict[str, tuple[float, str]]:
+    """Per precision, the FLOP/s that MFU is measured against and its name: the GPU's rated
+    peak where known, else the measured one."""
     from gpt2exp.benchmarks.flops import rated_peak
 
-    rated = rated_peak(device, precision.name)
-    if rated is not None:
-        return rated, f"rated {precision.name} peak"
-    measured = {measure: value for _, measure, value, _ in peak_rows}.get(f"matmul {precision.name}")
-    return (measured * 1e9, f"measured {precision.name} peak") if measured else None
+    measured = {measure.split()[-1]: value * 1e9 for _, measure, value, _ in peak_rows}
+    peaks = {name: (flops, f"measured {name} peak") for name, flops in measured.items()}
+    for name in measured:
+        rated = rated_peak(device, name)
+        if rated is not None:
+            peaks[name] = (rated, f"rated {name} peak")
+    return peaks
 
 
-def _train_rows(cfg: DictConfig, model, device, precision, peak: tuple[float, str] | None) -> list[Row]:
+def _train_rows(cfg: DictConfig, model, device, precision, peaks: dict[str, tuple[float, str]]) -> list[Row]:
+    """gpt2exp and transformers (and, when the run is fp32 and bf16 runs natively, gpt2exp under
+    bf16 autocast) train in turn on the same batch from the same weights."""
+    import copy
+
     import torch
 
     from gpt2exp.benchmarks.flops import train_flops_per_token
     from gpt2exp.benchmarks.hf import to_hf
     from gpt2exp.benchmarks.timing import time_interleaved
     from gpt2exp.benchmarks.training import train_step
+    from gpt2exp.precision import Precision, bf16_supported
     from gpt2exp.trainer import make_optimizer
 
     settings, opt = cfg.bench, cfg.optimizer
     context_length = model.cfg.context_length
-    hf_model = to_hf(model)
     generator = torch.Generator().manual_seed(cfg.seed)
     windows = torch.randint(0, model.cfg.vocab_size, (settings.batch_size, context_length + 1), generator=generator)
     inputs, targets = windows[:, :-1].to(device), windows[:, 1:].to(device)
-    ours, theirs = (torch.compile(model), torch.compile(hf_model)) if settings.compile else (model, hf_model)
     optimizer_options = {"lr": opt.lr, "weight_decay": opt.weight_decay, "betas": opt.betas, "eps": opt.eps}
-    steps = {
-        "gpt2exp": train_step(lambda: ours(inputs, targets=targets), model,
-                              make_optimizer(model, **optimizer_options), precision),
-        "transformers": train_step(lambda: theirs(input_ids=inputs, labels=inputs).loss, hf_model,
-                                   make_optimizer(hf_model, **optimizer_options), precision),
+    compiled = torch.compile if settings.compile else lambda module: module
+
+    def step(module, loss_fn, step_precision):
+        return train_step(loss_fn, module, make_optimizer(module, **optimizer_options), step_precision)
+
+    hf_model = to_hf(model)
+    ours, theirs = compiled(model), compiled(hf_model)
+    runs = {
+        "gpt2exp": (precision, step(model, lambda: ours(inputs, targets=targets), precision)),
+        "transformers": (precision, step(hf_model, lambda: theirs(input_ids=inputs, labels=inputs).loss, precision)),
     }
-    seconds = time_interleaved(steps, repeats=settings.steps, warmup=settings.warmup, device=device)
+    if precision.name == "fp32" and bf16_supported(device):
+        bf16, model_copy = Precision("bf16", device.type), copy.deepcopy(model)
+        ours_bf16 = compiled(model_copy)
+        runs["gpt2exp bf16 autocast"] = (bf16, step(model_copy, lambda: ours_bf16(inputs, targets=targets), bf16))
+    seconds = time_interleaved({name: run for name, (_, run) in runs.items()},
+                               repeats=settings.steps, warmup=settings.warmup, device=device)
     tokens_per_s = {name: inputs.numel() / value for name, value in seconds.items()}
     rows: list[Row] = []
     for name, value in tokens_per_s.items():
         rows.append(("train", name, value, "tokens/s"))
+        peak = peaks.get(runs[name][0].name)
         if peak is not None:
-            mfu = value * train_flops_per_token(model, context_length) / peak[0]
-            rows.append(("train", f"{name} MFU", mfu, f"of {peak[1]}"))
+            rows.append(("train", f"{name} MFU", value * train_flops_per_token(model, context_length) / peak[0],
+                         f"of {peak[1]}"))
     rows.append(("train", "gpt2exp / transformers", tokens_per_s["gpt2exp"] / tokens_per_s["transformers"], "x"))
+    if "gpt2exp bf16 autocast" in tokens_per_s:
+        rows.append(("train", "gpt2exp bf16 / fp32", tokens_per_s["gpt2exp bf16 autocast"] / tokens_per_s["gpt2exp"],
+                     "x"))
     return rows
 
 
@@ -174,7 +194,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def _format_value(value: float) -> str:
-    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) >= 1 else f"{value:.3f}"
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def _run(cfg: DictConfig) -> None:

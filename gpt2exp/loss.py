@@ -11,7 +11,9 @@ import torch
 CHUNK_ROWS = 256
 
 
-def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int) -> torch.Tensor:
+def head_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int
+) -> torch.Tensor:
     """Mean cross-entropy of the logits ``hidden @ weight.T`` against ``targets``.
 
     hidden [tokens, emb_dim], weight [padded_vocab, emb_dim], targets [tokens]. Logit columns

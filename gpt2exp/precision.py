@@ -1,15 +1,19 @@
 """A run's numeric precision: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler), and TF32
-matmuls on NVIDIA GPUs from Ampere on."""
+matmuls on NVIDIA GPUs from Ampere on. (torch is imported on use, so that the config checks,
+which need ``PRECISIONS`` only, stay quick to import.)"""
+
+from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from gpt2exp.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -21,21 +25,29 @@ class Precision:
 
     @property
     def dtype(self) -> torch.dtype:
-        return _DTYPES.get(self.name, torch.float32)
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name, torch.float32)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward pass's context: autocast to bf16/fp16, or nothing for fp32."""
+        import torch
+
         if self.name == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A loss scaler, active for fp16 only (a no-op pass-through otherwise)."""
+        import torch
+
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -48,6 +60,8 @@ def resolve_precision(name: str, device: torch.device, key: str = "trainer.preci
 
     Also turns on TF32 matmuls on CUDA devices of compute capability 8 (Ampere) and newer.
     """
+    import torch
+
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}")
     if name == "fp16" and device.type != "cuda":

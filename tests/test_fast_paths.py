@@ -129,3 +129,16 @@ def test_bf16_autocast_trains_the_model():
         losses.append(loss.item())
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert losses[-1] < losses[0] - 1
+
+
+def test_compiled_model_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    inputs, targets = batch()
+    expected_loss = model(inputs, targets=targets)
+    expected = grads(model, expected_loss)
+    compiled = torch.compile(model, backend="eager")  # traces like the default backend, compiles nothing
+    loss = compiled(inputs, targets=targets)
+    torch.testing.assert_close(loss, expected_loss)
+    for name, grad in grads(model, loss).items():
+        torch.testing.assert_close(grad, expected[name], msg=name)
