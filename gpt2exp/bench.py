@@ -54,7 +54,7 @@ def bench(cfg: DictConfig) -> list[Row]:
     if "train" in sections:
         rows += _train_rows(cfg, model, device, precision, peaks)
     if "generate" in sections:
-        rows += _generate_rows(model, settings.new_tokens, device, precision)
+        rows += _generate_rows(model, settings.new_tokens, precision)
     if "data" in sections:
         rows += _data_rows(settings.text_path)
     rows += _memory_rows(device)
@@ -141,14 +141,15 @@ def _train_rows(cfg: DictConfig, model, device, precision, peaks: dict[str, tupl
     return rows
 
 
-def _generate_rows(model, new_tokens: int, device, precision) -> list[Row]:
+def _generate_rows(model, new_tokens: int, precision) -> list[Row]:
     from gpt2exp.benchmarks.generation import measure_generation
 
     with precision.autocast():
-        result = measure_generation(model, new_tokens=new_tokens, batch_size=1, device=device)
-    labels = {"kv_cache": "gpt2exp, KV cache", "recompute": "gpt2exp, no cache (recompute)",
-              "hf_generate": "transformers generate"}
-    return [("generate", labels[name], value, "tokens/s") for name, value in result.items()]
+        result = measure_generation(model, new_tokens=new_tokens)
+    labels = {"cached": "gpt2exp, KV cache", "recompute": "gpt2exp, no cache (recompute)",
+              "hf": "transformers generate"}
+    return [("generate", label, result[f"{name}_tokens_per_sec"], "tokens/s")
+            for name, label in labels.items() if f"{name}_tokens_per_sec" in result]
 
 
 def _data_rows(text_path: str | None) -> list[Row]:

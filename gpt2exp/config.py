@@ -173,7 +173,7 @@ def check_data(data: Any) -> None:
 
 
 def check_model(model: Any) -> None:
-    _positive(model, "model", "context_length", "emb_dim", "n_heads", "n_layers", "pad_vocab_to")
+    _positive(model, "model", "context_length", "emb_dim", "n_heads", "n_layers")
     _require(
         model.emb_dim % model.n_heads == 0,
         "model.n_heads",
@@ -181,6 +181,8 @@ def check_model(model: Any) -> None:
         f"must divide model.emb_dim={model.emb_dim}",
     )
     _require(model.vocab_size >= VOCAB_SIZE, "model.vocab_size", model.vocab_size, f"must be >= {VOCAB_SIZE}")
+    pad = model.get("pad_vocab_to", 1)  # checkpoints from before vocabulary padding lack the key
+    _require(1 <= pad <= 4096, "model.pad_vocab_to", pad, "must be in [1, 4096]")
     _require(0.0 <= model.drop_rate < 1.0, "model.drop_rate", model.drop_rate, "must be in [0, 1)")
 
 
@@ -188,7 +190,8 @@ def model_parameters(model: Any) -> int:
     """GPT-2's parameter count for these settings (tied embeddings, as `GPTModel` builds it)."""
     emb, bias = model.emb_dim, 3 * model.emb_dim if model.qkv_bias else 0
     per_layer = 12 * emb * emb + 10 * emb + bias
-    padded_vocab = -(-model.vocab_size // model.pad_vocab_to) * model.pad_vocab_to
+    pad = model.get("pad_vocab_to", 1)
+    padded_vocab = -(-model.vocab_size // pad) * pad
     return (padded_vocab + model.context_length) * emb + model.n_layers * per_layer + 2 * emb
 
 

@@ -61,6 +61,7 @@ def test_appended_unknown_key_is_refused(compose_train):
         ("trainer.grad_clip=0", "trainer.grad_clip"),
         ("trainer.device=tpu", "trainer.device"),
         ("trainer.precision=fp8", "trainer.precision"),
+        ("data.sampler=shuffled", "data.sampler"),
         ("model.pad_vocab_to=0", "model.pad_vocab_to"),
         ("decoding.temperature=-0.5", "decoding.temperature"),
         ("decoding.top_k=0", "decoding.top_k"),

@@ -418,7 +418,6 @@ def test_build_data_gives_train_and_val_loaders(tmp_path):
                                  r"\(model.context_length \+ 1 = 17\); .*a smaller data.train_ratio"),
         ({"context_length": 10_000}, "data: the train split has .*model.context_length"),
         ({"batch_size": 10_000}, "the train split gives .* windows, fewer than one batch of data.batch_size=10000"),
-        ({"sampler": "shuffled"}, "data.sampler='shuffled' is not allowed: one of windows, random"),
     ],
 )
 def test_build_data_rejects_settings_that_give_no_batches(tmp_path, overrides, message):
