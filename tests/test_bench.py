@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from conftest import CONF_DIR, run_folders
+from conftest import CONF_DIR, TINY_BENCH, run_folders
 from hydra import compose, initialize_config_dir
 
 from gpt2exp.config import check_bench_config, register_configs
@@ -13,11 +13,6 @@ from gpt2exp.errors import UserError
 from gpt2exp.precision import bf16_supported
 
 BF16 = bf16_supported(torch.device("cpu"))
-
-TINY_BENCH = [
-    "model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
-    "bench.batch_size=2", "bench.steps=2", "bench.warmup=1", "bench.new_tokens=4",
-]
 
 
 def compose_bench(*overrides):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, generate_runs, read_jsonl, run_folders
+from conftest import TINY, TINY_BENCH, generate_runs, read_jsonl, run_folders
 from wandb_reader import find_wandb_file, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +28,10 @@ def readme_commands() -> list[str]:
 
 def train_commands() -> list[list[str]]:
     return [shlex.split(c)[3:] for c in readme_commands() if c.startswith("python -m gpt2exp.train")]
+
+
+def bench_commands() -> list[list[str]]:
+    return [shlex.split(c)[3:] for c in readme_commands() if c.startswith("python -m gpt2exp.bench")]
 
 
 def fake_wikitext(folder: Path) -> Path:
@@ -101,3 +105,12 @@ def test_readme_sample_commands_sample_and_sweep_into_one_wandb_group(train_run,
     [group] = {r["group"] for r in runs}
     assert group == "_".join(sweep[0].parent.parts[-2:])
     assert all(r["job_type"] == "generate" and "gen/nll" in r["summary"] for r in runs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", bench_commands(), ids=" ".join)
+def test_readme_bench_command_runs(args, run_module):
+    shrink = [*TINY_BENCH, "bench.sections=[train,generate]"] if "bench.sections" not in " ".join(args) else TINY_BENCH
+    result = run_module("gpt2exp.bench", *args, *shrink)
+    assert result.returncode == 0, result.stderr
+    assert "gpt2exp, KV cache" in result.stdout

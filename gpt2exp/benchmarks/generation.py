@@ -67,29 +67,3 @@ def _hf_greedy(model: GPTModel, prompts: list[list[int]]) -> Callable[[int], lis
         return out[0, input_ids.size(1) :].tolist()
 
     return run
-
-
-def main() -> None:
-    """``python -m gpt2exp.benchmarks.generation [new_tokens]``: nano and small side by side.
-
-    nano's context is raised to 512 so that HF, which cannot slide the window, runs 256 tokens."""
-    import sys
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from gpt2exp.model import GPTConfig
-
-    new_tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 256
-    conf = Path(__file__).resolve().parents[2] / "conf" / "model"
-    for name, context_length in (("nano", 512), ("small", None)):
-        model_cfg = OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml"))
-        model_cfg["context_length"] = context_length or model_cfg["context_length"]
-        torch.manual_seed(0)
-        result = measure_generation(GPTModel(GPTConfig(**model_cfg)), new_tokens=new_tokens)
-        print(name, " ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-                             for key, value in result.items()), flush=True)
-
-
-if __name__ == "__main__":
-    main()
