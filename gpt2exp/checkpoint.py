@@ -8,16 +8,14 @@ A run's checkpoint folder holds `step-<step>.pt` files (the newest `keep_last` a
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
+from gpt2exp.atomic import link_atomic, write_atomic
 from gpt2exp.errors import UserError
 
 FORMAT = "gpt2exp-checkpoint"
@@ -40,8 +38,6 @@ def save_checkpoint(
 
     `config` and `extra` must be plain data (dicts, lists, str, numbers, bool, None) or tensors.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -51,26 +47,7 @@ def save_checkpoint(
         "config": config,
         "extra": extra or {},
     }
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    return write_atomic(path, lambda file: torch.save(payload, file))
 
 
 def step_checkpoints(folder: str | Path) -> list[Path]:
@@ -85,27 +62,10 @@ def save_step_checkpoint(folder: str | Path, *, step: int, keep_last: int, **pay
     and delete all but the newest `keep_last` step files."""
     folder = Path(folder)
     path = save_checkpoint(folder / f"step-{step:08d}.pt", step=step, **payload)
-    link_checkpoint(path, folder / "last.pt")
+    link_atomic(path, folder / "last.pt")
     for old in step_checkpoints(folder)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
-
-
-def link_checkpoint(source: Path, target: Path) -> None:
-    """Make `target` the same file as `source` (a hard link, else a copy), atomically."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    os.unlink(tmp_name)
-    try:
-        try:
-            os.link(source, tmp_name)
-        except OSError:
-            shutil.copyfile(source, tmp_name)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
 
 
 def load_latest_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:

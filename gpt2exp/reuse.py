@@ -12,14 +12,13 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2exp.tracking import write_json_atomic
+from gpt2exp.atomic import link_atomic, write_json_atomic
 
 NOT_TRAINING = ("decoding", "logger")
 READY_FILE = "trained.json"
@@ -64,7 +63,7 @@ class Slot:
 
     def publish(self, *, checkpoint: Path, metrics: Path, loss_plot: Path, summary: dict) -> None:
         for source, name in zip((checkpoint, metrics, loss_plot), ARTIFACTS):
-            link_or_copy(source, self.folder / name)
+            link_atomic(source, self.folder / name)
         write_json_atomic(self.folder / READY_FILE, {"key": self.key, "owner": self.owner, "summary": summary})
         self.published = True
 
@@ -105,22 +104,10 @@ def adopt(trained: TrainedModel, run_dir: Path, tracker) -> dict:
     for line in trained.metrics.read_text(encoding="utf-8").splitlines():
         metrics = json.loads(line)
         tracker.log_metrics(metrics, step=metrics.pop("step"))
-    link_or_copy(trained.checkpoint, run_dir / "checkpoints" / "last.pt")
-    link_or_copy(trained.loss_plot, run_dir / "loss.png")
+    link_atomic(trained.checkpoint, run_dir / "checkpoints" / "last.pt")
+    link_atomic(trained.loss_plot, run_dir / "loss.png")
     tracker.log_image("loss_plot", run_dir / "loss.png")
     return {**trained.summary, "reused_from": {"job": trained.owner["job"], "run_dir": trained.owner["run_dir"]}}
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """`target` becomes a hard link to `source` (a copy across file systems), replacing any old file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copy2(source, tmp)
-    os.replace(tmp, target)
 
 
 def _ready(folder: Path, key: str) -> TrainedModel | None:

@@ -7,6 +7,7 @@ import netrc
 import os
 from pathlib import Path
 
+from gpt2exp.atomic import write_json_atomic
 from gpt2exp.errors import UserError
 
 MODES = ("auto", "online", "offline", "disabled")
@@ -91,15 +92,6 @@ def _read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=float)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Tracker:

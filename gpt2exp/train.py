@@ -215,7 +215,8 @@ class RunHooks:
 
     def on_checkpoint(self, state, *, periodic: bool, is_best: bool) -> None:
         """`checkpoints/step-<step>.pt` (and last.pt) when periodic, best.pt on a new best val loss."""
-        from gpt2exp.checkpoint import link_checkpoint, save_checkpoint, save_step_checkpoint
+        from gpt2exp.atomic import link_atomic
+        from gpt2exp.checkpoint import save_checkpoint, save_step_checkpoint
         from gpt2exp.rng import capture_rng_state
 
         payload = {
@@ -233,7 +234,7 @@ class RunHooks:
                 self.checkpoint_dir, step=state.step, keep_last=self.cfg.trainer.keep_last, **payload
             )
         if is_best and periodic:
-            link_checkpoint(self.last_checkpoint, self.checkpoint_dir / "best.pt")
+            link_atomic(self.last_checkpoint, self.checkpoint_dir / "best.pt")
         elif is_best:
             save_checkpoint(self.checkpoint_dir / "best.pt", step=state.step, **payload)
 

@@ -29,6 +29,9 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # An in-process wandb.init exports its service's address; a subprocess that inherited it would
+    # share this process's W&B service (and, after a kill -9, find its run id still "in use").
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
 
 
 @pytest.fixture

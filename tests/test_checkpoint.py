@@ -5,8 +5,8 @@ import re
 import pytest
 import torch
 
+from gpt2exp.atomic import link_atomic
 from gpt2exp.checkpoint import (
-    link_checkpoint,
     load_checkpoint,
     load_latest_checkpoint,
     save_checkpoint,
@@ -123,7 +123,7 @@ def test_keep_last_keeps_the_newest_step_files_and_last_pt_is_the_newest(tmp_pat
 
 def test_best_pt_points_at_the_checkpoint_it_was_linked_to(tmp_path):
     _save_steps(tmp_path, [5])
-    link_checkpoint(tmp_path / "step-00000005.pt", tmp_path / "best.pt")
+    link_atomic(tmp_path / "step-00000005.pt", tmp_path / "best.pt")
     _save_steps(tmp_path, [10, 15, 20])
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 5
 

@@ -1,14 +1,13 @@
 """Text -> GPT-2 token ids, tokenized once and kept as a memory-mapped .npy file."""
 
-import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from gpt2exp.atomic import write_atomic
 from gpt2exp.tokenizer import EOT_TOKEN, get_encoding
 
 # GPT-2's pre-tokenizer pattern always starts a new piece at a space followed by a non-space
@@ -34,7 +33,7 @@ def cached_tokens(text: str, *, cache_dir: str | Path, label: str) -> np.ndarray
     tokens = _load(path)
     if tokens is None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomically(path, tokenize(text))
+        write_atomic(path, lambda file: np.save(file, tokenize(text)))
         tokens = np.load(path, mmap_mode="r")
     return tokens
 
@@ -62,18 +61,3 @@ def _load(path: Path) -> np.ndarray | None:
     except (OSError, ValueError, EOFError):
         return None
     return tokens if tokens.dtype == np.uint16 and tokens.ndim == 1 else None
-
-
-def _save_atomically(path: Path, tokens: np.ndarray) -> None:
-    """Write to a temporary file beside `path`, sync it, then rename it into place."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.save(file, tokens)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private to its owner
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
