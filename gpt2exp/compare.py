@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from gpt2exp.errors import UserError
+from gpt2exp.tracking import read_jsonl
 
 FIGURES = {  # table column: metrics.jsonl key (the last value logged is the final one)
     "train_loss": "train/loss",
@@ -58,7 +59,7 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
 
     folder = Path(folder)
     overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
-    metrics = _read_jsonl(folder / "metrics.jsonl")
+    metrics = read_jsonl(folder / "metrics.jsonl")
     summary = _read_json(folder / "summary.json")
     failure = _read_json(folder / "failure.json")
     row = {
@@ -71,7 +72,7 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
     for column, key in FIGURES.items():
         values = [m[key] for m in metrics if key in m]
         row[column] = values[-1] if values else None
-    samples = _read_jsonl(folder / "samples.jsonl")
+    samples = read_jsonl(folder / "samples.jsonl")
     row["sample"] = samples[-1]["text"] if samples else ""
     speeds = [m["tokens_per_sec"] for m in metrics if m.get("tokens_per_sec")]
     row["tokens_per_sec"] = sum(speeds) / len(speeds) if speeds else None
@@ -223,12 +224,6 @@ def _fmt(value) -> str:
 
 def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _read_json(path: Path) -> dict | None:

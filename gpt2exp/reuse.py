@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2exp.atomic import link_atomic, write_json_atomic
+from gpt2exp.tracking import read_jsonl
 
 NOT_TRAINING = ("decoding", "logger")
 READY_FILE = "trained.json"
@@ -101,8 +102,7 @@ def adopt(trained: TrainedModel, run_dir: Path, tracker) -> dict:
     """Make `run_dir` a complete folder of the trained model: its training metrics logged again
     through `tracker` (metrics.jsonl and W&B history), its checkpoint and loss plot linked in
     (checkpoints/last.pt, loss.png). Returns its summary plus `reused_from` (job, run folder)."""
-    for line in trained.metrics.read_text(encoding="utf-8").splitlines():
-        metrics = json.loads(line)
+    for metrics in read_jsonl(trained.metrics):
         tracker.log_metrics(metrics, step=metrics.pop("step"))
     link_atomic(trained.checkpoint, run_dir / "checkpoints" / "last.pt")
     link_atomic(trained.loss_plot, run_dir / "loss.png")

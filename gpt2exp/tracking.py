@@ -81,8 +81,10 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record, default=float) + "\n")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """The file's records; a missing file is empty and a torn last line (a killed run) is dropped."""
+def read_jsonl(path: str | Path) -> list[dict]:
+    """A run file's records (metrics.jsonl, samples.jsonl); a missing file is empty and a torn
+    line (a killed run's last) is dropped."""
+    path = Path(path)
     if not path.is_file():
         return []
     records = []
@@ -155,7 +157,7 @@ class Tracker:
         """Copy the metrics and samples that `previous_run_dir` logged up to `up_to_step` into this
         run folder (a resumed run's folder then holds the whole curve); W&B already has them."""
         for name in ("metrics.jsonl", "samples.jsonl"):
-            records = [r for r in _read_jsonl(Path(previous_run_dir) / name) if r.get("step", 0) <= up_to_step]
+            records = [r for r in read_jsonl(Path(previous_run_dir) / name) if r.get("step", 0) <= up_to_step]
             for record in records:
                 _append_jsonl(self.run_dir / name, record)
             if name == "samples.jsonl":
