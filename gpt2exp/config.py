@@ -5,10 +5,12 @@ config's defaults list, so a wrong type or an unknown key fails at compose time.
 ``check_*`` functions raise ``UserError`` with one line naming the key and what is allowed.
 """
 
+import hashlib
+import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -152,6 +154,23 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
     ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
+
+
+def without_keys(resolved: dict, keys: Iterable[str]) -> dict:
+    """A plain copy of a resolved config without the dotted `keys` (whole sections or leaves)."""
+    pruned = json.loads(json.dumps(resolved, default=str))
+    for key in keys:
+        *parents, leaf = key.split(".")
+        section = pruned
+        for parent in parents:
+            section = section.get(parent, {})
+        section.pop(leaf, None)
+    return pruned
+
+
+def config_hash(resolved: dict, ignored: Iterable[str] = ()) -> str:
+    """sha256 (hex) of a resolved config without the `ignored` dotted keys."""
+    return hashlib.sha256(json.dumps(without_keys(resolved, ignored), sort_keys=True).encode()).hexdigest()
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:

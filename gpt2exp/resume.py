@@ -3,8 +3,6 @@ under the same outputs root whose config matches)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shlex
 from dataclasses import dataclass
@@ -13,6 +11,7 @@ from pathlib import Path
 import torch
 
 from gpt2exp.checkpoint import load_latest_checkpoint, step_checkpoints
+from gpt2exp.config import config_hash, without_keys
 from gpt2exp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,18 +31,7 @@ class ResumePoint:
 
 def config_fingerprint(config: dict) -> str:
     """A hash of a resolved config without the `IGNORED_KEYS`."""
-    return hashlib.sha256(json.dumps(_pruned(config), sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _pruned(config: dict) -> dict:
-    pruned = json.loads(json.dumps(config, default=str))
-    for key in IGNORED_KEYS:
-        *parents, leaf = key.split(".")
-        section = pruned
-        for parent in parents:
-            section = section.get(parent, {})
-        section.pop(leaf, None)
-    return pruned
+    return config_hash(config, IGNORED_KEYS)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -122,7 +110,8 @@ def _stored_fingerprint(path: Path) -> str | None:
 def _check_compatible(point: ResumePoint, config: dict) -> None:
     if "train_state" not in point.checkpoint["extra"]:
         raise UserError(f"trainer.resume: '{point.path}' holds no training state to resume from")
-    before, now = _flat(_pruned(point.checkpoint["config"])), _flat(_pruned(config))
+    before = _flat(without_keys(point.checkpoint["config"], IGNORED_KEYS))
+    now = _flat(without_keys(config, IGNORED_KEYS))
     changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
     model_changes = [key for key in changed if key.startswith("model.")]
     if model_changes:

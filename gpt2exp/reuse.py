@@ -9,7 +9,6 @@ its summary), whose presence means "ready".
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2exp.atomic import link_atomic, write_json_atomic
+from gpt2exp.config import config_hash
 from gpt2exp.tracking import read_jsonl
 
 NOT_TRAINING = ("decoding", "logger")
@@ -28,8 +28,7 @@ ARTIFACTS = ("checkpoint.pt", "metrics.jsonl", "loss.png")
 
 def training_key(resolved_config: dict) -> str:
     """A short hash of everything in the resolved config that changes the trained model."""
-    training = {k: v for k, v in resolved_config.items() if k not in NOT_TRAINING}
-    return hashlib.sha256(json.dumps(training, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_hash(resolved_config, NOT_TRAINING)[:16]
 
 
 @dataclass
