@@ -9,6 +9,7 @@ from torch import nn
 
 from gpt2exp.loss import head_cross_entropy
 
+
 @dataclass(frozen=True)
 class GPTConfig:
     """The seed's model keys; the defaults are OpenAI's 124M GPT-2."""

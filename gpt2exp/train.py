@@ -84,7 +84,7 @@ def train(cfg: DictConfig) -> float:
         run_dir, config=plan.resolved, run_id=wandb_run.get("run_id"), **options
     ) as tracker:
         if slot and slot.trained:
-            summary = _reuse_model(cfg, plan.resolved, slot.trained, run_dir, tracker)
+            summary = _reuse_model(cfg, plan, slot.trained, run_dir, tracker)
         else:
             summary = _train_model(cfg, plan, run_dir, tracker, options["group"])
             if slot:
@@ -250,21 +250,19 @@ class RunHooks:
         self.tracker.log_image("loss_plot", plot_path)
 
 
-def _reuse_model(cfg: DictConfig, resolved: dict, trained, run_dir: Path, tracker) -> dict:
+def _reuse_model(cfg: DictConfig, plan: RunPlan, trained, run_dir: Path, tracker) -> dict:
     """Another job of this sweep trained this very model: adopt its files into this run and
     only sample with this job's decoding settings."""
     from gpt2exp.checkpoint import load_checkpoint
     from gpt2exp.model import GPTConfig, GPTModel
-    from gpt2exp.trainer import resolve_device
 
     log.info("reusing the model trained by job %s (config hash %s, %s)", trained.owner["job"], trained.key,
              trained.owner["run_dir"])
     summary = reuse.adopt(trained, run_dir, tracker)
-    device = resolve_device(cfg.trainer.device)
-    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
-    model = GPTModel(GPTConfig(**resolved["model"])).to(device)
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=plan.device)
+    model = GPTModel(GPTConfig(**plan.resolved["model"])).to(plan.device)
     model.load_state_dict(checkpoint["model"])
-    _sampler(cfg, resolved, model, tracker, device)(checkpoint["step"], None)
+    _sampler(cfg, plan.resolved, model, tracker, plan.device)(checkpoint["step"], None)
     return summary
 
 

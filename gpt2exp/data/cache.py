@@ -32,7 +32,6 @@ def cached_tokens(text: str, *, cache_dir: str | Path, label: str) -> np.ndarray
     path = Path(cache_dir) / f"{label}-{digest}.npy"
     tokens = _load(path)
     if tokens is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda file: np.save(file, tokenize(text)))
         tokens = np.load(path, mmap_mode="r")
     return tokens
