@@ -1,11 +1,11 @@
-"""What every Hydra entrypoint shares: user mistakes end in one line on stderr and exit 2; in a
-multirun a failing job is recorded in its folder and the sweep goes on; W&B run identity."""
+"""What every Hydra entrypoint shares: each run owns its folder (see `run_folder`); user mistakes
+end in one line on stderr and exit 2, taking back only what the run added; in a multirun a
+failing job is recorded in its folder and the sweep goes on; W&B run identity."""
 
 import functools
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gpt2exp.errors import UserError
+from gpt2exp import run_folder
+from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.tracking import run_identity
 
 FAILURE_FILE = "failure.json"
@@ -52,24 +53,32 @@ def error_message(err: BaseException) -> str:
 
 
 def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap a Hydra task function. A ``UserError`` in a single run removes the half-made run
-    folder and exits 2 with one line. In a multirun any exception fails that job only: its
-    folder gets failure.json with the error line, the job returns inf (the worst loss for a
-    sweeper) and the sweep goes on; ``FailedJobs`` reports the failures at the end."""
+    """Wrap a Hydra task function. A ``UserError`` in a single run takes back what the run added
+    to its folder (`RunFolder.undo`) and exits 2 with one line. In a multirun any exception fails
+    that job only: its folder gets failure.json with the error line, the job returns inf (the
+    worst loss for a sweeper) and the sweep goes on; ``FailedJobs`` reports the failures at the
+    end. A run with nothing left to do (``AlreadyComplete``) also takes back what it added."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        folder = run_folder.claimed(run_dir)
         if multirun:
             (run_dir / FAILURE_FILE).unlink(missing_ok=True)
         try:
             return task(cfg)
+        except AlreadyComplete as done:
+            log.info("%s", done)
+            if folder:
+                folder.undo()
+            return done.result
         except (UserError, OmegaConfBaseException) as err:
             message = error_message(err)
             if not multirun:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                if folder:
+                    folder.undo()
                 fail(message)
             return _record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), message)
         except Exception as err:
@@ -78,6 +87,9 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
             log.exception("job %s failed", hydra_cfg.job.num)
             message = f"{type(err).__name__}: {one_line(err)}"
             return _record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), message)
+        finally:
+            if folder:
+                folder.release()
 
     return wrapper
 
@@ -88,6 +100,35 @@ def _record_failure(run_dir: Path, job: int, overrides: list[str], message: str)
     record = {"status": "failed", "job": job, "overrides": overrides, "error": message}
     (run_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return float("inf")
+
+
+class OwnRunFolders(Callback):
+    """Before Hydra writes anything: make and lock the run folder (a single run) or the sweep
+    folder (a multirun), so that a second run aimed at it, or at an earlier run that it does not
+    continue, stops with one line (exit 2) before touching a file. (Hydra turns a callback's
+    exceptions into warnings, so this exits itself.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "hydra.sweep.dir")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        run_folder.release_all()
+
+    @staticmethod
+    def _claim(config: DictConfig, key: str) -> None:
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the folder's pattern
+        path = os.path.abspath(str(OmegaConf.select(config, key)))  # `now` is cached: Hydra gets this name
+        resume = OmegaConf.select(config, "trainer.resume", default=None)
+        continues = resume == "auto" or (
+            resume is not None and os.path.abspath(os.path.expanduser(resume)) in (path, os.path.join(path, "checkpoints"))
+        )
+        try:
+            run_folder.claim(path, key=key, may_continue=continues)
+        except UserError as err:
+            fail(str(err))
 
 
 class FailedJobs(Callback):
@@ -133,3 +174,5 @@ def run(hydra_main: Callable[[], Any]) -> None:
         hydra_main()
     except (HydraException, OmegaConfBaseException, UserError) as err:
         fail(error_message(err))
+    finally:
+        run_folder.release_all()

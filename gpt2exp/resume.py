@@ -17,7 +17,7 @@ from gpt2exp.errors import UserError
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing what is trained.
-IGNORED_KEYS = ("trainer.resume", "trainer.progress", "logger")
+IGNORED_KEYS = ("trainer.resume", "trainer.progress", "logger", "data.cache_dir")
 
 
 @dataclass
@@ -63,7 +63,7 @@ def find_resume_point(resume: str | None, config: dict, *, run_dir: Path, root: 
     if resume is None:
         return None
     if resume == "auto":
-        point = _newest_matching(root, config_fingerprint(config), exclude=run_dir)
+        point = _newest_matching(root, config_fingerprint(config), prefer=run_dir)
         if point is None:
             log.info("trainer.resume=auto: no run under '%s' with this config has a checkpoint; starting afresh", root)
         return point
@@ -84,13 +84,20 @@ def find_resume_point(resume: str | None, config: dict, *, run_dir: Path, root: 
     return point
 
 
-def _newest_matching(root: Path, fingerprint: str, *, exclude: Path) -> ResumePoint | None:
+def _newest_matching(root: Path, fingerprint: str, *, prefer: Path) -> ResumePoint | None:
+    """The run folder under `root` (or `prefer`, this run's own, first) whose newest checkpoint
+    has this fingerprint, newest first."""
     candidates = []
-    for checkpoints in root.rglob("checkpoints"):
+    for checkpoints in [prefer / "checkpoints", *root.rglob("checkpoints")]:
         files = step_checkpoints(checkpoints)
-        if files and checkpoints.parent.resolve() != exclude.resolve():
-            candidates.append((files[-1].stat().st_mtime, checkpoints.parent))
-    for _, folder in sorted(candidates, reverse=True):
+        try:
+            mtime = files[-1].stat().st_mtime if files else None
+        except OSError:  # a dangling link, or a file removed meanwhile
+            continue
+        if mtime is not None:
+            own = checkpoints.parent.resolve() == prefer.resolve()
+            candidates.append((own, mtime, checkpoints.parent))
+    for _, _, folder in sorted(candidates, key=lambda c: c[:2], reverse=True):
         if _stored_fingerprint(step_checkpoints(folder / "checkpoints")[-1]) != fingerprint:
             continue
         found = load_latest_checkpoint(folder / "checkpoints")
@@ -121,7 +128,7 @@ def _check_compatible(point: ResumePoint, config: dict) -> None:
             f"('{point.path}'); resume with the run's model settings"
         )
     if changed:
-        log.warning("resuming with settings that differ from the checkpoint's: %s", ", ".join(changed))
+        log.warning("resuming with settings that differ from the checkpoint's (this run's apply): %s", ", ".join(changed))
 
 
 def resume_command(task_overrides: list[str], run_dir: Path) -> str:

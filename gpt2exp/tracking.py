@@ -7,7 +7,7 @@ import netrc
 import os
 from pathlib import Path
 
-from gpt2exp.atomic import write_json_atomic
+from gpt2exp.atomic import write_atomic, write_json_atomic
 from gpt2exp.errors import UserError
 
 MODES = ("auto", "online", "offline", "disabled")
@@ -154,12 +154,13 @@ class Tracker:
         return self._run.url if self._run and self.mode == "online" else None
 
     def carry_over(self, previous_run_dir: str | Path, up_to_step: int) -> None:
-        """Copy the metrics and samples that `previous_run_dir` logged up to `up_to_step` into this
-        run folder (a resumed run's folder then holds the whole curve); W&B already has them."""
+        """Start this run folder's metrics and samples with those that `previous_run_dir` logged
+        up to `up_to_step` (a resumed run's folder then holds the whole curve; resumed in its own
+        folder, what the old run logged after its checkpoint is dropped); W&B already has them."""
         for name in ("metrics.jsonl", "samples.jsonl"):
             records = [r for r in read_jsonl(Path(previous_run_dir) / name) if r.get("step", 0) <= up_to_step]
-            for record in records:
-                _append_jsonl(self.run_dir / name, record)
+            lines = "".join(json.dumps(record, default=float) + "\n" for record in records)
+            write_atomic(self.run_dir / name, lambda file, lines=lines: file.write(lines.encode()))
             if name == "samples.jsonl":
                 self._samples.extend(records)
 

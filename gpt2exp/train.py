@@ -5,6 +5,7 @@ trained model: the first trains it, the others reuse it and only sample (see `re
 """
 
 import contextlib
+import json
 import logging
 import math
 import sys
@@ -17,9 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gpt2exp import cli, reuse
+from gpt2exp import cli, reuse, run_folder
 from gpt2exp.config import check_fits_in_memory, check_train_config, register_configs
-from gpt2exp.errors import UserError
+from gpt2exp.errors import AlreadyComplete, UserError
 
 log = logging.getLogger("gpt2exp.train")
 register_configs()
@@ -50,7 +51,10 @@ def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
     check_fits_in_memory(cfg.model)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
-    resume = find_resume_point(cfg.trainer.resume, resolved, run_dir=run_dir, root=outputs_root)
+    own_folder = run_folder.claimed(run_dir)
+    # A folder that already holds a run can only be continued: from its own checkpoints.
+    resume_from = str(run_dir) if own_folder and own_folder.held_run else cfg.trainer.resume
+    resume = find_resume_point(resume_from, resolved, run_dir=run_dir, root=outputs_root)
     data = _load_data(cfg, device)
     grad_accum = cfg.trainer.grad_accum
     steps_per_epoch = len(data.train_loader) // grad_accum
@@ -60,7 +64,21 @@ def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
             "training batches of an epoch; lower it or data.batch_size"
         )
     total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
+    if resume is not None and resume.checkpoint["step"] >= total_steps:
+        summary = _read_summary(resume.run_dir)
+        raise AlreadyComplete(
+            f"run {resume.run_dir} is already complete (step {resume.checkpoint['step']} of {total_steps}); "
+            f"its checkpoint: {resume.run_dir / 'checkpoints' / 'last.pt'}; nothing new written",
+            result=summary.get("final/val_loss", resume.checkpoint["extra"]["train_state"]["best_val_loss"]),
+        )
     return RunPlan(resolved, device, precision, data, total_steps, resume)
+
+
+def _read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def train(cfg: DictConfig) -> float:
@@ -125,7 +143,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
     train_forward = torch.compile(model) if trainer_cfg.compile else model  # shares model's weights
     state = TrainState()
     if plan.resume is not None:
-        state = _restore(plan.resume, model, optimizer)
+        state = _restore(cfg, plan.resume, model, optimizer, data.train_loader)
         tracker.carry_over(plan.resume.run_dir, state.step)
     hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, run_dir, wandb_group,
                      last_checkpoint=plan.resume.path if plan.resume is not None else None)
@@ -292,13 +310,20 @@ def _sampler(cfg: DictConfig, resolved: dict, model, tracker, device):
     return on_sample
 
 
-def _restore(resume, model, optimizer):
-    """Load the checkpoint's model and optimizer; returns its training state."""
+def _restore(cfg: DictConfig, resume, model, optimizer, train_loader):
+    """Load the checkpoint's model and optimizer (with this run's optimizer settings); returns
+    its training state, realigned to this run's batches."""
     from gpt2exp.trainer import TrainState
 
     model.load_state_dict(resume.checkpoint["model"])
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(resume.checkpoint["optimizer"])
+    for group, settings in zip(optimizer.param_groups, configured):  # this run's optimizer.* settings
+        group.update(settings, initial_lr=settings["lr"])
     state = TrainState.from_dict(resume.checkpoint["extra"]["train_state"])
+    state.realign(batch_size_before=resume.checkpoint["config"]["data"]["batch_size"], batch_size=cfg.data.batch_size,
+                  grad_accum=cfg.trainer.grad_accum,
+                  batches_per_epoch=len(train_loader) // cfg.trainer.grad_accum * cfg.trainer.grad_accum)
     log.info("resuming %s from %s (step %d, epoch %d)", resume.run_dir, resume.path, state.step, state.epoch)
     return state
 

@@ -114,6 +114,16 @@ class TrainState:
     def from_dict(cls, data: dict) -> "TrainState":
         return cls(**{**data, "history": [EvalPoint(**point) for point in data["history"]]})
 
+    def realign(self, *, batch_size_before: int, batch_size: int, grad_accum: int, batches_per_epoch: int) -> None:
+        """Keep the position inside the epoch when a resumed run takes batches of another size,
+        accumulates another number of them, or has fewer an epoch: the windows seen count,
+        rounded down to whole steps; past the epoch's end (`batches_per_epoch`, whole steps'
+        batches), the next epoch starts."""
+        batches = self.batch_in_epoch * batch_size_before // batch_size
+        self.batch_in_epoch = batches - batches % grad_accum
+        if self.batch_in_epoch >= batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
 
 class NonFiniteLoss(Exception):
     """A step's loss or gradient norm was NaN or infinite (and such steps are not skipped)."""

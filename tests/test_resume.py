@@ -13,7 +13,7 @@ from gpt2exp.resume import config_fingerprint, find_resume_point, outputs_root, 
 from gpt2exp.trainer import EvalPoint, TrainState
 
 CONFIG = {"model": {"emb_dim": 32}, "optimizer": {"lr": 1e-3}, "trainer": {"resume": None, "progress": True},
-          "logger": {"mode": "offline"}, "seed": 1}
+          "logger": {"mode": "offline"}, "data": {"cache_dir": "~/.cache/gpt2exp"}, "seed": 1}
 
 
 def make_run(root: Path, name: str, config: dict, steps=(4,), mtime: float | None = None) -> Path:
@@ -32,8 +32,9 @@ def with_changes(**sections) -> dict:
     return {**CONFIG, **{key: {**CONFIG[key], **value} for key, value in sections.items()}}
 
 
-def test_fingerprint_ignores_resume_progress_and_logger_only():
-    same = with_changes(trainer={"resume": "auto", "progress": False}, logger={"mode": "online"})
+def test_fingerprint_ignores_resume_progress_logger_and_cache_dir_only():
+    same = with_changes(trainer={"resume": "auto", "progress": False}, logger={"mode": "online"},
+                        data={"cache_dir": "/elsewhere"})
     assert config_fingerprint(same) == config_fingerprint(CONFIG)
     assert config_fingerprint(with_changes(optimizer={"lr": 2e-3})) != config_fingerprint(CONFIG)
 
@@ -55,10 +56,23 @@ def test_auto_picks_the_newest_run_with_the_same_config(tmp_path):
     assert point.run_dir == newest and point.checkpoint["step"] == 4
 
 
-def test_auto_skips_the_current_folder_and_starts_afresh_without_a_match(tmp_path):
-    current = make_run(tmp_path, "current", CONFIG)
-    assert find_resume_point("auto", CONFIG, run_dir=current, root=tmp_path) is None
-    assert find_resume_point(None, CONFIG, run_dir=current, root=tmp_path) is None
+def test_auto_prefers_the_run_folders_own_checkpoints(tmp_path):
+    own = make_run(tmp_path, "own", CONFIG, mtime=1000)
+    make_run(tmp_path, "newer", CONFIG, mtime=2000)
+    assert find_resume_point("auto", CONFIG, run_dir=own, root=tmp_path).run_dir == own
+
+
+def test_auto_starts_afresh_without_a_match(tmp_path):
+    make_run(tmp_path, "other", with_changes(optimizer={"lr": 2e-3}))
+    assert find_resume_point("auto", CONFIG, run_dir=tmp_path / "new", root=tmp_path) is None
+    assert find_resume_point(None, CONFIG, run_dir=tmp_path / "new", root=tmp_path) is None
+
+
+def test_auto_passes_over_a_dangling_checkpoint_link(tmp_path):
+    good = make_run(tmp_path, "good", CONFIG)
+    (tmp_path / "broken" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "broken" / "checkpoints" / "step-00000009.pt").symlink_to(tmp_path / "nowhere.pt")
+    assert find_resume_point("auto", CONFIG, run_dir=tmp_path / "new", root=tmp_path).run_dir == good
 
 
 def test_auto_skips_a_run_whose_only_checkpoint_is_corrupt(tmp_path):

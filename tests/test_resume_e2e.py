@@ -149,3 +149,27 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     skipped = [m["train/skipped_nonfinite"] for m in read_jsonl(run_dir / "metrics.jsonl") if "train/grad_norm" in m]
     assert skipped[0] == 0 and skipped[-1] >= 1
     assert json.loads((run_dir / "summary.json").read_text())["skipped_nonfinite"] == skipped[-1]
+
+
+def test_resume_applies_changed_optimizer_settings_and_another_batch_size(run_module, short_text, tmp_path):
+    args = [*RESUMABLE, "data=text", f"data.path={short_text}", "logger=none", "optimizer.warmup_steps=0"]
+    first = run_module("gpt2exp.train", *args, "trainer.max_steps=10", "hydra.run.dir=first")
+    assert first.returncode == 0, first.stderr
+    changed = ["optimizer.lr=1e-3", "optimizer.weight_decay=0.5", "data.batch_size=8", "trainer.max_steps=30"]
+    result = run_module("gpt2exp.train", *args, *changed, "trainer.resume=first", "hydra.run.dir=second")
+    assert result.returncode == 0, result.stderr
+    assert "this run's apply" in result.stdout
+    after = [m for m in read_jsonl(tmp_path / "second" / "metrics.jsonl") if "lr" in m and m["step"] > 10]
+    assert after and all(m["lr"] == pytest.approx(1e-3 * lr_ratio(m["step"], 30)) for m in after)
+    final = torch.load(tmp_path / "second" / "checkpoints" / "last.pt", weights_only=True)
+    assert final["step"] == 30 and final["config"]["optimizer"]["lr"] == 1e-3
+    decay, no_decay = final["optimizer"]["param_groups"]
+    assert (decay["lr"], decay["weight_decay"], no_decay["weight_decay"]) == (pytest.approx(1e-3 * lr_ratio(30, 30)),
+                                                                             0.5, 0.0)
+
+
+def lr_ratio(step: int, total: int) -> float:
+    """The cosine schedule of RESUMABLE (min_lr_ratio 0.1) without warmup, at the step's start."""
+    import math
+
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 1) / total)))

@@ -1,0 +1,199 @@
+"""A run's folder has one owner: the process that claims it makes it (recording every folder it
+makes), holds its lock for the run's life, and on a user error takes back only what it added.
+
+The lock is an ``fcntl`` lock on ``<folder>/.run.lock``: the kernel releases it when its
+process dies, however it dies, so a lock is never stale; the file names the owner for the
+error that a second run gets. A folder that already holds a run (``.hydra/``, or a sweep's
+``multirun.yaml``) is refused unless the new run continues it (``trainer.resume``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from gpt2exp.errors import UserError
+
+LOCK_FILE = ".run.lock"
+HYDRA_DIR = ".hydra"
+SWEEP_FILE = "multirun.yaml"
+# What a run (Hydra included) writes at the top of its folder: the only names an undo removes.
+RUN_ENTRIES = (
+    HYDRA_DIR, "checkpoints", "wandb", "metrics.jsonl", "samples.jsonl", "summary.json", "loss.png",
+    "next_token_probs.png", "bench.json", "failure.json",
+)
+_HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+_claimed: dict[Path, RunFolder] = {}
+
+
+class RunFolder:
+    """A folder this process owns until `release`: see `claim`."""
+
+    def __init__(self, path: Path, key: str, made: list[Path]):
+        self.path, self.key, self.made = path, key, made
+        self.entries = {p.name for p in path.iterdir()}
+        self.held_run = bool(self.entries & {HYDRA_DIR, SWEEP_FILE})
+        self._saved = {name: _read_bytes(path / HYDRA_DIR / name) for name in _HYDRA_FILES}
+        self._log_sizes = {p.name: p.stat().st_size for p in path.glob("*.log") if p.is_file()}
+        self._lock_fd: int | None = None
+
+    def undo(self) -> None:
+        """Take back what this run added: the run's own entries that were not there when it
+        claimed the folder, Hydra's .hydra files as they were, log files cut back to their old
+        length, then each folder the claim made, if it is empty."""
+        for name in RUN_ENTRIES + tuple(self._log_names()):
+            target = self.path / name
+            if name in self.entries or not (target.exists() or target.is_symlink()):
+                continue
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        if self.held_run:
+            for name, data in self._saved.items():
+                target = self.path / HYDRA_DIR / name
+                if data is None:
+                    target.unlink(missing_ok=True)
+                elif _read_bytes(target) != data:
+                    target.write_bytes(data)
+        for name, size in self._log_sizes.items():
+            with contextlib.suppress(OSError), open(self.path / name, "r+b") as log_file:
+                log_file.truncate(size)
+        self.release()
+        _remove_empty(self.made)
+
+    def release(self) -> None:
+        """Give up the lock (and remove its file); later calls do nothing."""
+        _claimed.pop(self.path, None)
+        if self._lock_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path / LOCK_FILE)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def _log_names(self) -> list[str]:
+        return [p.name for p in self.path.glob("*.log")]
+
+    def _lock(self) -> None:
+        lock_path = self.path / LOCK_FILE
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise UserError(f"{self.key}: cannot write in '{self.path}' ({err.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(
+                    f"{self.key}: '{self.path}' is in use by another run ({_owner(lock_path)}); "
+                    "choose another folder, or wait until that run ends"
+                ) from None
+            try:
+                same_file = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+            except FileNotFoundError:
+                same_file = False
+            if same_file:  # not a file that its last owner removed as we opened it
+                break
+            os.close(fd)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "command": _command_line()}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(owner).encode())
+        self._lock_fd = fd
+
+
+def claim(path: str | Path, *, key: str, may_continue: bool = False) -> RunFolder:
+    """Make `path` (and its missing parents) and lock it for this process.
+
+    Raises UserError naming `key` when the folder cannot be made, another live run holds it, or
+    it holds an earlier run (a `.hydra` folder) and `may_continue` is false.
+    """
+    path = Path(os.path.abspath(path))
+    made = _make_folders(path, key)
+    folder = RunFolder(path, key, made)
+    try:
+        folder._lock()
+    except UserError:
+        _remove_empty(made)
+        raise
+    if folder.held_run and not may_continue:
+        folder.release()
+        raise UserError(
+            f"{key}: '{path}' already holds a run; choose a new folder (or leave {key} unset), "
+            "or continue that run with trainer.resume=auto"
+        )
+    _claimed[path] = folder
+    return folder
+
+
+def claimed(path: str | Path) -> RunFolder | None:
+    """The folder this process claimed at `path`, if any."""
+    return _claimed.get(Path(os.path.abspath(path)))
+
+
+def release_all() -> None:
+    """Release every folder this process still holds."""
+    for folder in list(_claimed.values()):
+        folder.release()
+
+
+def _make_folders(path: Path, key: str) -> list[Path]:
+    """mkdir -p, returning the folders it made, outermost first."""
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    made = []
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():
+                raise UserError(f"{key}: '{folder}' exists and is not a folder") from None
+            continue  # made by a concurrent run just now: not ours
+        except OSError as err:
+            _remove_empty(made)
+            raise UserError(f"{key}: cannot make the run folder '{path}' ({err.strerror})") from None
+        made.append(folder)
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """rmdir each folder, innermost first; one that holds anything stays."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _command_line() -> str:
+    """This process's command line as typed: `python -m <module> ...` for a module run."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    start = ["python", "-m", spec.name] if spec else ["python", sys.argv[0]]
+    return shlex.join([*start, *sys.argv[1:]])
+
+
+def _owner(lock_path: Path) -> str:
+    try:
+        owner = json.loads(lock_path.read_text(encoding="utf-8"))
+        return f"pid {owner['pid']} on {owner['host']}, started {owner['started']}: {owner['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that is starting"
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None

@@ -1,0 +1,175 @@
+"""A run owns its folder: a failing run takes back only what it added, two runs never share a
+folder, and a folder that holds a run is only ever continued, never overwritten. Each case
+through the real entrypoints, in subprocesses."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY, read_jsonl, run_folders
+
+from gpt2exp import run_folder
+
+pytestmark = pytest.mark.slow
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (relative path -> sha256), and every folder (-> "dir")."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        found[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def user_data(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "important.txt").write_text("a user's own file\n")
+    (folder / "notes").mkdir(exist_ok=True)
+    (folder / "notes" / "draft.md").write_bytes(os.urandom(64))
+    return folder
+
+
+@pytest.fixture
+def tiny(text_file):
+    return [*TINY, "data=text", f"data.path={text_file}", "logger=none", "trainer.max_steps=4",
+            "trainer.eval_freq=2", "decoding.max_new_tokens=4"]
+
+
+@pytest.mark.parametrize("run_dir, bad", [
+    ("victim", "optimizer.lr=-1"),
+    (".", "optimizer.lr=-1"),
+    ("../etc", "trainer.max_steps=0"),
+    ("victim", "model.n_heads=5"),
+])
+def test_a_user_error_leaves_an_existing_folder_byte_for_byte(run_module, tmp_path, tiny, run_dir, bad):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    folder = user_data((cwd / run_dir).resolve())
+    before = snapshot(folder)
+    result = run_module("gpt2exp.train", *tiny, f"hydra.run.dir={run_dir}", bad, cwd=cwd)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert snapshot(folder) == before
+
+
+def test_a_user_error_removes_the_folders_it_made_and_nothing_else(run_module, tmp_path, tiny):
+    result = run_module("gpt2exp.train", *tiny, "optimizer.lr=-1")
+    assert result.returncode == 2
+    assert not (tmp_path / "outputs").exists()
+    result = run_module("gpt2exp.train", *tiny, "hydra.run.dir=a/b/c", "trainer.max_steps=0")
+    assert result.returncode == 2
+    assert not (tmp_path / "a").exists()
+
+
+def test_an_unwritable_run_folder_is_one_line(run_module, tiny):
+    for run_dir in ("/proc/gpt2exp-test", "/dev/null/x"):
+        result = run_module("gpt2exp.train", *tiny, f"hydra.run.dir={run_dir}")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: hydra.run.dir: ") and result.stderr.count("\n") == 1
+
+
+@pytest.fixture
+def trained(run_module, tmp_path, tiny) -> Path:
+    result = run_module("gpt2exp.train", *tiny, "hydra.run.dir=run")
+    assert result.returncode == 0, result.stderr
+    return tmp_path / "run"
+
+
+def test_generate_never_writes_into_a_training_run(run_module, trained):
+    before = snapshot(trained)
+    for extra in (["decoding.top_k=0"], []):
+        result = run_module("gpt2exp.generate", f"ckpt={trained}", f"hydra.run.dir={trained}", "logger=none", *extra)
+        assert result.returncode == 2, result.stderr
+        assert "hydra.run.dir" in result.stderr and result.stderr.count("\n") == 1
+    assert snapshot(trained) == before
+
+
+def test_a_new_run_never_writes_into_an_earlier_run(run_module, trained, tiny):
+    before = snapshot(trained)
+    result = run_module("gpt2exp.train", *tiny, f"hydra.run.dir={trained}", "trainer.max_steps=6")
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+    result = run_module("gpt2exp.train", *tiny, f"hydra.run.dir={trained}", "trainer.resume=auto", "model.emb_dim=64")
+    assert result.returncode == 2 and "model.emb_dim" in result.stderr, result.stderr
+    assert snapshot(trained) == before
+
+
+def test_resuming_a_finished_run_writes_nothing(run_module, trained, tiny, tmp_path):
+    before = snapshot(trained)
+    for args in ([f"hydra.run.dir={trained}", "trainer.resume=auto"], [f"trainer.resume={trained}"]):
+        result = run_module("gpt2exp.train", *tiny, *args)
+        assert result.returncode == 0, result.stderr
+        assert "already complete" in result.stdout + result.stderr
+    assert snapshot(trained) == before
+    assert not (tmp_path / "outputs").exists()
+
+
+def start(cwd: Path, module: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_a_second_run_aimed_at_a_running_one_names_its_owner(tmp_path, tiny, run_module):
+    first = start(tmp_path, "gpt2exp.train", *tiny, "hydra.run.dir=shared", "trainer.max_steps=400")
+    wait_for(tmp_path / "shared" / run_folder.LOCK_FILE, first)
+    for extra in (["trainer.max_steps=4"], ["optimizer.lr=-1"], ["trainer.resume=auto"]):
+        second = run_module("gpt2exp.train", *tiny, "hydra.run.dir=shared", *extra)
+        assert second.returncode == 2, second.stderr
+        assert "in use by another run" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert second.stderr.count("\n") == 1
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    steps = [m["step"] for m in read_jsonl(tmp_path / "shared" / "metrics.jsonl") if "val/loss" in m]
+    assert steps == sorted(set(steps)) and steps[-1] == 400
+    assert not (tmp_path / "shared" / run_folder.LOCK_FILE).exists()
+
+
+def test_runs_started_at_once_get_folders_of_their_own(tmp_path, tiny):
+    runs = [start(tmp_path, "gpt2exp.train", *tiny) for _ in range(3)]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    folders = run_folders(tmp_path)
+    assert len(folders) == 3 and folders == sorted(folders)
+    assert all(len(read_jsonl(folder / "metrics.jsonl")) == len(read_jsonl(folders[0] / "metrics.jsonl"))
+               for folder in folders)
+
+
+def test_the_same_command_after_a_kill_resumes_its_own_folder(tmp_path, tiny, run_module):
+    command = [*tiny, "hydra.run.dir=requeued", "trainer.resume=auto", "trainer.max_steps=300",
+               "trainer.eval_freq=20"]
+    first = start(tmp_path, "gpt2exp.train", *command)
+    wait_for(tmp_path / "requeued" / "checkpoints" / "step-00000040.pt", first)
+    time.sleep(0.3)  # past the checkpoint: some records after it that the resumed run redoes
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    again = run_module("gpt2exp.train", *command)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout + again.stderr
+    steps = [m["step"] for m in read_jsonl(tmp_path / "requeued" / "metrics.jsonl") if "val/loss" in m]
+    assert steps == list(range(0, 301, 20))
+
+
+def test_a_stale_lock_from_a_dead_run_is_taken_over(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / run_folder.LOCK_FILE).write_text('{"pid": 999999, "host": "gone"}')
+    claimed = run_folder.claim(folder, key="hydra.run.dir")
+    other = subprocess.run([sys.executable, "-c", "from gpt2exp import run_folder; "
+                            f"run_folder.claim({str(folder)!r}, key='hydra.run.dir')"], capture_output=True, text=True)
+    assert other.returncode != 0 and "is in use by another run (pid" in other.stderr
+    claimed.release()
+    assert not (folder / run_folder.LOCK_FILE).exists()
