@@ -21,6 +21,7 @@ from gpt2exp.errors import UserError
 FORMAT = "gpt2exp-checkpoint"
 VERSION = 1
 _STEP_FILE = re.compile(r"step-(\d+)\.pt")
+_PAYLOAD_TYPES = {"model": dict, "optimizer": (dict, type(None)), "step": int, "config": dict, "extra": dict}
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,15 @@ def save_step_checkpoint(folder: str | Path, *, step: int, keep_last: int, **pay
     return path
 
 
-def load_latest_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
-    """The newest step checkpoint in `folder` that loads; a corrupt or truncated one is skipped
-    with a warning and the one before it tried. None when there is no usable one."""
+def load_latest_checkpoint(folder: str | Path, check=lambda checkpoint, path: None) -> tuple[Path, dict] | None:
+    """The newest step checkpoint in `folder` that loads and passes `check` (which raises
+    UserError); a corrupt, truncated or failing one is skipped with a warning and the one before
+    it tried. None when there is no usable one."""
     for path in reversed(step_checkpoints(folder)):
         try:
-            return path, load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
+            check(checkpoint, path)
+            return path, checkpoint
         except UserError as err:
             log.warning("%s; falling back to the checkpoint before it", err)
     return None
@@ -101,6 +105,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if payload.get("version") != VERSION:
         version = payload.get("version")
         raise UserError(f"ckpt: '{path}' has format version {version!r}; this gpt2exp reads {VERSION}")
+    for key, kinds in _PAYLOAD_TYPES.items():
+        if not isinstance(payload.get(key), kinds):
+            raise UserError(f"ckpt: '{path}' is an incomplete gpt2exp checkpoint (its {key!r} is missing or malformed)")
+    if not all(isinstance(name, str) and isinstance(t, torch.Tensor) for name, t in payload["model"].items()):
+        raise UserError(f"ckpt: '{path}' is an incomplete gpt2exp checkpoint (its 'model' is not a state dict)")
     return payload
 
 

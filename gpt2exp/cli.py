@@ -5,7 +5,9 @@ failing job is recorded in its folder and the sweep goes on; W&B run identity.""
 import functools
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,10 +59,19 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
     to its folder (`RunFolder.undo`) and exits 2 with one line. In a multirun any exception fails
     that job only: its folder gets failure.json with the error line, the job returns inf (the
     worst loss for a sweeper) and the sweep goes on; ``FailedJobs`` reports the failures at the
-    end. A run with nothing left to do (``AlreadyComplete``) also takes back what it added."""
+    end. A run with nothing left to do (``AlreadyComplete``) also takes back what it added.
+
+    Jobs of a pool launcher (joblib) run in a child process of the pool's worker: a job that the
+    kernel kills (the OOM killer) fails alone instead of breaking the pool and the sweep."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN and "joblib" in str(hydra_cfg.launcher.get("_target_")):
+            return _in_child_process(functools.partial(attempt, cfg), hydra_cfg)
+        return attempt(cfg)
+
+    def attempt(cfg: DictConfig) -> Any:
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -80,13 +91,13 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
                 if folder:
                     folder.undo()
                 fail(message)
-            return _record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), message)
+            return record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), message)
         except Exception as err:
             if not multirun:
                 raise
             log.exception("job %s failed", hydra_cfg.job.num)
             message = f"{type(err).__name__}: {one_line(err)}"
-            return _record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), message)
+            return record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), message)
         finally:
             if folder:
                 folder.release()
@@ -94,7 +105,28 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
     return wrapper
 
 
-def _record_failure(run_dir: Path, job: int, overrides: list[str], message: str) -> float:
+def _in_child_process(job: Callable[[], Any], hydra_cfg: Any) -> Any:
+    """`job()` in a forked child (it inherits Hydra's state); a child that dies without a result
+    fails the job, with the signal that killed it."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=lambda: send.send(job()), name=f"job-{hydra_cfg.job.num}")
+    child.start()
+    send.close()
+    try:
+        return receive.recv()
+    except EOFError:
+        child.join()
+        code = child.exitcode
+        cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        return record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), f"job process {cause}")
+    finally:
+        child.join()
+
+
+def record_failure(run_dir: Path, job: int, overrides: list[str], message: str) -> float:
+    """failure.json in the job's folder; returns inf, the job's score for a sweeper."""
     log.error("error: %s", message)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": "failed", "job": job, "overrides": overrides, "error": message}
@@ -136,7 +168,7 @@ class FailedJobs(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = [p.parent for p in sweep_dir.rglob(".hydra")]
+        jobs = {p.parent for p in [*sweep_dir.rglob(".hydra"), *sweep_dir.rglob(FAILURE_FILE)]}
         failures = sorted((json.loads((job / FAILURE_FILE).read_text()) for job in jobs
                            if (job / FAILURE_FILE).is_file()), key=lambda f: f["job"])
         if failures:
@@ -174,5 +206,7 @@ def run(hydra_main: Callable[[], Any]) -> None:
         hydra_main()
     except (HydraException, OmegaConfBaseException, UserError) as err:
         fail(error_message(err))
+    except KeyboardInterrupt:  # before training took over Ctrl-C (see `interrupt`), or a second one
+        fail("interrupted", status=130)
     finally:
         run_folder.release_all()

@@ -22,6 +22,8 @@ from gpt2exp.precision import PRECISIONS
 from gpt2exp.tokenizer import VOCAB_SIZE
 
 SAMPLERS = ("windows", "random")
+MAX_NEW_TOKENS = 65_536
+_WANDB_NAME_FORBIDDEN = "/\\#?%:"
 BENCH_SECTIONS = ("peak", "train", "generate", "data")
 
 
@@ -250,12 +252,19 @@ def check_decoding(dec: Any, vocab_size: int = VOCAB_SIZE) -> None:
     if dec.eos_id is not None:
         _require(0 <= dec.eos_id < vocab_size, "decoding.eos_id", dec.eos_id, f"must be in [0, {vocab_size}) or null")
     _positive(dec, "decoding", "max_new_tokens", "num_samples")
+    _require(dec.max_new_tokens <= MAX_NEW_TOKENS, "decoding.max_new_tokens", dec.max_new_tokens,
+             f"must be in [1, {MAX_NEW_TOKENS}]")
 
 
 def check_logger(logger: Any) -> None:
     _require(logger.backend in ("wandb", "none"), "logger.backend", logger.backend, "one of wandb, none")
     modes = ("auto", "online", "offline", "disabled")
     _require(logger.mode in modes, "logger.mode", logger.mode, "one of " + ", ".join(modes))
+    for key in ("project", "entity"):
+        name = logger[key]
+        if name is not None:
+            _require(0 < len(name) <= 128 and not set(name) & set(_WANDB_NAME_FORBIDDEN), f"logger.{key}", name,
+                     f"1 to 128 characters, none of {_WANDB_NAME_FORBIDDEN}")
 
 
 def check_device(device: str, key: str) -> None:

@@ -10,9 +10,16 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gpt2exp import cli
-from gpt2exp.config import check_decoding, check_generate_config, check_model, register_configs
+from gpt2exp.config import (
+    check_decoding,
+    check_fits_in_memory,
+    check_generate_config,
+    check_model,
+    register_configs,
+)
 from gpt2exp.errors import UserError
 
 log = logging.getLogger("gpt2exp.generate")
@@ -53,9 +60,31 @@ def plan_generation(cfg: DictConfig) -> GenerationPlan:
     model_cfg = checkpoint["config"].get("model") if isinstance(checkpoint["config"], dict) else None
     if not isinstance(model_cfg, dict):
         raise UserError(f"ckpt: '{ckpt_path}' holds no model config")
-    check_model(OmegaConf.create(model_cfg))
+    try:
+        check_model(OmegaConf.create(model_cfg))
+        check_fits_in_memory(OmegaConf.create(model_cfg))
+    except (UserError, OmegaConfBaseException) as err:
+        raise UserError(f"ckpt: '{ckpt_path}' declares a model that cannot be built: {cli.one_line(err)}") from None
+    _check_weights_fit(model_cfg, checkpoint["model"], ckpt_path)
     check_decoding(cfg.decoding, model_cfg["vocab_size"])
     return GenerationPlan(resolved, ckpt_path, checkpoint, model_cfg, resolve_device(cfg.device))
+
+
+def _check_weights_fit(model_cfg: dict, weights: dict, ckpt_path: Path) -> None:
+    """Compare the weights' names and shapes with the model the config declares, before any
+    memory is spent on it (the model is built on the meta device)."""
+    import torch
+
+    from gpt2exp.model import GPTConfig, GPTModel
+
+    try:
+        with torch.device("meta"):
+            expected = GPTModel(GPTConfig(**model_cfg)).state_dict()
+    except TypeError as err:
+        raise UserError(f"ckpt: '{ckpt_path}' holds a model config this gpt2exp does not know ({err})") from None
+    for name in sorted(expected.keys() | weights.keys()):
+        if name not in weights or name not in expected or weights[name].shape != expected[name].shape:
+            raise UserError(f"ckpt: '{ckpt_path}' holds weights that do not fit its model config (first: {name})")
 
 
 def generate(cfg: DictConfig) -> None:

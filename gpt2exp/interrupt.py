@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 
 class GracefulStop:
     """While entered, the first SIGINT or SIGTERM sets `signum` (training stops after its step);
-    a second one stops at once with KeyboardInterrupt. Does nothing outside the main thread."""
+    a second one stops at once with KeyboardInterrupt, except inside a `shielded` call (a
+    checkpoint being written), which it lets finish first. Does nothing outside the main thread."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict = {}
+        self._shielded = False
+        self._pending = False
+
+    def shielded(self, function: Callable) -> Callable:
+        """`function`, run to its end even when a second signal arrives meanwhile."""
+
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            self._shielded = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._shielded = False
+                if self._pending:
+                    raise KeyboardInterrupt
+
+        return call
 
     def requested(self) -> bool:
         return self.signum is not None
@@ -29,7 +49,10 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            self._pending = True
+            if not self._shielded:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
         log.warning("%s: stopping after this step and saving a checkpoint (again to stop at once)",
                     signal.Signals(signum).name)

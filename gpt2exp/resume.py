@@ -72,7 +72,7 @@ def find_resume_point(resume: str | None, config: dict, *, run_dir: Path, root: 
         folder = folder.parent
     try:
         exists = folder.is_dir()
-        found = load_latest_checkpoint(folder / "checkpoints") if exists else None
+        found = load_latest_checkpoint(folder / "checkpoints", check=_check_resumable) if exists else None
     except OSError as err:
         raise UserError(f"trainer.resume: cannot read '{resume}' ({err.strerror})") from None
     if not exists:
@@ -98,25 +98,41 @@ def _newest_matching(root: Path, fingerprint: str, *, prefer: Path) -> ResumePoi
             own = checkpoints.parent.resolve() == prefer.resolve()
             candidates.append((own, mtime, checkpoints.parent))
     for _, _, folder in sorted(candidates, key=lambda c: c[:2], reverse=True):
-        if _stored_fingerprint(step_checkpoints(folder / "checkpoints")[-1]) != fingerprint:
+        if _stored_fingerprint(folder / "checkpoints") != fingerprint:
             continue
-        found = load_latest_checkpoint(folder / "checkpoints")
-        if found is not None and "train_state" in found[1]["extra"]:
+        found = load_latest_checkpoint(folder / "checkpoints", check=_check_resumable)
+        if found is not None:
             return ResumePoint(folder, *found)
     return None
 
 
-def _stored_fingerprint(path: Path) -> str | None:
-    """The config fingerprint of a checkpoint, read without loading its tensors."""
+def _stored_fingerprint(checkpoints: Path) -> str | None:
+    """The config fingerprint of the newest checkpoint in the folder that reads, read without
+    loading its tensors."""
+    for path in reversed(step_checkpoints(checkpoints)):
+        try:
+            return config_fingerprint(torch.load(path, mmap=True, weights_only=True)["config"])
+        except Exception:  # noqa: BLE001 - an unreadable file: try the one before it
+            continue
+    return None
+
+
+def _check_resumable(checkpoint: dict, path: Path) -> None:
+    """Raise UserError unless the checkpoint holds all that resuming reads."""
+    from gpt2exp.trainer import TrainState
+
+    extra, config = checkpoint["extra"], checkpoint["config"]
     try:
-        return config_fingerprint(torch.load(path, mmap=True, weights_only=True)["config"])
-    except Exception:  # noqa: BLE001 - any unreadable candidate is simply not a match
-        return None
+        TrainState.from_dict(extra["train_state"])
+        complete = isinstance(extra["rng"], dict) and isinstance(checkpoint["optimizer"], dict)
+        complete = complete and isinstance(config["model"], dict) and isinstance(config["data"]["batch_size"], int)
+    except (KeyError, TypeError):
+        complete = False
+    if not complete:
+        raise UserError(f"trainer.resume: '{path}' holds no complete training state to resume from")
 
 
 def _check_compatible(point: ResumePoint, config: dict) -> None:
-    if "train_state" not in point.checkpoint["extra"]:
-        raise UserError(f"trainer.resume: '{point.path}' holds no training state to resume from")
     before = _flat(without_keys(point.checkpoint["config"], IGNORED_KEYS))
     now = _flat(without_keys(config, IGNORED_KEYS))
     changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))

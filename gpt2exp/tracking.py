@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import netrc
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 from gpt2exp.atomic import write_atomic, write_json_atomic
@@ -12,22 +15,42 @@ from gpt2exp.errors import UserError
 
 MODES = ("auto", "online", "offline", "disabled")
 BACKENDS = ("wandb", "none")
-WANDB_HOST = "api.wandb.ai"
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+CONNECT_TIMEOUT_S = 3.0
+
+log = logging.getLogger(__name__)
 
 
 def resolve_mode(mode: str) -> str:
-    """The W&B mode to use; "auto" is `$WANDB_MODE` if set, else online given an API key, else offline."""
+    """The W&B mode to use. "auto" is `$WANDB_MODE` if set, else online given an API key and a
+    W&B host that answers within seconds, else offline (said in one line when a key was there).
+    Online, asked for by `mode` or `$WANDB_MODE`, without a key or a reachable host is a UserError."""
     if mode not in MODES:
         raise UserError(f"logger.mode: {mode!r} is not one of {', '.join(MODES)}")
-    if mode != "auto":
-        return mode
-    env_mode = os.environ.get("WANDB_MODE")
-    if env_mode:
-        env_mode = {"dryrun": "offline", "run": "online"}.get(env_mode, env_mode)
-        if env_mode not in MODES[1:]:
-            raise UserError(f"WANDB_MODE: {env_mode!r} is not one of {', '.join(MODES[1:])}")
-        return env_mode
-    return "online" if _has_api_key() else "offline"
+    key = "logger.mode"
+    if mode == "auto" and os.environ.get("WANDB_MODE"):
+        key, mode = "WANDB_MODE", {"dryrun": "offline", "run": "online"}.get(os.environ["WANDB_MODE"], os.environ["WANDB_MODE"])
+        if mode not in MODES[1:]:
+            raise UserError(f"WANDB_MODE: {mode!r} is not one of {', '.join(MODES[1:])}")
+    if mode == "auto":
+        if not _has_api_key():
+            return "offline"
+        problem = _unreachable()
+        if problem:
+            log.warning("W&B: %s; logging offline (upload later with wandb sync <run folder>/wandb/offline-run-*)",
+                        problem)
+            return "offline"
+        return "online"
+    if mode == "online":
+        problem = None if _has_api_key() else "no W&B API key (run wandb login, or set WANDB_API_KEY)"
+        problem = problem or _unreachable()
+        if problem:
+            raise UserError(f"{key}=online: {problem}; use logger.mode=offline and wandb sync later")
+    return mode
+
+
+def _base_url() -> urllib.parse.SplitResult:
+    return urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
 
 
 def _has_api_key() -> bool:
@@ -35,9 +58,20 @@ def _has_api_key() -> bool:
         return True
     netrc_path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
     try:
-        return netrc.netrc(netrc_path).authenticators(WANDB_HOST) is not None
+        return netrc.netrc(netrc_path).authenticators(_base_url().hostname or "") is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def _unreachable() -> str | None:
+    """Why the W&B host cannot be reached within `CONNECT_TIMEOUT_S`, or None when it can."""
+    url = _base_url()
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        return f"cannot reach {url.hostname}:{port} ({err.strerror or err})"
+    return None
 
 
 def sweep_group(sweep_dir: str | Path) -> str:

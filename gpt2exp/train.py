@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,20 @@ def train(cfg: DictConfig) -> float:
     return summary["final/val_loss"]
 
 
+def _fail_run(tracker, message: str) -> None:
+    """End the W&B run as failed; a single run exits 1 with `message`, a multirun job fails."""
+    tracker.finish(exit_code=1)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise RuntimeError(message)
+    cli.fail(message, status=1)
+
+
+def _resume_command(run_dir: Path) -> str:
+    from gpt2exp.resume import resume_command
+
+    return resume_command(list(HydraConfig.get().overrides.task), run_dir)
+
+
 def _model_slot(hydra_cfg, resolved: dict, run_dir: Path):
     """In a multirun, the sweep's model store entry for this training config; else nothing."""
     if hydra_cfg.mode != RunMode.MULTIRUN:
@@ -129,7 +144,6 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
 
     from gpt2exp.data import eval_batches
     from gpt2exp.interrupt import GracefulStop
-    from gpt2exp.resume import resume_command
     from gpt2exp.rng import restore_rng_state
     from gpt2exp.trainer import NonFiniteLoss, TrainState, lr_multiplier, train_model
 
@@ -145,8 +159,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
     if plan.resume is not None:
         state = _restore(cfg, plan.resume, model, optimizer, data.train_loader)
         tracker.carry_over(plan.resume.run_dir, state.step)
-    hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, run_dir, wandb_group,
-                     last_checkpoint=plan.resume.path if plan.resume is not None else None)
+    hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, run_dir, wandb_group, resumed_from=plan.resume)
     with GracefulStop() as stop:
         if plan.resume is not None:
             restore_rng_state(plan.resume.checkpoint["extra"]["rng"])
@@ -173,21 +186,30 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
                 on_eval=hooks.on_eval,
                 on_step=lambda step, metrics: tracker.log_metrics(metrics, step=step),
                 on_sample=_sampler(cfg, plan.resolved, model, tracker, plan.device),
-                on_checkpoint=hooks.on_checkpoint,
+                on_checkpoint=stop.shielded(hooks.on_checkpoint),
                 should_stop=stop.requested,
                 progress=trainer_cfg.progress,
                 precision=plan.precision,
             )
         except NonFiniteLoss as err:
-            tracker.finish(exit_code=1)
-            if HydraConfig.get().mode == RunMode.MULTIRUN:
+            _fail_run(tracker, f"{err}; last good checkpoint: {hooks.last_checkpoint or 'none yet'}; lower "
+                      "optimizer.lr, or set trainer.skip_nonfinite=true to skip such steps")
+        except KeyboardInterrupt:  # a second signal: stop now, from the last checkpoint written
+            stop.signum = stop.signum or signal.SIGINT
+        except OSError as err:
+            if not err.filename:
                 raise
-            cli.fail(f"{err}; last good checkpoint: {hooks.last_checkpoint or 'none yet'}; lower optimizer.lr, "
-                     "or set trainer.skip_nonfinite=true to skip such steps", status=1)
+            _fail_run(tracker, f"cannot write {err.filename} ({err.strerror}); the last good checkpoint is "
+                      f"{hooks.last_checkpoint or 'none yet'}; resume with: {_resume_command(run_dir)}")
     if stop.requested():
         tracker.finish(exit_code=stop.exit_code)
-        command = resume_command(list(HydraConfig.get().overrides.task), run_dir)
-        print(f"interrupted at step {state.step}; resume with: {command}", file=sys.stderr)
+        if hooks.last_step is None:
+            print(f"interrupted at step {state.step}, before the run's first checkpoint: nothing to resume",
+                  file=sys.stderr)
+        else:
+            at = f"step {state.step}" if hooks.last_step == state.step else (
+                f"step {state.step} (its last checkpoint is step {hooks.last_step})")
+            print(f"interrupted at {at}; resume with: {_resume_command(run_dir)}", file=sys.stderr)
         sys.exit(stop.exit_code)
     hooks.plot(state)
     final = state.final
@@ -209,9 +231,11 @@ class RunHooks:
     and the loss plot at the end."""
 
     def __init__(self, cfg, resolved, model, optimizer, tracker, run_dir: Path, wandb_group: str | None,
-                 last_checkpoint: Path | None = None):
+                 resumed_from=None):
         self.cfg, self.resolved, self.model, self.optimizer, self.tracker = cfg, resolved, model, optimizer, tracker
-        self.run_dir, self.wandb_group, self.last_checkpoint = run_dir, wandb_group, last_checkpoint
+        self.run_dir, self.wandb_group = run_dir, wandb_group
+        self.last_checkpoint = resumed_from.path if resumed_from else None
+        self.last_step = resumed_from.checkpoint["step"] if resumed_from else None
         self.checkpoint_dir = run_dir / "checkpoints"
 
     def on_eval(self, point, extra) -> None:
@@ -251,6 +275,7 @@ class RunHooks:
             self.last_checkpoint = save_step_checkpoint(
                 self.checkpoint_dir, step=state.step, keep_last=self.cfg.trainer.keep_last, **payload
             )
+            self.last_step = state.step
         if is_best and periodic:
             link_atomic(self.last_checkpoint, self.checkpoint_dir / "best.pt")
         elif is_best:
@@ -293,7 +318,7 @@ def _sampler(cfg: DictConfig, resolved: dict, model, tracker, device):
 
     dec, start_context = cfg.decoding, cfg.trainer.start_context
     encoding = get_encoding()
-    prompt_ids = torch.tensor([encoding.encode(start_context)], device=device)
+    prompt_ids = torch.tensor([encoding.encode(start_context, allowed_special="all")], device=device)
     settings = {k: resolved["decoding"][k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")}
 
     def on_sample(step, epoch):

@@ -163,9 +163,10 @@ def train_model(
 
     Evaluates before the first step of a fresh run, every ``eval_freq`` steps and after the
     last; samples after every epoch, or every ``sample_freq`` steps when given, and after the
-    last. After all of a step's hooks, calls ``on_checkpoint(state, periodic=..., is_best=...)``:
-    periodic every ``checkpoint_freq`` steps, after the last step and when ``should_stop()`` turns
-    true (training then returns early); is_best after an eval with a new best val loss.
+    last. After a step's eval, before its sample, calls ``on_checkpoint(state, periodic=...,
+    is_best=...)``: periodic every ``checkpoint_freq`` steps, after the last step and when
+    ``should_stop()`` turns true (training then returns early); is_best after an eval with a new
+    best val loss, the first one included.
 
     The train loader's sampler must be an ``EpochSampler``: a resumed run starts inside its
     epoch without replaying batches.
@@ -234,8 +235,8 @@ def train_model(
         return metrics
 
     model.train()
-    if state.step == 0:
-        run_eval()
+    if state.step == 0 and run_eval():
+        on_checkpoint(state, periodic=False, is_best=True)  # best.pt, should no step improve on it
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
     stop = False
@@ -251,12 +252,12 @@ def train_model(
             on_step(state.step, metrics)
             last = state.step == total_steps
             is_best = run_eval() if state.step % eval_freq == 0 or last else False
-            due = state.step % sample_freq == 0 if sample_freq is not None else state.epoch > epoch
-            if due or last:
-                on_sample(state.step, state.epoch)
             stop = should_stop()
             periodic = last or stop or (checkpoint_freq is not None and state.step % checkpoint_freq == 0)
             if periodic or is_best:
                 on_checkpoint(state, periodic=periodic, is_best=is_best)
+            due = state.step % sample_freq == 0 if sample_freq is not None else state.epoch > epoch
+            if due or last:
+                on_sample(state.step, state.epoch)
     bar.close()
     return state

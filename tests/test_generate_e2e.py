@@ -1,8 +1,11 @@
 """End-to-end runs through ``python -m gpt2exp.generate`` on a tiny saved checkpoint."""
 
 import pytest
-from conftest import generate_runs, read_jsonl, run_folders
+import torch
+from conftest import TINY_MODEL, generate_runs, read_jsonl, run_folders
 from wandb_reader import find_wandb_file, read_run
+
+from gpt2exp.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow
 METRICS = {"gen/tokens_per_sec", "gen/distinct_1", "gen/distinct_2", "gen/repeat_4gram_rate", "gen/nll"}
@@ -58,10 +61,17 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_one_warning(run_module
         ("ckpt=missing.pt", "ckpt: 'missing.pt' does not exist"),
         ("ckpt=notes.txt", "ckpt: 'notes.txt' is not a gpt2exp checkpoint"),
         ("ckpt=outputs", "ckpt: run folder 'outputs' has no checkpoints/last.pt"),
+        ("ckpt=hollow.pt", "ckpt: 'hollow.pt' is an incomplete gpt2exp checkpoint (its 'model' is missing"),
+        ("ckpt=huge.pt", "ckpt: 'huge.pt' declares a model that cannot be built: model: 826,335,133,696 parameters"),
+        ("ckpt=misfit.pt", "ckpt: 'misfit.pt' holds weights that do not fit its model config (first: "),
     ],
 )
 def test_bad_input_exits_2_with_one_line(run_module, train_run, tmp_path, override, message):
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    torch.save({"format": "gpt2exp-checkpoint", "version": 1}, tmp_path / "hollow.pt")
+    for name, emb_dim, layers in (("huge.pt", 32768, 64), ("misfit.pt", 4096, 8)):  # 826 B and 1.6 B parameters
+        model = {**TINY_MODEL, "emb_dim": emb_dim, "n_heads": 64, "n_layers": layers, "context_length": 1024}
+        save_checkpoint(tmp_path / name, model_state={}, optimizer_state=None, step=1, config={"model": model})
     result = run_module("gpt2exp.generate", f"ckpt={train_run}", override)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

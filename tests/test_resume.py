@@ -13,15 +13,15 @@ from gpt2exp.resume import config_fingerprint, find_resume_point, outputs_root, 
 from gpt2exp.trainer import EvalPoint, TrainState
 
 CONFIG = {"model": {"emb_dim": 32}, "optimizer": {"lr": 1e-3}, "trainer": {"resume": None, "progress": True},
-          "logger": {"mode": "offline"}, "data": {"cache_dir": "~/.cache/gpt2exp"}, "seed": 1}
+          "logger": {"mode": "offline"}, "data": {"cache_dir": "~/.cache/gpt2exp", "batch_size": 4}, "seed": 1}
 
 
 def make_run(root: Path, name: str, config: dict, steps=(4,), mtime: float | None = None) -> Path:
     run_dir = root / name
     for step in steps:
         path = save_step_checkpoint(
-            run_dir / "checkpoints", step=step, keep_last=2, model_state={}, optimizer_state=None, config=config,
-            extra={"train_state": TrainState(step=step).to_dict()},
+            run_dir / "checkpoints", step=step, keep_last=2, model_state={}, optimizer_state={}, config=config,
+            extra={"train_state": TrainState(step=step).to_dict(), "rng": {}},
         )
         if mtime is not None:
             os.utime(path, (mtime + step, mtime + step))
@@ -138,3 +138,15 @@ def test_epoch_batches_skip_to_a_position_inside_the_epoch():
     state = torch.get_rng_state()
     list(epoch_batches(loader, epoch=0))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_hollow_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    run_dir = make_run(tmp_path, "run", CONFIG, steps=(4, 8))
+    torch.save({"format": "gpt2exp-checkpoint", "version": 1}, run_dir / "checkpoints" / "step-00000012.pt")
+    for resume in (str(run_dir), "auto"):
+        point = find_resume_point(resume, CONFIG, run_dir=tmp_path / "new", root=tmp_path)
+        assert point.checkpoint["step"] == 8
+    hollow = {"format": "gpt2exp-checkpoint", "version": 1, "model": {}, "optimizer": None, "step": 9,
+              "config": CONFIG, "extra": {}}
+    torch.save(hollow, run_dir / "checkpoints" / "step-00000013.pt")
+    assert find_resume_point(str(run_dir), CONFIG, run_dir=tmp_path / "new", root=tmp_path).checkpoint["step"] == 8

@@ -158,3 +158,25 @@ def test_compare_on_a_generate_sweep(run_module, tmp_path, corpus):
     for key in ("gen/tokens_per_sec", "gen/distinct_1", "gen/distinct_2", "gen/repeat_4gram_rate", "gen/nll"):
         assert all(r[key] != "" for r in rows)
     assert (tmp_path / "gen" / "gen_nll_vs_decoding.temperature.png").stat().st_size > 0
+
+
+def test_a_joblib_job_killed_by_a_signal_fails_alone(tmp_path, corpus):
+    """The long job exceeds a CPU-time limit and the kernel kills it (SIGXCPU), as the OOM killer
+    kills a job (SIGKILL); the short one finishes, and the sweep reports the killed one."""
+    import resource
+
+    def limit_cpu() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (20, 30))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", "-m", *FAST, "data=text", f"data.path={corpus}", "logger=none",
+         "hydra.sweep.dir=sweep", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "trainer.max_steps=2,1000000"],
+        cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300, preexec_fn=limit_cpu,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 jobs failed (job 1;")
+    assert "job process killed by SIGXCPU" in result.stderr
+    assert TRAINED in job_log(tmp_path / "sweep" / "0")
+    failure = json.loads((tmp_path / "sweep" / "1" / "failure.json").read_text())
+    assert failure["error"] == "job process killed by SIGXCPU" and "trainer.max_steps=1000000" in failure["overrides"]

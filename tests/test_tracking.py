@@ -1,9 +1,12 @@
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 from PIL import Image
 from wandb_reader import find_wandb_file, read_run
 
@@ -132,12 +135,20 @@ assert "wandb" not in sys.modules
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    """No W&B mode or key in the environment, and an empty home folder."""
+    """No W&B mode or key in the environment, an empty home folder, and a W&B host that answers
+    (a listening socket on this machine)."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("NETRC", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    return tmp_path
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        yield tmp_path
+
+
+def closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return server.getsockname()[1]
 
 
 @pytest.mark.parametrize("mode", ["online", "offline", "disabled"])
@@ -158,8 +169,43 @@ def test_resolve_mode_auto_is_online_with_key_in_env(clean_env, monkeypatch):
 
 
 def test_resolve_mode_auto_is_online_with_key_in_netrc(clean_env):
-    (clean_env / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n")
+    (clean_env / ".netrc").write_text("machine 127.0.0.1\n  login user\n  password " + "x" * 40 + "\n")
     assert resolve_mode("auto") == "online"
+
+
+def test_resolve_mode_auto_falls_back_to_offline_when_the_host_does_not_answer(clean_env, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    assert resolve_mode("auto") == "offline"
+    assert "logging offline" in caplog.text and "wandb sync" in caplog.text
+
+
+def test_online_without_a_key_or_a_host_is_a_user_error(clean_env, monkeypatch):
+    with pytest.raises(UserError, match="logger.mode=online: no W&B API key"):
+        resolve_mode("online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(UserError, match="logger.mode=online: cannot reach 127.0.0.1"):
+        resolve_mode("online")
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(UserError, match="WANDB_MODE=online: cannot reach"):
+        resolve_mode("auto")
+
+
+@pytest.mark.slow
+def test_a_key_without_network_trains_offline_within_seconds(run_module, text_file, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    tiny = [*TINY, "data=text", f"data.path={text_file}", "trainer.max_steps=2"]
+    started = time.monotonic()
+    result = run_module("gpt2exp.train", *tiny, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 60
+    assert "logging offline" in result.stdout
+    assert list((tmp_path / "outputs").rglob("offline-run-*"))
+    result = run_module("gpt2exp.train", *tiny, "logger.mode=online")
+    assert result.returncode == 2 and result.stderr.startswith("error: logger.mode=online: cannot reach")
 
 
 @pytest.mark.parametrize(

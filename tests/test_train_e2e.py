@@ -52,6 +52,9 @@ def test_tiny_run_trains_logs_and_checkpoints(run_module, text_file, tmp_path):
         ("model.emb_dim=abc", "model.emb_dim=abc"),
         ("model.n_head=4", "model.n_head"),
         ("model=huge", "model/huge"),
+        ("decoding.max_new_tokens=1000000000", "decoding.max_new_tokens=1000000000 is not allowed: must be in [1, "),
+        ("logger.project=x/y", "logger.project='x/y' is not allowed"),
+        ("data.path=/dev/zero", "data.path: not a regular file or folder (a device, pipe or socket): '/dev/zero'"),
     ],
 )
 def test_bad_override_exits_2_with_one_line(run_module, text_file, tmp_path, override, message):

@@ -59,7 +59,7 @@ def build_data(
         train_tokens = cached_tokens(splits.train, cache_dir=cache_dir, label=f"{source}-train")
         val_tokens = cached_tokens(splits.val, cache_dir=cache_dir, label=f"{source}-val")
     except OSError as err:
-        raise UserError(f"data.cache_dir: cannot keep the token cache in '{cache_dir}' ({err.strerror})") from None
+        raise UserError(f"data.cache_dir: cannot keep the token cache in '{cache_dir}' ({err.strerror or err})") from None
     ratio_hint = {"train": "a larger data.train_ratio, ", "val": "a smaller data.train_ratio, "}
     for split, tokens in (("train", train_tokens), ("val", val_tokens)):
         if len(tokens) < context_length + 1:

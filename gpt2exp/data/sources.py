@@ -181,7 +181,12 @@ def _text_files(path: str) -> list[Path]:
     pattern = os.path.join(glob.escape(str(given)), "*.txt") if given.is_dir() else str(given)
     files = [Path(match) for match in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(match)]
     if not files:
-        problem = "no *.txt files in folder" if given.is_dir() else "no such file or folder:"
+        if given.is_dir():
+            problem = "no *.txt files in folder"
+        elif given.exists():
+            problem = "not a regular file or folder (a device, pipe or socket):"
+        else:
+            problem = "no such file or folder:"
         raise UserError(f"data.path: {problem} '{path}'")
     return files
 
