@@ -206,7 +206,10 @@ def run(hydra_main: Callable[[], Any]) -> None:
         hydra_main()
     except (HydraException, OmegaConfBaseException, UserError) as err:
         fail(error_message(err))
-    except KeyboardInterrupt:  # before training took over Ctrl-C (see `interrupt`), or a second one
-        fail("interrupted", status=130)
+    except KeyboardInterrupt:  # before training took over Ctrl-C (see `interrupt`)
+        print("error: interrupted", file=sys.stderr, flush=True)
+        run_folder.release_all()
+        sys.stdout.flush()
+        os._exit(130)  # now: W&B's exit hooks wait minutes for a run that a slow host never started
     finally:
         run_folder.release_all()

@@ -6,9 +6,13 @@ import json
 import logging
 import netrc
 import os
-import socket
+import threading
+import urllib.error
 import urllib.parse
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gpt2exp.atomic import write_atomic, write_json_atomic
 from gpt2exp.errors import UserError
@@ -64,14 +68,37 @@ def _has_api_key() -> bool:
 
 
 def _unreachable() -> str | None:
-    """Why the W&B host cannot be reached within `CONNECT_TIMEOUT_S`, or None when it can."""
+    """Why the W&B host gives no HTTP answer within `CONNECT_TIMEOUT_S`, or None when it does
+    (any status counts: the point is that it answers)."""
     url = _base_url()
-    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        return f"cannot reach {url.hostname}:{port} ({err.strerror or err})"
+        urllib.request.urlopen(urllib.request.Request(url.geturl(), method="HEAD"), timeout=CONNECT_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        return f"no answer from {url.geturl()} ({getattr(reason, 'strerror', None) or reason})"
     return None
+
+
+def _interruptible(call: Callable[[], Any]) -> Any:
+    """`call()` in a helper thread, so that Ctrl-C ends the wait at once (W&B's start-up, which
+    can wait a minute and more for a slow host, does not give way to it in the main thread)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, name="wandb-init", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def sweep_group(sweep_dir: str | Path) -> str:
@@ -162,22 +189,20 @@ class Tracker:
         if self.mode != "disabled":
             import wandb
 
-            self._run = wandb.init(
-                dir=self.run_dir,
-                config=config,
-                project=project,
-                entity=entity,
-                group=group,
-                tags=tags,
-                name=name,
-                job_type=job_type,
-                notes=notes,
-                mode=self.mode,
-                id=run_id,
-                resume="allow" if run_id else None,
-                reinit="finish_previous",
-                settings=wandb.Settings(quiet=True, console="off"),
+            options = dict(
+                dir=self.run_dir, config=config, project=project, entity=entity, group=group, tags=tags, name=name,
+                job_type=job_type, notes=notes, id=run_id, resume="allow" if run_id else None,
+                reinit="finish_previous", settings=wandb.Settings(quiet=True, console="off"),
             )
+            try:
+                self._run = _interruptible(lambda: wandb.init(mode=self.mode, **options))
+            except wandb.errors.Error as err:
+                problem = " ".join(str(err).split()[:30])
+                if mode != "auto" or self.mode != "online":
+                    raise UserError(f"logger: W&B could not start the run ({problem}); try logger.mode=offline") from None
+                log.warning("W&B: %s; logging offline (upload later with wandb sync)", problem)
+                self.mode = "offline"
+                self._run = _interruptible(lambda: wandb.init(mode=self.mode, **options))
 
     @property
     def run_id(self) -> str | None:

@@ -1,7 +1,11 @@
+import http.server
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,17 +137,34 @@ assert "wandb" not in sys.modules
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 2, "train_loss": 1.5}
 
 
+class _Answer(http.server.BaseHTTPRequestHandler):
+    """A W&B host that answers, but takes forever over a run's start (POST /graphql)."""
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(404)
+        self.end_headers()
+
+    def do_POST(self) -> None:  # noqa: N802
+        time.sleep(120)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     """No W&B mode or key in the environment, an empty home folder, and a W&B host that answers
-    (a listening socket on this machine)."""
+    (an HTTP server on this machine)."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("NETRC", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
-        yield tmp_path
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    yield tmp_path
+    server.shutdown()
+    server.server_close()
 
 
 def closed_port() -> int:
@@ -178,6 +199,11 @@ def test_resolve_mode_auto_falls_back_to_offline_when_the_host_does_not_answer(c
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
     assert resolve_mode("auto") == "offline"
     assert "logging offline" in caplog.text and "wandb sync" in caplog.text
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes the connection, never answers
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        assert resolve_mode("auto") == "offline"
+        assert time.monotonic() - started < 10
 
 
 def test_online_without_a_key_or_a_host_is_a_user_error(clean_env, monkeypatch):
@@ -185,10 +211,10 @@ def test_online_without_a_key_or_a_host_is_a_user_error(clean_env, monkeypatch):
         resolve_mode("online")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
-    with pytest.raises(UserError, match="logger.mode=online: cannot reach 127.0.0.1"):
+    with pytest.raises(UserError, match="logger.mode=online: no answer from http://127.0.0.1:"):
         resolve_mode("online")
     monkeypatch.setenv("WANDB_MODE", "online")
-    with pytest.raises(UserError, match="WANDB_MODE=online: cannot reach"):
+    with pytest.raises(UserError, match="WANDB_MODE=online: no answer from"):
         resolve_mode("auto")
 
 
@@ -205,7 +231,26 @@ def test_a_key_without_network_trains_offline_within_seconds(run_module, text_fi
     assert "logging offline" in result.stdout
     assert list((tmp_path / "outputs").rglob("offline-run-*"))
     result = run_module("gpt2exp.train", *tiny, "logger.mode=online")
-    assert result.returncode == 2 and result.stderr.startswith("error: logger.mode=online: cannot reach")
+    assert result.returncode == 2 and result.stderr.startswith("error: logger.mode=online: no answer from")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_wandb_starts_exits_at_once(clean_env, monkeypatch, text_file, tmp_path):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    tiny = [*TINY, "data=text", f"data.path={text_file}", "trainer.max_steps=2"]
+    process = subprocess.Popen([sys.executable, "-m", "gpt2exp.train", *tiny], cwd=tmp_path, env=dict(os.environ),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wandb_dir = tmp_path / "outputs"
+    deadline = time.monotonic() + 60
+    while not list(wandb_dir.rglob("wandb/run-*")):  # W&B has begun to start the run
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - started < 10
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted", stderr
 
 
 @pytest.mark.parametrize(
