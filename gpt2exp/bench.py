@@ -108,7 +108,8 @@ def _train_rows(cfg: DictConfig, model, device, precision, peaks: dict[str, tupl
     generator = torch.Generator().manual_seed(cfg.seed)
     windows = torch.randint(0, model.cfg.vocab_size, (settings.batch_size, context_length + 1), generator=generator)
     inputs, targets = windows[:, :-1].to(device), windows[:, 1:].to(device)
-    optimizer_options = {"lr": opt.lr, "weight_decay": opt.weight_decay, "betas": opt.betas, "eps": opt.eps}
+    optimizer_options = {"lr": opt.lr, "weight_decay": opt.weight_decay, "betas": opt.betas, "eps": opt.eps,
+                         "weight_decay_on": opt.weight_decay_on}
     compiled = torch.compile if settings.compile else lambda module: module
 
     def step(module, loss_fn, step_precision):

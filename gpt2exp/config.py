@@ -22,6 +22,8 @@ from gpt2exp.precision import PRECISIONS
 from gpt2exp.tokenizer import VOCAB_SIZE
 
 SAMPLERS = ("windows", "random")
+WEIGHT_INITS = ("gpt2", "torch_default")
+DECAY_TARGETS = ("matrices", "all")
 MAX_NEW_TOKENS = 65_536
 _WANDB_NAME_FORBIDDEN = "/\\#?%:"
 BENCH_SECTIONS = ("peak", "train", "generate", "data")
@@ -37,6 +39,8 @@ class ModelConfig:
     drop_rate: float = 0.0
     qkv_bias: bool = False
     pad_vocab_to: int = 1
+    tie_embeddings: bool = True
+    weight_init: str = "gpt2"
 
 
 @dataclass
@@ -65,6 +69,7 @@ class OptimizerConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
+    weight_decay_on: str = "matrices"
 
 
 @dataclass
@@ -205,15 +210,18 @@ def check_model(model: Any) -> None:
     pad = model.get("pad_vocab_to", 1)  # checkpoints from before vocabulary padding lack the key
     _require(1 <= pad <= 4096, "model.pad_vocab_to", pad, "must be in [1, 4096]")
     _require(0.0 <= model.drop_rate < 1.0, "model.drop_rate", model.drop_rate, "must be in [0, 1)")
+    init = model.get("weight_init", "gpt2")  # checkpoints from before the option lack it
+    _require(init in WEIGHT_INITS, "model.weight_init", init, "one of " + ", ".join(WEIGHT_INITS))
 
 
 def model_parameters(model: Any) -> int:
-    """GPT-2's parameter count for these settings (tied embeddings, as `GPTModel` builds it)."""
+    """The parameter count of `GPTModel` with these settings (a tied embedding counted once)."""
     emb, bias = model.emb_dim, 3 * model.emb_dim if model.qkv_bias else 0
     per_layer = 12 * emb * emb + 10 * emb + bias
     pad = model.get("pad_vocab_to", 1)
     padded_vocab = -(-model.vocab_size // pad) * pad
-    return (padded_vocab + model.context_length) * emb + model.n_layers * per_layer + 2 * emb
+    heads = 1 if model.get("tie_embeddings", True) else 2  # the embedding doubles as the head, or not
+    return (heads * padded_vocab + model.context_length) * emb + model.n_layers * per_layer + 2 * emb
 
 
 def check_fits_in_memory(model: Any) -> None:
@@ -238,6 +246,8 @@ def check_optimizer(opt: Any) -> None:
     _require(opt.schedule in ("constant", "cosine"), "optimizer.schedule", opt.schedule, "one of constant, cosine")
     _require(opt.warmup_steps >= 0, "optimizer.warmup_steps", opt.warmup_steps, "must be >= 0")
     _require(0 <= opt.min_lr_ratio <= 1, "optimizer.min_lr_ratio", opt.min_lr_ratio, "must be in [0, 1]")
+    _require(opt.weight_decay_on in DECAY_TARGETS, "optimizer.weight_decay_on", opt.weight_decay_on,
+             "one of " + ", ".join(DECAY_TARGETS))
 
 
 def check_decoding(dec: Any, vocab_size: int = VOCAB_SIZE) -> None:

@@ -1,4 +1,9 @@
-"""GPT-2: pre-LayerNorm transformer blocks, SDPA causal attention, tied embeddings, KV cache."""
+"""GPT-2: pre-LayerNorm transformer blocks, SDPA causal attention, tied embeddings, KV cache.
+
+Two options make it the tutorial's `GPTModel` (*Build a Large Language Model (From Scratch)*)
+instead of OpenAI's: an output head of its own (`tie_embeddings=False`) and PyTorch's default
+initialisation (`weight_init="torch_default"`: embeddings N(0, 1), Linear layers uniform).
+"""
 
 import math
 from dataclasses import dataclass
@@ -22,6 +27,8 @@ class GPTConfig:
     drop_rate: float = 0.1
     qkv_bias: bool = True
     pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 suits GPU matmuls)
+    tie_embeddings: bool = True  # the output head is the token embedding (GPT-2), or a Linear of its own
+    weight_init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch_default: PyTorch's own
 
     @property
     def padded_vocab_size(self) -> int:
@@ -102,7 +109,8 @@ class TransformerBlock(nn.Module):
 
 
 class GPTModel(nn.Module):
-    """GPT-2 language model; the output head shares the token embedding's weights."""
+    """GPT-2 language model; the output head shares the token embedding's weights unless
+    ``cfg.tie_embeddings`` is false."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -113,12 +121,14 @@ class GPTModel(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.emb_dim)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
-        self.out_head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-        # GPT-2 scales the residual projections by 1/sqrt(number of residual additions).
-        for name, param in self.named_parameters():
-            if name.endswith("out_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        if cfg.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+        if cfg.weight_init == "gpt2":
+            self.apply(self._init_weights)
+            # GPT-2 scales the residual projections by 1/sqrt(number of residual additions).
+            for name, param in self.named_parameters():
+                if name.endswith("out_proj.weight"):
+                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -128,7 +138,7 @@ class GPTModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_parameters(self) -> int:
-        """Trainable parameters, the tied embedding counted once."""
+        """Trainable parameters, a tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())
 
     def forward(

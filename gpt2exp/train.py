@@ -383,7 +383,8 @@ def _build_model(cfg: DictConfig, resolved: dict, device):
     model = GPTModel(GPTConfig(**resolved["model"])).to(device)
     opt_cfg = cfg.optimizer
     optimizer = make_optimizer(
-        model, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, betas=opt_cfg.betas, eps=opt_cfg.eps
+        model, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, betas=opt_cfg.betas, eps=opt_cfg.eps,
+        weight_decay_on=opt_cfg.weight_decay_on,
     )
     return model, optimizer
 

@@ -38,14 +38,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: Sequence[float], eps: float
+    model: nn.Module, *, lr: float, weight_decay: float, betas: Sequence[float], eps: float,
+    weight_decay_on: str = "matrices",
 ) -> torch.optim.AdamW:
-    """AdamW that decays the weight matrices only, not biases or norms; PyTorch's fused kernel
-    (one pass over all parameters) on the CPU and CUDA."""
+    """AdamW that decays the weight matrices only, not biases or norms (or, with
+    `weight_decay_on="all"`, every parameter, as `AdamW(model.parameters())` does); PyTorch's
+    fused kernel (one pass over all parameters) on the CPU and CUDA. Either way there are two
+    groups, matrices and the rest, so a run may resume with the other choice."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    rest_decay = weight_decay if weight_decay_on == "all" else 0.0
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": rest_decay}]
     fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 

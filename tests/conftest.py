@@ -23,6 +23,20 @@ SAMPLE_TEXT = "\n".join(
 )
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-tutorial", action="store_true",
+                     help="run the tutorial-curve check (about 20 minutes on 2 CPU cores; not in CI)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-tutorial"):
+        return
+    skip = pytest.mark.skip(reason="the tutorial-curve check runs with --run-tutorial")
+    for item in items:
+        if "tutorial" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GPT2EXP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "token-cache"))

@@ -8,10 +8,11 @@ from gpt2exp.benchmarks.hf import to_hf
 from gpt2exp.model import GPTConfig, GPTModel
 
 
-@pytest.mark.parametrize("qkv_bias", [False, True])
-def test_hf_model_gives_the_same_logits(qkv_bias):
+@pytest.mark.parametrize(("qkv_bias", "tied"), [(False, True), (True, True), (False, False)])
+def test_hf_model_gives_the_same_logits(qkv_bias, tied):
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=qkv_bias))
+    model = GPTModel(GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=qkv_bias,
+                               tie_embeddings=tied))
     for param in model.parameters():  # biases and norms away from their 0/1 init, so a swap would show
         torch.nn.init.normal_(param, std=0.1)
     model.eval()

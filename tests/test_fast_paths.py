@@ -102,6 +102,13 @@ def test_optimizer_is_fused_and_decays_matrices_only():
     assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in not_decayed["params"])
 
 
+def test_optimizer_can_decay_every_parameter_as_the_tutorial_does():
+    model = GPTModel(TINY)
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay_on="all")
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.1]
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+
+
 def test_auto_precision_is_bf16_on_a_cpu_that_has_it_and_fp16_needs_cuda():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu).name == ("bf16" if bf16_supported(cpu) else "fp32")

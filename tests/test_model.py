@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from gpt2exp.model import GPTConfig, GPTModel, KVCache
 
@@ -13,6 +14,32 @@ def test_small_has_openai_parameter_count():
     model = GPTModel(GPTConfig(context_length=1024, emb_dim=768, n_heads=12, n_layers=12, qkv_bias=True))
     assert model.num_parameters() == 124_439_808
     assert model.out_head.weight is model.tok_emb.weight
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameter_count_and_flops_count_the_head_once(tied):
+    from gpt2exp.benchmarks.flops import train_flops_per_token
+    from gpt2exp.config import model_parameters
+
+    cfg = GPTConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, tie_embeddings=tied, pad_vocab_to=64)
+    model = GPTModel(cfg)
+    assert model.num_parameters() == model_parameters(OmegaConf.structured(cfg))
+    assert (model.out_head.weight is model.tok_emb.weight) == tied
+    blocks = sum(p.numel() for p in model.blocks.parameters()) + sum(p.numel() for p in model.final_norm.parameters())
+    head = cfg.vocab_size * cfg.emb_dim  # without the padding rows
+    assert train_flops_per_token(model, 64) == 6 * (blocks + head) + 12 * 2 * 64 * 64
+
+
+def test_weight_init_is_gpt2s_or_pytorchs():
+    torch.manual_seed(0)
+    gpt2 = GPTModel(GPTConfig(context_length=64, emb_dim=256, n_heads=4, n_layers=2))
+    default = GPTModel(GPTConfig(context_length=64, emb_dim=256, n_heads=4, n_layers=2, weight_init="torch_default"))
+    assert gpt2.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert default.tok_emb.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    bound = 1 / math.sqrt(256)  # nn.Linear's default: uniform in +-1/sqrt(fan_in)
+    fc = default.blocks[0].ff.fc
+    assert fc.weight.abs().max().item() <= bound and fc.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert gpt2.blocks[0].ff.fc.bias.abs().max().item() == 0 and fc.bias.abs().max().item() > 0
 
 
 def test_untrained_loss_is_near_uniform():

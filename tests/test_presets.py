@@ -1,6 +1,8 @@
 """Every experiment, sweeper and launcher preset composes into the run it promises."""
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from gpt2exp.config import check_train_config
 
@@ -17,6 +19,21 @@ def test_article_is_the_tutorial_run(compose_train):
     assert (cfg.trainer.eval_freq, cfg.trainer.eval_iter) == (10, 5)
     assert cfg.trainer.start_context == "at the start of"
     assert cfg.decoding.temperature == 0.0
+    assert (cfg.data.train_ratio, cfg.trainer.precision, cfg.trainer.grad_clip) == (0.8, "fp32", None)
+    assert (cfg.optimizer.weight_decay_on, list(cfg.optimizer.betas)) == ("all", [0.9, 0.999])
+
+
+def test_article_model_is_the_tutorials_gptmodel(compose_train):
+    """The tutorial's GPTModel at context 1024: 163,009,536 parameters (an output head of its own,
+    no q/k/v bias), as the book counts them; built and counted without allocating its weights."""
+    from gpt2exp.config import model_parameters
+    from gpt2exp.model import GPTConfig, GPTModel
+
+    model_cfg = compose_train("experiment=article", "model.context_length=1024").model
+    with torch.device("meta"):
+        model = GPTModel(GPTConfig(**OmegaConf.to_container(model_cfg)))
+    assert model.num_parameters() == model_parameters(model_cfg) == 163_009_536
+    assert model.out_head.weight is not model.tok_emb.weight
 
 
 @pytest.mark.parametrize(

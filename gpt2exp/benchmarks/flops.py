@@ -34,10 +34,12 @@ def rated_peak(device: torch.device, precision: str) -> float | None:
 
 
 def train_flops_per_token(model: GPTModel, context_length: int) -> float:
-    """6 N + 12 L E T: N the parameters that take part in matmuls (all but the position
-    embedding and vocabulary padding; the tied token embedding once, as the output head),
-    L layers, E the embedding width, T the context length (PaLM's estimate, appendix B)."""
+    """6 N + 12 L E T: N the parameters that take part in matmuls (the blocks and the output
+    head without its vocabulary padding; not the embeddings, which are looked up, unless one
+    is tied to the head), L layers, E the embedding width, T the context length (PaLM's
+    estimate, appendix B)."""
     cfg = model.cfg
-    n = model.num_parameters() - model.pos_emb.weight.numel() - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.emb_dim
+    lookups = model.pos_emb.weight.numel() + (0 if cfg.tie_embeddings else model.tok_emb.weight.numel())
+    n = model.num_parameters() - lookups - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.emb_dim
     return 6 * n + 12 * cfg.n_layers * cfg.emb_dim * context_length
 

@@ -25,11 +25,11 @@ def to_hf(model: GPTModel):
         embd_pdrop=cfg.drop_rate,
         attn_pdrop=cfg.drop_rate,
         layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     hf = GPT2LMHeadModel(hf_config)
     missing, unexpected = hf.load_state_dict(_hf_state_dict(model), strict=False)
-    assert not unexpected and all(name == "lm_head.weight" for name in missing), (missing, unexpected)
+    assert not unexpected and set(missing) <= {"lm_head.weight"} and (cfg.tie_embeddings or not missing), missing
     return hf.to(model.tok_emb.weight.device).train(model.training)
 
 
@@ -43,6 +43,8 @@ def _hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
         "transformer.ln_f.weight": model.final_norm.weight,
         "transformer.ln_f.bias": model.final_norm.bias,
     }
+    if not cfg.tie_embeddings:
+        state["lm_head.weight"] = model.out_head.weight[: cfg.vocab_size]
     for i, block in enumerate(model.blocks):
         prefix = f"transformer.h.{i}."
         qkv_bias = block.attn.qkv.bias
