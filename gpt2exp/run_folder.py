@@ -116,8 +116,9 @@ class RunFolder:
 def claim(path: str | Path, *, key: str, may_continue: bool = False) -> RunFolder:
     """Make `path` (and its missing parents) and lock it for this process.
 
-    Raises UserError naming `key` when the folder cannot be made, another live run holds it, or
-    it holds an earlier run (a `.hydra` folder) and `may_continue` is false.
+    Raises UserError naming `key` when the folder cannot be made, another live run holds it, it
+    holds an earlier run (a `.hydra` folder) and `may_continue` is false, or it holds other files
+    under the names a run writes (which the run would append to or replace).
     """
     path = Path(os.path.abspath(path))
     made = _make_folders(path, key)
@@ -133,6 +134,11 @@ def claim(path: str | Path, *, key: str, may_continue: bool = False) -> RunFolde
             f"{key}: '{path}' already holds a run; choose a new folder (or leave {key} unset), "
             "or continue that run with trainer.resume=auto"
         )
+    clashes = sorted(folder.entries & set(RUN_ENTRIES))
+    if clashes and not folder.held_run:
+        folder.release()
+        raise UserError(f"{key}: '{path}' holds files of the names a run writes ({', '.join(clashes)}); "
+                        "choose another folder")
     _claimed[path] = folder
     return folder
 

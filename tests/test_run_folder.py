@@ -58,6 +58,15 @@ def test_a_user_error_leaves_an_existing_folder_byte_for_byte(run_module, tmp_pa
     assert snapshot(folder) == before
 
 
+def test_a_folder_with_files_of_a_runs_names_is_refused(run_module, tmp_path, tiny):
+    folder = user_data(tmp_path / "mine")
+    (folder / "metrics.jsonl").write_text('{"my": "own records"}\n')
+    before = snapshot(folder)
+    result = run_module("gpt2exp.train", *tiny, "hydra.run.dir=mine")
+    assert result.returncode == 2 and "holds files of the names a run writes (metrics.jsonl)" in result.stderr
+    assert snapshot(folder) == before
+
+
 def test_a_user_error_removes_the_folders_it_made_and_nothing_else(run_module, tmp_path, tiny):
     result = run_module("gpt2exp.train", *tiny, "optimizer.lr=-1")
     assert result.returncode == 2
@@ -123,17 +132,20 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 
 
 def test_a_second_run_aimed_at_a_running_one_names_its_owner(tmp_path, tiny, run_module):
-    first = start(tmp_path, "gpt2exp.train", *tiny, "hydra.run.dir=shared", "trainer.max_steps=400")
+    first = start(tmp_path, "gpt2exp.train", *tiny, "hydra.run.dir=shared", "trainer.max_steps=1000000",
+                  "trainer.eval_freq=50")
     wait_for(tmp_path / "shared" / run_folder.LOCK_FILE, first)
     for extra in (["trainer.max_steps=4"], ["optimizer.lr=-1"], ["trainer.resume=auto"]):
         second = run_module("gpt2exp.train", *tiny, "hydra.run.dir=shared", *extra)
         assert second.returncode == 2, second.stderr
         assert "in use by another run" in second.stderr and f"pid {first.pid}" in second.stderr
         assert second.stderr.count("\n") == 1
+    wait_for(tmp_path / "shared" / "metrics.jsonl", first)  # training, so SIGTERM stops it gracefully
+    first.send_signal(signal.SIGTERM)  # it stops at its next step, with a checkpoint
     _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
+    assert first.returncode == 143, err
     steps = [m["step"] for m in read_jsonl(tmp_path / "shared" / "metrics.jsonl") if "val/loss" in m]
-    assert steps == sorted(set(steps)) and steps[-1] == 400
+    assert steps == list(range(0, 50 * len(steps), 50))  # one run's records, each once
     assert not (tmp_path / "shared" / run_folder.LOCK_FILE).exists()
 
 
