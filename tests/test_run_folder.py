@@ -161,8 +161,8 @@ def test_runs_started_at_once_get_folders_of_their_own(tmp_path, tiny):
 
 
 def test_the_same_command_after_a_kill_resumes_its_own_folder(tmp_path, tiny, run_module):
-    command = [*tiny, "hydra.run.dir=requeued", "trainer.resume=auto", "trainer.max_steps=300",
-               "trainer.eval_freq=20"]
+    command = [*tiny, "hydra.run.dir=requeued", "trainer.resume=auto", "trainer.max_steps=120",
+               "trainer.eval_freq=10"]
     first = start(tmp_path, "gpt2exp.train", *command)
     wait_for(tmp_path / "requeued" / "checkpoints" / "step-00000040.pt", first)
     time.sleep(0.3)  # past the checkpoint: some records after it that the resumed run redoes
@@ -172,7 +172,7 @@ def test_the_same_command_after_a_kill_resumes_its_own_folder(tmp_path, tiny, ru
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stdout + again.stderr
     steps = [m["step"] for m in read_jsonl(tmp_path / "requeued" / "metrics.jsonl") if "val/loss" in m]
-    assert steps == list(range(0, 301, 20))
+    assert steps == list(range(0, 121, 10))
 
 
 def test_a_stale_lock_from_a_dead_run_is_taken_over(tmp_path):
