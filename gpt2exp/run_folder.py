@@ -50,7 +50,7 @@ class RunFolder:
         """Take back what this run added: the run's own entries that were not there when it
         claimed the folder, Hydra's .hydra files as they were, log files cut back to their old
         length, then each folder the claim made, if it is empty."""
-        for name in RUN_ENTRIES + tuple(self._log_names()):
+        for name in RUN_ENTRIES + tuple(p.name for p in self.path.glob("*.log")):
             target = self.path / name
             if name in self.entries or not (target.exists() or target.is_symlink()):
                 continue
@@ -80,9 +80,6 @@ class RunFolder:
             os.unlink(self.path / LOCK_FILE)
         os.close(self._lock_fd)
         self._lock_fd = None
-
-    def _log_names(self) -> list[str]:
-        return [p.name for p in self.path.glob("*.log")]
 
     def _lock(self) -> None:
         lock_path = self.path / LOCK_FILE
