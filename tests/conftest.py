@@ -25,7 +25,7 @@ SAMPLE_TEXT = "\n".join(
 
 def pytest_addoption(parser):
     parser.addoption("--run-tutorial", action="store_true",
-                     help="run the tutorial-curve check (about 20 minutes on 2 CPU cores; not in CI)")
+                     help="run the tutorial-curve check (about 22 minutes on 2 CPU cores; not in CI)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,7 +1,7 @@
 """`experiment=article` reproduces the tutorial's training curve: the model memorises its training
 text (train loss far below 1 by epoch 10) while the val loss bottoms out early and climbs.
 
-Outside CI (about 20 minutes on 2 CPU cores): ``pytest --run-tutorial tests/test_tutorial_curve.py``.
+Outside CI (about 22 minutes on 2 CPU cores): ``pytest --run-tutorial tests/test_tutorial_curve.py``.
 The text is the first 90,000 characters of WikiText-2's validation split (a different article
 from the tutorial's, of the same length).
 """
