@@ -77,12 +77,13 @@ def remove_stale_temporaries(folder: Path) -> None:
     host = socket.gethostname()
     for temporary in folder.glob(".*.tmp"):
         owner = _TEMPORARY_OWNER.search(temporary.name)
-        if owner and owner["host"] == host and not _alive(int(owner["pid"])):
+        if owner and owner["host"] == host and not process_alive(int(owner["pid"])):
             with contextlib.suppress(OSError):
                 temporary.unlink()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -115,14 +115,14 @@ def _in_child_process(job: Callable[[], Any], hydra_cfg: Any) -> Any:
     send.close()
     try:
         return receive.recv()
-    except EOFError:
-        child.join()
-        code = child.exitcode
-        cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        run_dir = Path(hydra_cfg.runtime.output_dir)
-        return record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), f"job process {cause}")
+    except EOFError:  # the child died before sending its result
+        pass
     finally:
         child.join()
+    code = child.exitcode
+    cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    return record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), f"job process {cause}")
 
 
 def record_failure(run_dir: Path, job: int, overrides: list[str], message: str) -> float:

@@ -61,8 +61,9 @@ def plan_generation(cfg: DictConfig) -> GenerationPlan:
     if not isinstance(model_cfg, dict):
         raise UserError(f"ckpt: '{ckpt_path}' holds no model config")
     try:
-        check_model(OmegaConf.create(model_cfg))
-        check_fits_in_memory(OmegaConf.create(model_cfg))
+        declared = OmegaConf.create(model_cfg)
+        check_model(declared)
+        check_fits_in_memory(declared)
     except (UserError, OmegaConfBaseException) as err:
         raise UserError(f"ckpt: '{ckpt_path}' declares a model that cannot be built: {cli.one_line(err)}") from None
     _check_weights_fit(model_cfg, checkpoint["model"], ckpt_path)
@@ -102,10 +103,7 @@ def generate(cfg: DictConfig) -> None:
     resolved, ckpt_path, checkpoint, device = plan.resolved, plan.ckpt_path, plan.checkpoint, plan.device
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     model = GPTModel(GPTConfig(**plan.model_cfg))
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, TypeError):
-        raise UserError(f"ckpt: '{ckpt_path}' holds weights that do not fit its model config") from None
+    model.load_state_dict(checkpoint["model"])  # names and shapes checked by plan_generation
     model = to_decoding_layout(model.to(device).eval())
     context_length = model.cfg.context_length
 

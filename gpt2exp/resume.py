@@ -88,7 +88,8 @@ def _newest_matching(root: Path, fingerprint: str, *, prefer: Path) -> ResumePoi
     """The run folder under `root` (or `prefer`, this run's own, first) whose newest checkpoint
     has this fingerprint, newest first."""
     candidates = []
-    for checkpoints in [prefer / "checkpoints", *root.rglob("checkpoints")]:
+    folders = {c.parent.resolve(): c for c in [prefer / "checkpoints", *root.rglob("checkpoints")]}
+    for checkpoints in folders.values():
         files = step_checkpoints(checkpoints)
         try:
             mtime = files[-1].stat().st_mtime if files else None

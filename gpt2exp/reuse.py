@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2exp.atomic import link_atomic, write_json_atomic
+from gpt2exp.atomic import link_atomic, process_alive, write_json_atomic
 from gpt2exp.config import config_hash
 from gpt2exp.tracking import read_jsonl
 
@@ -132,12 +132,4 @@ def _holder_is_dead(lock: Path) -> bool:
         holder = json.loads(lock.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return False  # gone (try again) or being written
-    if holder.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return holder.get("host") == socket.gethostname() and not process_alive(holder["pid"])

@@ -137,9 +137,13 @@ def _is_bookkeeping(override: str) -> bool:
     return key.split(".")[0].split("/")[0] in ("logger", "hydra")
 
 
+def _jsonl_line(record: dict) -> str:
+    return json.dumps(record, default=float) + "\n"
+
+
 def _append_jsonl(path: Path, record: dict) -> None:
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=float) + "\n")
+        f.write(_jsonl_line(record))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -218,7 +222,7 @@ class Tracker:
         folder, what the old run logged after its checkpoint is dropped); W&B already has them."""
         for name in ("metrics.jsonl", "samples.jsonl"):
             records = [r for r in read_jsonl(Path(previous_run_dir) / name) if r.get("step", 0) <= up_to_step]
-            lines = "".join(json.dumps(record, default=float) + "\n" for record in records)
+            lines = "".join(map(_jsonl_line, records))
             write_atomic(self.run_dir / name, lambda file, lines=lines: file.write(lines.encode()))
             if name == "samples.jsonl":
                 self._samples.extend(records)
