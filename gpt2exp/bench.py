@@ -38,12 +38,15 @@ def bench(cfg: DictConfig) -> list[Row]:
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device, key="bench.precision")
     torch.manual_seed(cfg.seed)
-    model = GPTModel(GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))).to(device)
+    model = GPTModel(GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True)),
+                     activation_checkpointing=settings.activation_checkpointing).to(device)
     m = model.cfg
     log.info(
-        "model: %d layers, %d wide, %d heads, context %d, %s parameters | batch %d | %s (%d threads) | %s",
-        m.n_layers, m.emb_dim, m.n_heads, m.context_length, f"{model.num_parameters():,}",
-        settings.batch_size, device, torch.get_num_threads(), precision.name,
+        "model: %d layers, %d wide, %d heads, context %d, %s parameters | train batch %d%s%s | generate "
+        "batch 1 and %d | %s (%d threads) | %s",
+        m.n_layers, m.emb_dim, m.n_heads, m.context_length, f"{model.num_parameters():,}", settings.batch_size,
+        ", compiled" if settings.compile else "", ", activation checkpointing" if settings.activation_checkpointing
+        else "", settings.num_samples, device, torch.get_num_threads(), precision.name,
     )
 
     rows: list[Row] = []
@@ -54,7 +57,7 @@ def bench(cfg: DictConfig) -> list[Row]:
     if "train" in sections:
         rows += _train_rows(cfg, model, device, precision, peaks)
     if "generate" in sections:
-        rows += _generate_rows(model, settings.new_tokens, precision)
+        rows += _generate_rows(model, settings.new_tokens, settings.num_samples, precision)
     if "data" in sections:
         rows += _data_rows(settings.text_path)
     rows += _memory_rows(device)
@@ -91,14 +94,16 @@ def _mfu_peaks(device, peak_rows: list[Row]) -> dict[str, tuple[float, str]]:
 
 def _train_rows(cfg: DictConfig, model, device, precision, peaks: dict[str, tuple[float, str]]) -> list[Row]:
     """gpt2exp and transformers (and, when the run is fp32 and bf16 runs natively, gpt2exp under
-    bf16 autocast) train in turn on the same batch from the same weights."""
+    bf16 autocast) train in turn on the same batch from the same weights. Each one's first step
+    (compile included) is timed on its own; on CUDA so is its peak memory in training: its
+    weights, gradients and optimizer state plus what a step allocates on top."""
     import copy
 
     import torch
 
     from gpt2exp.benchmarks.flops import train_flops_per_token
     from gpt2exp.benchmarks.hf import to_hf
-    from gpt2exp.benchmarks.timing import time_interleaved
+    from gpt2exp.benchmarks.timing import time_first_call, time_interleaved
     from gpt2exp.benchmarks.training import train_step
     from gpt2exp.precision import Precision, bf16_supported
     from gpt2exp.trainer import make_optimizer
@@ -111,21 +116,26 @@ def _train_rows(cfg: DictConfig, model, device, precision, peaks: dict[str, tupl
     optimizer_options = {"lr": opt.lr, "weight_decay": opt.weight_decay, "betas": opt.betas, "eps": opt.eps,
                          "weight_decay_on": opt.weight_decay_on}
     compiled = torch.compile if settings.compile else lambda module: module
+    runs = {}  # name: (precision, module, optimizer, step)
 
-    def step(module, loss_fn, step_precision):
-        return train_step(loss_fn, module, make_optimizer(module, **optimizer_options), step_precision)
+    def add(name, module, loss_fn, step_precision):
+        optimizer = make_optimizer(module, **optimizer_options)
+        runs[name] = (step_precision, module, optimizer, train_step(loss_fn, module, optimizer, step_precision))
 
-    hf_model = to_hf(model)
-    ours, theirs = compiled(model), compiled(hf_model)
-    runs = {
-        "gpt2exp": (precision, step(model, lambda: ours(inputs, targets=targets), precision)),
-        "transformers": (precision, step(hf_model, lambda: theirs(input_ids=inputs, labels=inputs).loss, precision)),
-    }
+    ours = compiled(model)
+    add("gpt2exp", model, lambda: ours(inputs, targets=targets), precision)
+    if settings.transformers:
+        hf_model = to_hf(model)
+        if settings.activation_checkpointing:
+            hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        theirs = compiled(hf_model)
+        add("transformers", hf_model, lambda: theirs(input_ids=inputs, labels=inputs).loss, precision)
     if precision.name == "fp32" and bf16_supported(device):
         bf16, model_copy = Precision("bf16", device.type), copy.deepcopy(model)
         ours_bf16 = compiled(model_copy)
-        runs["gpt2exp bf16 autocast"] = (bf16, step(model_copy, lambda: ours_bf16(inputs, targets=targets), bf16))
-    seconds = time_interleaved({name: run for name, (_, run) in runs.items()},
+        add("gpt2exp bf16 autocast", model_copy, lambda: ours_bf16(inputs, targets=targets), bf16)
+    first_step = {name: time_first_call(run[3], device) for name, run in runs.items()}
+    seconds = time_interleaved({name: run[3] for name, run in runs.items()},
                                repeats=settings.steps, warmup=settings.warmup, device=device)
     tokens_per_s = {name: inputs.numel() / value for name, value in seconds.items()}
     rows: list[Row] = []
@@ -135,22 +145,49 @@ def _train_rows(cfg: DictConfig, model, device, precision, peaks: dict[str, tupl
         if peak is not None:
             rows.append(("train", f"{name} MFU", value * train_flops_per_token(model, context_length) / peak[0],
                          f"of {peak[1]}"))
-    rows.append(("train", "gpt2exp / transformers", tokens_per_s["gpt2exp"] / tokens_per_s["transformers"], "x"))
+    if "transformers" in tokens_per_s:
+        rows.append(("train", "gpt2exp / transformers", tokens_per_s["gpt2exp"] / tokens_per_s["transformers"], "x"))
     if "gpt2exp bf16 autocast" in tokens_per_s:
         rows.append(("train", "gpt2exp bf16 / fp32", tokens_per_s["gpt2exp bf16 autocast"] / tokens_per_s["gpt2exp"],
                      "x"))
+    rows += [("train", f"{name} first step", value, "s") for name, value in first_step.items()]
+    if device.type == "cuda":
+        rows += [("train", f"{name} peak CUDA memory", _training_peak(*run[1:]) / 2**20, "MiB")
+                 for name, run in runs.items()]
     return rows
 
 
-def _generate_rows(model, new_tokens: int, precision) -> list[Row]:
+def _training_peak(module, optimizer, step) -> int:
+    """Bytes a training step of ``module`` peaks at: its own resident tensors (weights,
+    gradients, optimizer state) plus the most a step allocates on top of what is resident."""
+    import torch
+
+    resident = sum(t.numel() * t.element_size() for t in (
+        *module.parameters(), *(p.grad for p in module.parameters() if p.grad is not None),
+        *(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return resident + torch.cuda.max_memory_allocated() - before
+
+
+def _generate_rows(model, new_tokens: int, num_samples: int, precision) -> list[Row]:
     from gpt2exp.benchmarks.generation import measure_generation
 
     with precision.autocast():
-        result = measure_generation(model, new_tokens=new_tokens)
-    labels = {"cached": "gpt2exp, KV cache", "recompute": "gpt2exp, no cache (recompute)",
-              "hf": "transformers generate"}
-    return [("generate", label, result[f"{name}_tokens_per_sec"], "tokens/s")
+        result = measure_generation(model, new_tokens=new_tokens, num_samples=num_samples)
+    labels = {"cached": "gpt2exp, KV cache", "cached_no_graph": "gpt2exp, KV cache without CUDA graph",
+              "recompute": "gpt2exp, no cache (recompute)", "hf": "transformers generate",
+              "sampled_batch": f"gpt2exp, {num_samples} samples at once",
+              "hf_sampled_batch": f"transformers, {num_samples} samples at once"}
+    rows = [("generate", label, result[f"{name}_tokens_per_sec"], "tokens/s")
             for name, label in labels.items() if f"{name}_tokens_per_sec" in result]
+    rows.append(("generate", "KV cache / recompute", result["cached_vs_recompute"], "x"))
+    if "cached_vs_hf" in result:
+        rows.append(("generate", "KV cache / transformers", result["cached_vs_hf"], "x"))
+    return rows
 
 
 def _data_rows(text_path: str | None) -> list[Row]:
@@ -206,10 +243,15 @@ def _run(cfg: DictConfig) -> None:
     (Path(HydraConfig.get().runtime.output_dir) / "bench.json").write_text(json.dumps(records, indent=1) + "\n")
 
 
-@hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
+@hydra.main(config_path=cli.CONFIG_DIR, config_name="bench", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     cli.reports_user_errors(_run)(cfg)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The ``gpt2exp-bench`` console command (``python -m gpt2exp.bench``)."""
     cli.run(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

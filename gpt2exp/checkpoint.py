@@ -1,15 +1,19 @@
 """Checkpoints: written atomically, read back with `torch.load(weights_only=True)` only.
 
 A run's checkpoint folder holds `step-<step>.pt` files (the newest `keep_last` are kept),
-`last.pt` (the newest) and `best.pt` (the lowest val loss); the last two are hard links
-(or copies, where links are not possible), replaced atomically.
+`last.pt` (a hard link to the newest, or a copy where links are not possible) and `best.pt`
+(the weights at the lowest val loss), each replaced atomically. Before each write the folder's
+disk must have room for the checkpoint, else the write fails at once with ENOSPC.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -48,7 +52,57 @@ def save_checkpoint(
         "config": config,
         "extra": extra or {},
     }
+    _check_free_space(Path(path), _tensor_bytes(payload))
     return write_atomic(path, lambda file: torch.save(payload, file))
+
+
+def _tensor_bytes(data, seen: set | None = None) -> int:
+    """Bytes of the tensors in nested dicts and lists (what dominates a checkpoint's size), a
+    storage shared by several tensors (tied weights) counted once, as torch.save writes it."""
+    seen = set() if seen is None else seen
+    if isinstance(data, torch.Tensor):
+        storage = data.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+    if isinstance(data, dict):
+        return sum(_tensor_bytes(value, seen) for value in data.values())
+    if isinstance(data, (list, tuple)):
+        return sum(_tensor_bytes(value, seen) for value in data)
+    return 0
+
+
+def _check_free_space(path: Path, needed: int) -> None:
+    """Raise OSError(ENOSPC) naming `path` when its disk has less than `needed` bytes (and a
+    margin of 1%) free: failing before the write beats a write that fills the disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path.parent).free
+    if free < needed * 1.01:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the checkpoint needs {format_bytes(needed)}, "
+                      f"{format_bytes(free)} are free", str(path))
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes the files in `folder` take, each hard-linked file counted once."""
+    seen, total = set(), 0
+    for path in Path(folder).glob("*"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if path.is_file() and (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            total += info.st_size
+    return total
+
+
+def format_bytes(count: int) -> str:
+    """1.2 GB-style sizes (powers of 1000)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
 
 
 def step_checkpoints(folder: str | Path) -> list[Path]:

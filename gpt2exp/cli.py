@@ -24,6 +24,9 @@ from gpt2exp import run_folder
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.tracking import run_identity
 
+# An absolute path: Hydra then reads it as a folder whatever way the entrypoint was started
+# (``python -m``, or a console command, for which "../conf" would be taken for a package).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 FAILURE_FILE = "failure.json"
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
 log = logging.getLogger("gpt2exp.cli")

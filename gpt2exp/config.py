@@ -107,9 +107,13 @@ class TrainerConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    activation_checkpointing: bool = False
     progress: bool = True
-    checkpoint_freq: int = II("trainer.eval_freq")
-    keep_last: int = 2
+    checkpoint_freq: Optional[int] = None
+    checkpoint_minutes: Optional[float] = 30.0
+    keep_last: int = 1
+    keep_best: bool = True
+    save_optimizer: bool = True
     resume: Optional[str] = None
     skip_nonfinite: bool = False
 
@@ -143,8 +147,11 @@ class BenchSettings:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
+    activation_checkpointing: bool = False
+    transformers: bool = True
     threads: Optional[int] = None
     new_tokens: int = 32
+    num_samples: int = 8
     text_path: Optional[str] = None
     sections: list[str] = field(default_factory=lambda: list(BENCH_SECTIONS))
 
@@ -291,7 +298,12 @@ def check_precision(precision: str, key: str) -> None:
 
 
 def check_trainer(trainer: Any) -> None:
-    _positive(trainer, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "checkpoint_freq", "keep_last")
+    _positive(trainer, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "keep_last")
+    if trainer.checkpoint_freq is not None:
+        _positive(trainer, "trainer", "checkpoint_freq")
+    if trainer.checkpoint_minutes is not None:
+        _require(trainer.checkpoint_minutes > 0, "trainer.checkpoint_minutes", trainer.checkpoint_minutes,
+                 "must be > 0 or null")
     for key in ("max_steps", "sample_freq"):
         if trainer[key] is not None:
             _require(trainer[key] >= 1, f"trainer.{key}", trainer[key], "must be an integer >= 1 or null")
@@ -367,7 +379,7 @@ def check_bench_config(cfg: Any) -> None:
     check_model(cfg.model)
     check_optimizer(cfg.optimizer)
     bench = cfg.bench
-    _positive(bench, "bench", "batch_size", "steps", "new_tokens")
+    _positive(bench, "bench", "batch_size", "steps", "new_tokens", "num_samples")
     _require(bench.warmup >= 0, "bench.warmup", bench.warmup, "must be an integer >= 0")
     if bench.threads is not None:
         _require(bench.threads >= 1, "bench.threads", bench.threads, "must be an integer >= 1 or null")

@@ -97,6 +97,7 @@ def generate(
     eos_id: int | None = None,
     generator: Generators = None,
     use_cache: bool = True,
+    cuda_graph: bool = True,
 ) -> Generation:
     """Extend each prompt (a [batch, seq_len] tensor or lists of different lengths) by up to
     ``max_new_tokens`` tokens, as the tutorial does one prompt at a time.
@@ -106,7 +107,8 @@ def generate(
     per row when sampling). A row stops at ``eos_id`` (not included); generation stops when
     every row has. With ``use_cache`` each step feeds only the newest token to a ``KVCache``;
     once the window is full it slides, which with absolute positions means recomputing it,
-    so the output equals the uncached one.
+    so the output equals the uncached one. On CUDA, with ``cuda_graph``, the one-token steps
+    replay a CUDA graph (see ``_GraphedDecodeStep``): one launch each instead of hundreds.
     """
     prompts = prompts.tolist() if isinstance(prompts, torch.Tensor) else [list(p) for p in prompts]
     if not prompts or not all(prompts):
@@ -118,9 +120,16 @@ def generate(
     token_ids = torch.zeros(batch, width + max_new_tokens, dtype=torch.long, device=device)
     token_ids[:, :width] = torch.tensor([[0] * n + p for n, p in zip(pad_counts, prompts)])
     logprobs = torch.zeros(batch, max_new_tokens, device=device)
-    cache = KVCache(model.cfg, batch, device=device, dtype=model.tok_emb.weight.dtype) if use_cache else None
+    # Keys and values as the attention computes them: in the autocast dtype under autocast.
+    autocast = torch.is_autocast_enabled(device.type)
+    cache_dtype = torch.get_autocast_dtype(device.type) if autocast else model.tok_emb.weight.dtype
+    cache = KVCache(model.cfg, batch, device=device, dtype=cache_dtype) if use_cache else None
 
     head_t = model.out_head.weight[: model.cfg.vocab_size].t().contiguous()  # [emb_dim, vocab_size] (no padding)
+    if autocast:  # cast once here, not at every step
+        head_t = head_t.to(cache_dtype)
+    graphed = None
+    cuda_graph = cuda_graph and device.type == "cuda"
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     steps = 0
     was_training = model.training
@@ -128,14 +137,21 @@ def generate(
     try:
         while steps < max_new_tokens and not (eos_id is not None and bool(finished.all())):
             end = width + steps
-            if cache is not None and 0 < cache.length < model.cfg.context_length:
-                hidden = model.hidden_states(token_ids[:, end - 1 : end], cache, _window_pad(pad, window_start))
+            if cache is not None and 0 < cache.length < model.cfg.context_length and cuda_graph:
+                # Only before the window first slides: the window starts at column 0.
+                graphed = graphed or _GraphedDecodeStep(model, cache, head_t, pad)
+                logits = graphed(token_ids[:, end - 1 : end], cache.length)
+                cache.length += 1
             else:
-                window_start = max(0, end - model.cfg.context_length)
-                if cache is not None:
-                    cache.length = 0
-                hidden = model.hidden_states(token_ids[:, window_start:end], cache, _window_pad(pad, window_start))
-            logits = (hidden[:, -1] @ head_t).float()
+                if cache is not None and 0 < cache.length < model.cfg.context_length:
+                    hidden = model.hidden_states(token_ids[:, end - 1 : end], cache, _window_pad(pad, window_start))
+                else:
+                    window_start = max(0, end - model.cfg.context_length)
+                    if cache is not None:
+                        cache.length = 0
+                    hidden = model.hidden_states(token_ids[:, window_start:end], cache,
+                                                 _window_pad(pad, window_start))
+                logits = (hidden[:, -1] @ head_t).float()
             new_token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             token_ids[:, end] = new_token[:, 0]
             logprobs[:, steps] = torch.log_softmax(logits, dim=-1).gather(1, new_token)[:, 0]
@@ -157,3 +173,46 @@ def generate(
 def _window_pad(pad: torch.Tensor | None, window_start: int) -> torch.Tensor | None:
     """Left-padding tokens still inside a window that starts at column ``window_start``."""
     return None if pad is None else (pad - window_start).clamp(min=0)
+
+
+class _GraphedDecodeStep:
+    """One cached decoding step on CUDA (the newest token in, next-token logits out) captured
+    once as a CUDA graph and replayed for every later token, as gpt-fast does with
+    ``torch.compile(mode="reduce-overhead")`` but without its compile time.
+
+    The graph reads a fixed-shape step (``GPTModel.decode_hidden``) from static input buffers;
+    a call copies the token and the cache position into them and replays it. Under autocast the
+    warm-up step fills autocast's weight-cast cache, so the graph reads the cast weights (alive
+    until the caller's autocast block ends, after ``generate`` returns) instead of casting them
+    again at every token.
+    """
+
+    def __init__(self, model: GPTModel, cache: KVCache, head_t: torch.Tensor, pad: torch.Tensor | None):
+        batch, device = cache.kv.size(2), cache.kv.device
+        # Every tensor the graph reads must outlive it, at the same address: hence attributes.
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.slot = torch.full((), cache.length, dtype=torch.long, device=device)
+        self.pad = torch.zeros(batch, dtype=torch.long, device=device) if pad is None else pad.clone()
+        self.cache, self.head_t = cache, head_t
+
+        def step() -> torch.Tensor:
+            return (model.decode_hidden(self.token, self.slot, self.cache, self.pad)[:, -1] @ self.head_t).float()
+
+        with torch.cuda.device(device):
+            # Warm up on a side stream (CUDA libraries initialise lazily), as capturing requires.
+            # It writes the cache at the first decoding position, which the first replay rewrites.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = step()
+
+    def __call__(self, token: torch.Tensor, slot: int) -> torch.Tensor:
+        """Logits [batch, vocab] after ``token`` [batch, 1] at cache position ``slot``."""
+        self.token.copy_(token)
+        self.slot.fill_(slot)
+        self.graph.replay()
+        return self.logits

@@ -2,6 +2,7 @@
 trained checkpoint, log the samples, the figures that compare decoding settings and the
 temperature plot."""
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ def plan_generation(cfg: DictConfig) -> GenerationPlan:
     from gpt2exp.checkpoint import load_checkpoint
     from gpt2exp.trainer import resolve_device
 
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        newest = _newest_run(Path("outputs"))
+        raise UserError("ckpt is required: ckpt=<checkpoint file or run folder>"
+                        + (f"; the newest run here is ckpt={newest}" if newest else ""))
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     check_generate_config(cfg)
     ckpt_path = checkpoint_file(cfg.ckpt)
@@ -69,6 +74,15 @@ def plan_generation(cfg: DictConfig) -> GenerationPlan:
     _check_weights_fit(model_cfg, checkpoint["model"], ckpt_path)
     check_decoding(cfg.decoding, model_cfg["vocab_size"])
     return GenerationPlan(resolved, ckpt_path, checkpoint, model_cfg, resolve_device(cfg.device))
+
+
+def _newest_run(outputs: Path) -> Path | None:
+    """The run folder under `outputs` whose last.pt was written last, if any."""
+    runs = []
+    for last in outputs.glob("**/checkpoints/last.pt"):
+        with contextlib.suppress(OSError):
+            runs.append((last.stat().st_mtime, last.parent.parent))
+    return max(runs)[1] if runs else None
 
 
 def _check_weights_fit(model_cfg: dict, weights: dict, ckpt_path: Path) -> None:
@@ -114,14 +128,20 @@ def generate(cfg: DictConfig) -> None:
             "prompt: %d tokens; the model sees only the last context_length=%d", len(prompt_ids), context_length
         )
     dec = cfg.decoding
-    settings = {key: resolved["decoding"][key] for key in ("temperature", "top_k", "top_p", "max_new_tokens", "seed")}
+    settings = {key: resolved["decoding"][key]
+                for key in ("temperature", "top_k", "top_p", "max_new_tokens", "eos_id", "seed")}
     log.info("checkpoint %s (step %s) on %s | %s", ckpt_path, checkpoint["step"], device, settings)
+    num_samples = dec.num_samples
+    if dec.temperature == 0 and num_samples > 1:
+        log.info("decoding.temperature=0 is greedy: its %d samples would be the same text, so one is made",
+                 num_samples)
+        num_samples = 1
 
     with Tracker(run_dir, config=resolved, job_type="generate", **cli.tracker_options(cfg.logger)) as tracker:
-        generators = [torch.Generator(device=device).manual_seed(dec.seed + i) for i in range(dec.num_samples)]
+        generators = [torch.Generator(device=device).manual_seed(dec.seed + i) for i in range(num_samples)]
         start = time.perf_counter()
         out = generate(
-            model, [prompt_ids] * dec.num_samples, max_new_tokens=dec.max_new_tokens, temperature=dec.temperature,
+            model, [prompt_ids] * num_samples, max_new_tokens=dec.max_new_tokens, temperature=dec.temperature,
             top_k=dec.top_k, top_p=dec.top_p, eos_id=dec.eos_id, generator=generators,
         )
         seconds = time.perf_counter() - start
@@ -148,13 +168,18 @@ def generate(cfg: DictConfig) -> None:
             temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p, path=run_dir / "next_token_probs.png",
         )
         tracker.log_image("next_token_probs", plot_path, step=0)
-    log.info("done: %d samples in %s", dec.num_samples, run_dir)
+    log.info("done: %d sample%s in %s", num_samples, "s" * (num_samples > 1), run_dir)
 
 
-@hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
+@hydra.main(config_path=cli.CONFIG_DIR, config_name="generate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     return cli.reports_user_errors(generate)(cfg)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The ``gpt2exp-generate`` console command (``python -m gpt2exp.generate``)."""
     cli.run(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

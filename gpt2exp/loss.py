@@ -4,11 +4,16 @@ For each chunk the logits are computed, turned into the loss and, when training,
 the gradients of the hidden states and of the head's weight (which autograd then only scales),
 so the [tokens, vocab] logits, their log-softmax and their gradient never exist in full. This
 saves most of the memory traffic and allocation of ``F.cross_entropy(hidden @ weight.T)``.
+Chunks are small on the CPU (cache-sized) and large on GPUs (few, large matmuls). Under
+``torch.compile`` the plain form is used instead: the compiler fuses the softmax and its
+gradient itself, and a chunk loop would only be unrolled into many small kernels.
 """
 
 import torch
+import torch.nn.functional as F
 
-CHUNK_ROWS = 256
+CHUNK_ROWS = {"cpu": 256}  # rows per chunk by device type; other devices: GPU_CHUNK_ROWS
+GPU_CHUNK_ROWS = 4096
 
 
 def head_cross_entropy(
@@ -20,6 +25,8 @@ def head_cross_entropy(
     from ``vocab_size`` on (vocabulary padding) are masked out. Under autocast the matmuls run
     in the autocast dtype and the softmax in fp32, as autocast would do.
     """
+    if torch.compiler.is_compiling():
+        return F.cross_entropy(F.linear(hidden, weight)[:, :vocab_size].float(), targets)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _HeadCrossEntropy.apply(hidden, weight, targets, vocab_size)
     return _chunked(hidden, weight, targets, vocab_size, grad_hidden=False, grad_weight=False)[0]
@@ -49,7 +56,7 @@ def _chunked(hidden, weight, targets, vocab_size, *, grad_hidden, grad_weight):
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
     with torch.autocast(device_type, enabled=False):
-        n_rows, chunk = hidden.size(0), min(CHUNK_ROWS, hidden.size(0))
+        n_rows, chunk = hidden.size(0), min(CHUNK_ROWS.get(device_type, GPU_CHUNK_ROWS), hidden.size(0))
         w = weight.to(dtype)
         # One buffer for a chunk's logits (and, in fp32, their log-softmax and its gradient).
         logits = hidden.new_empty(chunk, weight.size(0), dtype=dtype)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from gpt2exp.loss import head_cross_entropy
 
@@ -39,13 +40,14 @@ class KVCache:
     """Every layer's keys and values for up to ``context_length`` positions, allocated once.
 
     ``length`` counts the filled positions; the model writes new keys/values after them and
-    advances it; only filled positions are read. Set ``length = 0`` to refill it from scratch.
+    advances it; only filled positions are read (``GPTModel.decode_hidden`` reads all of them
+    under a mask, so they start as zeros, never NaN). Set ``length = 0`` to refill it from scratch.
     """
 
     def __init__(self, cfg: GPTConfig, batch_size: int, *, device=None, dtype=torch.float32):
         head_dim = cfg.emb_dim // cfg.n_heads
         # [n_layers, keys/values, batch, n_heads, context_length, head_dim]
-        self.kv = torch.empty(cfg.n_layers, 2, batch_size, cfg.n_heads, cfg.context_length, head_dim,
+        self.kv = torch.zeros(cfg.n_layers, 2, batch_size, cfg.n_heads, cfg.context_length, head_dim,
                               device=device, dtype=dtype)
         self.length = 0
 
@@ -60,16 +62,21 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.drop_rate)
 
     def forward(
-        self, x: torch.Tensor, layer_kv: torch.Tensor | None = None, past_len: int = 0,
+        self, x: torch.Tensor, layer_kv: torch.Tensor | None = None, past_len: int | torch.Tensor = 0,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``layer_kv`` is this layer's slice of a ``KVCache``; ``mask`` (True = may attend) is
-        needed only when the plain causal rule from position 0 does not hold."""
+        needed only when the plain causal rule from position 0 does not hold. A tensor
+        ``past_len`` writes one token's keys/values there and attends over the whole cache."""
         batch, seq_len, emb_dim = x.shape
         q, k, v = self.qkv(x).split(emb_dim, dim=2)
         # [batch, seq_len, emb_dim] -> [batch, n_heads, seq_len, head_dim]
         q, k, v = (t.view(batch, seq_len, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
-        if layer_kv is not None:
+        if isinstance(past_len, torch.Tensor):
+            layer_kv[0].index_copy_(2, past_len.view(1), k)
+            layer_kv[1].index_copy_(2, past_len.view(1), v)
+            k, v = layer_kv[0], layer_kv[1]
+        elif layer_kv is not None:
             end = past_len + seq_len
             layer_kv[0, :, :, past_len:end] = k
             layer_kv[1, :, :, past_len:end] = v
@@ -101,7 +108,7 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
 
     def forward(
-        self, x: torch.Tensor, layer_kv: torch.Tensor | None = None, past_len: int = 0,
+        self, x: torch.Tensor, layer_kv: torch.Tensor | None = None, past_len: int | torch.Tensor = 0,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), layer_kv, past_len, mask)
@@ -110,11 +117,16 @@ class TransformerBlock(nn.Module):
 
 class GPTModel(nn.Module):
     """GPT-2 language model; the output head shares the token embedding's weights unless
-    ``cfg.tie_embeddings`` is false."""
+    ``cfg.tie_embeddings`` is false.
 
-    def __init__(self, cfg: GPTConfig):
+    ``activation_checkpointing`` (a training setting, not part of the model) recomputes each
+    block's activations in the backward pass instead of keeping them: less memory, ~1/3 more compute.
+    """
+
+    def __init__(self, cfg: GPTConfig, *, activation_checkpointing: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.activation_checkpointing = activation_checkpointing
         self.tok_emb = nn.Embedding(cfg.padded_vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
@@ -183,10 +195,30 @@ class GPTModel(nn.Module):
         elif past_len and seq_len > 1:
             mask = torch.ones(seq_len, end, dtype=torch.bool, device=token_ids.device).tril(diagonal=past_len)
         x = self.drop_emb(self.tok_emb(token_ids) + self.pos_emb(positions))  # [batch, seq_len, emb_dim]
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, cache.kv[i] if cache is not None else None, past_len, mask)
+            if recompute:
+                x = checkpoint(block, x, None, 0, mask, use_reentrant=False)
+            else:
+                x = block(x, cache.kv[i] if cache is not None else None, past_len, mask)
         if cache is not None:
             cache.length = end
+        return self.final_norm(x)
+
+    def decode_hidden(
+        self, token_ids: torch.Tensor, slot: torch.Tensor, cache: KVCache, pad: torch.Tensor
+    ) -> torch.Tensor:
+        """``hidden_states`` of one new token per row ([batch, 1]) stored at cache position
+        ``slot`` (a 0-dim tensor), with every shape fixed whatever the position: each layer
+        attends over the cache's whole length under a mask. A CUDA graph can replay it.
+        ``pad`` [batch] counts each row's left padding (zeros when there is none);
+        ``cache.length`` is left to the caller."""
+        keys = torch.arange(self.cfg.context_length, device=token_ids.device)
+        mask = ((keys <= slot) & (keys >= pad[:, None]))[:, None, None]  # [batch, 1, 1, context_length]
+        positions = (slot - pad)[:, None]  # [batch, 1]
+        x = self.drop_emb(self.tok_emb(token_ids) + self.pos_emb(positions))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache.kv[i], slot, mask)
         return self.final_norm(x)
 
 

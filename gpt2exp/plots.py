@@ -8,9 +8,15 @@ from pathlib import Path
 
 def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | Path) -> Path:
     """Train and val loss against epochs seen (bottom axis) and tokens seen (top axis), as a PNG."""
+    return _save(loss_figure(epochs_seen, tokens_seen, train_losses, val_losses), path)
+
+
+def loss_figure(epochs_seen, tokens_seen, train_losses, val_losses):
+    """The loss plot's figure. Epoch ticks are whole epochs when the run covers two or more,
+    else a few fractions; token ticks read 1.2M-style."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     fig = Figure(figsize=(5, 3), dpi=150)
     FigureCanvasAgg(fig)
@@ -20,13 +26,22 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | 
     ax_epochs.set_xlabel("Epochs")
     ax_epochs.set_ylabel("Loss")
     ax_epochs.legend(loc="upper right")
-    ax_epochs.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_epochs.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=max(epochs_seen, default=0) >= 2))
 
     ax_tokens = ax_epochs.twiny()
     ax_tokens.plot(tokens_seen, train_losses, alpha=0)  # invisible: only aligns the top axis
     ax_tokens.set_xlabel("Tokens seen")
+    ax_tokens.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax_tokens.xaxis.set_major_formatter(FuncFormatter(lambda value, _: short_number(value)))
+    return fig
 
-    return _save(fig, path)
+
+def short_number(value: float) -> str:
+    """1.2M-style: 950, 12k, 1.2M, 3B."""
+    for suffix, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 def plot_next_token_probs(

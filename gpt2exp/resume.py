@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing what is trained.
 IGNORED_KEYS = ("trainer.resume", "trainer.progress", "logger", "data.cache_dir")
+# Keys that say how long to train and what to do on the way (evaluate, sample, checkpoint):
+# `auto` continues a run whatever they were, so that "train longer" is a larger max_steps.
+PLAN_KEYS = (
+    "trainer.max_steps", "trainer.epochs", "trainer.eval_freq", "trainer.eval_iter", "trainer.sample_freq",
+    "trainer.start_context", "trainer.checkpoint_freq", "trainer.checkpoint_minutes", "trainer.keep_last",
+    "trainer.keep_best", "trainer.save_optimizer", "trainer.compile", "trainer.activation_checkpointing", "decoding",
+)
 
 
 @dataclass
@@ -30,8 +37,8 @@ class ResumePoint:
 
 
 def config_fingerprint(config: dict) -> str:
-    """A hash of a resolved config without the `IGNORED_KEYS`."""
-    return config_hash(config, IGNORED_KEYS)
+    """A hash of a resolved config without the `IGNORED_KEYS` and `PLAN_KEYS`."""
+    return config_hash(config, IGNORED_KEYS + PLAN_KEYS)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -66,6 +73,8 @@ def find_resume_point(resume: str | None, config: dict, *, run_dir: Path, root: 
         point = _newest_matching(root, config_fingerprint(config), prefer=run_dir)
         if point is None:
             log.info("trainer.resume=auto: no run under '%s' with this config has a checkpoint; starting afresh", root)
+        else:
+            _check_compatible(point, config)
         return point
     folder = Path(resume).expanduser()
     if folder.name == "checkpoints":
@@ -125,7 +134,7 @@ def _check_resumable(checkpoint: dict, path: Path) -> None:
     extra, config = checkpoint["extra"], checkpoint["config"]
     try:
         TrainState.from_dict(extra["train_state"])
-        complete = isinstance(extra["rng"], dict) and isinstance(checkpoint["optimizer"], dict)
+        complete = isinstance(extra["rng"], dict) and isinstance(checkpoint["optimizer"], (dict, type(None)))
         complete = complete and isinstance(config["model"], dict) and isinstance(config["data"]["batch_size"], int)
     except (KeyError, TypeError):
         complete = False
@@ -144,7 +153,10 @@ def _check_compatible(point: ResumePoint, config: dict) -> None:
             f"trainer.resume: {key}={now.get(key)!r} differs from the checkpoint's {before.get(key)!r} "
             f"('{point.path}'); resume with the run's model settings"
         )
-    if changed:
+    planned = [key for key in changed if key.startswith(PLAN_KEYS)]
+    if planned:
+        log.info("resuming with this run's %s", ", ".join(f"{key}={now.get(key)!r}" for key in planned))
+    if changed := [key for key in changed if key not in planned]:
         log.warning("resuming with settings that differ from the checkpoint's (this run's apply): %s", ", ".join(changed))
 
 

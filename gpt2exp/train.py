@@ -10,6 +10,7 @@ import logging
 import math
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,19 @@ def _resume_command(run_dir: Path) -> str:
     return resume_command(list(HydraConfig.get().overrides.task), run_dir)
 
 
+def _parallel_jobs() -> bool:
+    """Whether this is a multirun job that shares the console with others running at once (the
+    joblib launcher): their progress bars would overwrite each other, so the eval lines alone
+    report progress."""
+    hydra_cfg = HydraConfig.get()
+    launcher = hydra_cfg.launcher
+    parallel = (hydra_cfg.mode == RunMode.MULTIRUN and "joblib" in str(launcher.get("_target_", ""))
+                and launcher.get("n_jobs", 1) != 1)
+    if parallel and hydra_cfg.job.num == 0:
+        log.info("progress bars off: the jobs run in parallel (one line per evaluation instead)")
+    return parallel
+
+
 def _model_slot(hydra_cfg, resolved: dict, run_dir: Path):
     """In a multirun, the sweep's model store entry for this training config; else nothing."""
     if hydra_cfg.mode != RunMode.MULTIRUN:
@@ -154,7 +168,9 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
         f"{model.num_parameters():,}", plan.device, plan.precision.name, cfg.data.source, data.train_tokens,
         data.val_tokens, total_steps, run_dir,
     )
-    train_forward = torch.compile(model) if trainer_cfg.compile else model  # shares model's weights
+    # Shares model's weights; static shapes, so that eval's batches add graphs of their own
+    # instead of recompiling the training graph for dynamic shapes.
+    train_forward = torch.compile(model, dynamic=False) if trainer_cfg.compile else model
     state = TrainState()
     if plan.resume is not None:
         state = _restore(cfg, plan.resume, model, optimizer, data.train_loader)
@@ -183,12 +199,13 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
                 ),
                 sample_freq=trainer_cfg.sample_freq,
                 checkpoint_freq=trainer_cfg.checkpoint_freq,
+                checkpoint_minutes=trainer_cfg.checkpoint_minutes,
                 on_eval=hooks.on_eval,
-                on_step=lambda step, metrics: tracker.log_metrics(metrics, step=step),
+                on_step=hooks.on_step,
                 on_sample=_sampler(cfg, plan.resolved, model, tracker, plan.device),
                 on_checkpoint=stop.shielded(hooks.on_checkpoint),
                 should_stop=stop.requested,
-                progress=trainer_cfg.progress,
+                progress=trainer_cfg.progress and not _parallel_jobs(),
                 precision=plan.precision,
             )
         except NonFiniteLoss as err:
@@ -213,8 +230,11 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
         sys.exit(stop.exit_code)
     hooks.plot(state)
     final = state.final
-    log.info("done: val loss %.3f (first %.3f) | checkpoint %s", final.val_loss, state.history[0].val_loss,
-             hooks.last_checkpoint)
+    from gpt2exp.checkpoint import format_bytes
+
+    checkpoint_bytes = hooks.checkpoint_bytes()
+    log.info("done: val loss %.3f (first %.3f) | checkpoint %s | checkpoints take %s", final.val_loss,
+             state.history[0].val_loss, hooks.last_checkpoint, format_bytes(checkpoint_bytes))
     return {
         "final/train_loss": final.train_loss,
         "final/val_loss": final.val_loss,
@@ -223,6 +243,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
         "steps": state.step,
         "tokens_seen": state.tokens_seen,
         "skipped_nonfinite": state.skipped_nonfinite,
+        "checkpoint_bytes": checkpoint_bytes,
     }
 
 
@@ -237,6 +258,14 @@ class RunHooks:
         self.last_checkpoint = resumed_from.path if resumed_from else None
         self.last_step = resumed_from.checkpoint["step"] if resumed_from else None
         self.checkpoint_dir = run_dir / "checkpoints"
+        self.started, self.stepped = time.perf_counter(), False
+
+    def on_step(self, step: int, metrics: dict) -> None:
+        self.tracker.log_metrics(metrics, step=step)
+        if not self.stepped:
+            self.stepped = True
+            log.info("first step done %.1f s after training started (any first evaluation%s included)",
+                     time.perf_counter() - self.started, " and compiling" if self.cfg.trainer.compile else "")
 
     def on_eval(self, point, extra) -> None:
         metrics = {
@@ -256,14 +285,14 @@ class RunHooks:
         )
 
     def on_checkpoint(self, state, *, periodic: bool, is_best: bool) -> None:
-        """`checkpoints/step-<step>.pt` (and last.pt) when periodic, best.pt on a new best val loss."""
-        from gpt2exp.atomic import link_atomic
+        """`checkpoints/step-<step>.pt` (and last.pt) when periodic, with AdamW's state unless
+        `trainer.save_optimizer=false`; best.pt, weights only, on a new best val loss."""
         from gpt2exp.checkpoint import save_checkpoint, save_step_checkpoint
         from gpt2exp.rng import capture_rng_state
 
+        trainer_cfg = self.cfg.trainer
         payload = {
             "model_state": self.model.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
             "config": self.resolved,
             "extra": {
                 "train_state": state.to_dict(),
@@ -272,14 +301,19 @@ class RunHooks:
             },
         }
         if periodic:
+            optimizer_state = self.optimizer.state_dict() if trainer_cfg.save_optimizer else None
             self.last_checkpoint = save_step_checkpoint(
-                self.checkpoint_dir, step=state.step, keep_last=self.cfg.trainer.keep_last, **payload
+                self.checkpoint_dir, step=state.step, keep_last=trainer_cfg.keep_last,
+                optimizer_state=optimizer_state, **payload,
             )
             self.last_step = state.step
-        if is_best and periodic:
-            link_atomic(self.last_checkpoint, self.checkpoint_dir / "best.pt")
-        elif is_best:
-            save_checkpoint(self.checkpoint_dir / "best.pt", step=state.step, **payload)
+        if is_best and trainer_cfg.keep_best:
+            save_checkpoint(self.checkpoint_dir / "best.pt", step=state.step, optimizer_state=None, **payload)
+
+    def checkpoint_bytes(self) -> int:
+        from gpt2exp.checkpoint import folder_bytes
+
+        return folder_bytes(self.checkpoint_dir)
 
     def plot(self, state) -> None:
         """The loss plot over the whole run (a resumed one included)."""
@@ -319,7 +353,7 @@ def _sampler(cfg: DictConfig, resolved: dict, model, tracker, device):
     dec, start_context = cfg.decoding, cfg.trainer.start_context
     encoding = get_encoding()
     prompt_ids = torch.tensor([encoding.encode(start_context, allowed_special="all")], device=device)
-    settings = {k: resolved["decoding"][k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")}
+    settings = {k: resolved["decoding"][k] for k in ("temperature", "top_k", "top_p", "max_new_tokens", "eos_id")}
 
     def on_sample(step, epoch):
         generator = torch.Generator(device=device).manual_seed(dec.seed)
@@ -341,10 +375,14 @@ def _restore(cfg: DictConfig, resume, model, optimizer, train_loader):
     from gpt2exp.trainer import TrainState
 
     model.load_state_dict(resume.checkpoint["model"])
-    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(resume.checkpoint["optimizer"])
-    for group, settings in zip(optimizer.param_groups, configured):  # this run's optimizer.* settings
-        group.update(settings, initial_lr=settings["lr"])
+    if resume.checkpoint["optimizer"] is None:
+        log.warning("%s holds no optimizer state (trainer.save_optimizer=false): AdamW's moments start afresh",
+                    resume.path)
+    else:
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        optimizer.load_state_dict(resume.checkpoint["optimizer"])
+        for group, settings in zip(optimizer.param_groups, configured):  # this run's optimizer.* settings
+            group.update(settings, initial_lr=settings["lr"])
     state = TrainState.from_dict(resume.checkpoint["extra"]["train_state"])
     state.realign(batch_size_before=resume.checkpoint["config"]["data"]["batch_size"], batch_size=cfg.data.batch_size,
                   grad_accum=cfg.trainer.grad_accum,
@@ -380,7 +418,8 @@ def _build_model(cfg: DictConfig, resolved: dict, device):
     from gpt2exp.model import GPTConfig, GPTModel
     from gpt2exp.trainer import make_optimizer
 
-    model = GPTModel(GPTConfig(**resolved["model"])).to(device)
+    model = GPTModel(GPTConfig(**resolved["model"]),
+                     activation_checkpointing=cfg.trainer.activation_checkpointing).to(device)
     opt_cfg = cfg.optimizer
     optimizer = make_optimizer(
         model, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, betas=opt_cfg.betas, eps=opt_cfg.eps,
@@ -401,10 +440,15 @@ def _perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=cli.CONFIG_DIR, config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float:
     return cli.reports_user_errors(train)(cfg)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The ``gpt2exp-train`` console command (``python -m gpt2exp.train``)."""
     cli.run(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -154,6 +154,7 @@ def train_model(
     lr_at: Callable[[int], float] = lambda step: 1.0,
     sample_freq: int | None = None,
     checkpoint_freq: int | None = None,
+    checkpoint_minutes: float | None = None,
     on_eval: Callable[[EvalPoint, dict], None] = lambda point, extra: None,
     on_step: Callable[[int, dict], None] = lambda step, metrics: None,
     on_sample: Callable[[int, int], None] = lambda step, epoch: None,
@@ -168,9 +169,10 @@ def train_model(
     Evaluates before the first step of a fresh run, every ``eval_freq`` steps and after the
     last; samples after every epoch, or every ``sample_freq`` steps when given, and after the
     last. After a step's eval, before its sample, calls ``on_checkpoint(state, periodic=...,
-    is_best=...)``: periodic every ``checkpoint_freq`` steps, after the last step and when
-    ``should_stop()`` turns true (training then returns early); is_best after an eval with a new
-    best val loss, the first one included.
+    is_best=...)``: periodic every ``checkpoint_freq`` steps, at the first step ``checkpoint_minutes``
+    after the previous periodic one (or the start), after the last step and when ``should_stop()``
+    turns true (training then returns early); is_best after an eval with a new best val loss,
+    the first one included.
 
     The train loader's sampler must be an ``EpochSampler``: a resumed run starts inside its
     epoch without replaying batches.
@@ -241,6 +243,7 @@ def train_model(
     model.train()
     if state.step == 0 and run_eval():
         on_checkpoint(state, periodic=False, is_best=True)  # best.pt, should no step improve on it
+    last_periodic = time.monotonic()
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
     stop = False
@@ -258,8 +261,12 @@ def train_model(
             is_best = run_eval() if state.step % eval_freq == 0 or last else False
             stop = should_stop()
             periodic = last or stop or (checkpoint_freq is not None and state.step % checkpoint_freq == 0)
+            periodic = periodic or (checkpoint_minutes is not None
+                                    and time.monotonic() - last_periodic >= 60 * checkpoint_minutes)
             if periodic or is_best:
                 on_checkpoint(state, periodic=periodic, is_best=is_best)
+            if periodic:
+                last_periodic = time.monotonic()
             due = state.step % sample_freq == 0 if sample_freq is not None else state.epoch > epoch
             if due or last:
                 on_sample(state.step, state.epoch)

@@ -118,7 +118,9 @@ def wikitext_without_valid(path: Path) -> str:
         (lambda p: f"model.n_layers={10**9}", "model.n_layers", "parameters need"),
         (lambda p: write_empty(p / "empty.txt"), "data.path", "holds no text"),
         (lambda p: write_binary(p / "binary.txt"), "data.path", "is not UTF-8 text"),
-        (lambda p: wikitext_without_valid(p / "wikitext"), "data.local_dir", "no wiki.valid.tokens"),
+        (lambda p: wikitext_without_valid(p / "wikitext"), "data.local_dir",
+         "wikitext' (it needs the official WikiText files: wiki.train.tokens and wiki.valid.tokens, "
+         "or wiki.train.raw and wiki.valid.raw)"),
     ],
     ids=["non-ascii-resume-path", "bad-interpolation", "huge-model", "empty-text", "binary-text",
          "wikitext-missing-split"],

@@ -53,8 +53,12 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
         ("train", "gpt2exp"), ("train", "gpt2exp MFU"), ("train", "transformers"), ("train", "transformers MFU"),
         *[("train", "gpt2exp bf16 autocast"), ("train", "gpt2exp bf16 autocast MFU")] * BF16,
         ("train", "gpt2exp / transformers"), *[("train", "gpt2exp bf16 / fp32")] * BF16,
+        ("train", "gpt2exp first step"), ("train", "transformers first step"),
+        *[("train", "gpt2exp bf16 autocast first step")] * BF16,
         ("generate", "gpt2exp, KV cache"), ("generate", "gpt2exp, no cache (recompute)"),
-        ("generate", "transformers generate"),
+        ("generate", "transformers generate"), ("generate", "gpt2exp, 8 samples at once"),
+        ("generate", "transformers, 8 samples at once"), ("generate", "KV cache / recompute"),
+        ("generate", "KV cache / transformers"),
         ("data", "load from cache"),
         ("memory", "peak process RSS"),
     ]
@@ -69,5 +73,16 @@ def test_bench_runs_only_the_chosen_sections(run_module, tmp_path):
     result = run_module("gpt2exp.bench", *TINY_BENCH, "bench.sections=[train]")
     assert result.returncode == 0, result.stderr
     table = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()[2:]]
-    assert [row[0] for row in table] == ["train"] * (3 + 2 * BF16) + ["memory"]
+    assert [row[0] for row in table] == ["train"] * (5 + 3 * BF16) + ["memory"]
     assert not any("MFU" in row[1] for row in table)  # MFU needs the peak section
+
+
+@pytest.mark.slow
+def test_bench_can_train_gpt2exp_alone_with_activation_checkpointing(run_module):
+    result = run_module("gpt2exp.bench", *TINY_BENCH, "bench.sections=[train]", "bench.transformers=false",
+                        "bench.activation_checkpointing=true", "bench.batch_size=3")
+    assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[0]
+    assert "| train batch 3, activation checkpointing | generate batch 1 and 8 |" in header
+    measures = [re.split(r"\s{2,}", line.strip())[1] for line in result.stdout.splitlines()[2:]]
+    assert "gpt2exp" in measures and not any("transformers" in m for m in measures)

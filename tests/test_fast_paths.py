@@ -29,7 +29,7 @@ def grads(model, loss):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 16 rows, so a 3 x 20 batch takes three full chunks and a partial one."""
-    monkeypatch.setattr(gpt2exp.loss, "CHUNK_ROWS", 16)
+    monkeypatch.setattr(gpt2exp.loss, "CHUNK_ROWS", {"cpu": 16})
 
 
 def test_fused_loss_and_gradients_equal_cross_entropy_on_the_logits(small_chunks):

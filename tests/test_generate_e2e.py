@@ -20,7 +20,8 @@ def test_samples_metrics_and_plot_land_in_the_run_folder_and_wandb(run_module, t
     samples = read_jsonl(run_dir / "samples.jsonl")
     assert len(samples) == 2 and all(s["text"].startswith("at the start of") for s in samples)
     assert samples[0]["settings"] | {"sample": 0} == {"temperature": 1.0, "top_k": 40, "top_p": None,
-                                                     "max_new_tokens": 12, "seed": 123, "sample": 0}
+                                                     "max_new_tokens": 12, "eos_id": None, "seed": 123,
+                                                     "sample": 0}
     assert f"sample 1: {samples[1]['text']}" in result.stdout
     [metrics] = read_jsonl(run_dir / "metrics.jsonl")
     assert set(metrics) == METRICS | {"step"} and metrics["gen/tokens_per_sec"] > 0
@@ -77,3 +78,24 @@ def test_bad_input_exits_2_with_one_line(run_module, train_run, tmp_path, overri
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not run_folders(tmp_path) and not list(tmp_path.rglob("wandb"))
+
+
+def test_greedy_decoding_makes_one_sample_and_says_why(run_module, train_run, tmp_path):
+    result = run_module("gpt2exp.generate", f"ckpt={train_run}", "decoding=greedy", "decoding.num_samples=3",
+                        "decoding.max_new_tokens=5", "logger=none")
+    assert result.returncode == 0, result.stderr
+    assert "decoding.temperature=0 is greedy: its 3 samples would be the same text, so one is made" in result.stdout
+    [run_dir] = generate_runs(tmp_path)
+    assert len(read_jsonl(run_dir / "samples.jsonl")) == 1 and "done: 1 sample in" in result.stdout
+
+
+def test_no_ckpt_shows_the_form_and_the_newest_run(run_module, train_run, tmp_path):
+    result = run_module("gpt2exp.generate")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: ckpt is required: ckpt=<checkpoint file or run folder>; the newest run here is ckpt="
+        f"{train_run.relative_to(tmp_path)}")
+    elsewhere = tmp_path / "empty"
+    elsewhere.mkdir()
+    result = run_module("gpt2exp.generate", cwd=elsewhere)
+    assert result.stderr.strip() == "error: ckpt is required: ckpt=<checkpoint file or run folder>"

@@ -97,3 +97,33 @@ def test_left_padding_is_invisible():
     torch.testing.assert_close(padded[0, 4:], alone_short[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(padded[1], alone_long[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cached_tail, padded[:, 7:], atol=1e-5, rtol=1e-5)
+
+
+def test_fixed_shape_decode_step_matches_the_cache_it_extends():
+    """decode_hidden (what a CUDA graph replays) equals hidden_states with a KV cache, padding included."""
+    torch.manual_seed(0)
+    model = GPTModel(TINY).eval()
+    batch, pad = torch.randint(0, 50257, (2, 12)), torch.tensor([3, 0])
+    with torch.no_grad():
+        expected = model.hidden_states(batch, pad=pad)[:, 8:]
+        cache = KVCache(TINY, batch_size=2)
+        model.hidden_states(batch[:, :8], cache, pad=pad)
+        steps = [model.decode_hidden(batch[:, i : i + 1], torch.tensor(i), cache, pad) for i in range(8, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    plain = GPTModel(GPTConfig(**{**TINY.__dict__, "drop_rate": 0.1}))
+    recomputing = GPTModel(plain.cfg, activation_checkpointing=True)
+    recomputing.load_state_dict(plain.state_dict())
+    tokens = torch.randint(0, 50257, (2, 16))
+    losses, grads = [], []
+    for model in (plain, recomputing):
+        torch.manual_seed(1)  # the same dropout masks, which checkpointing replays in the recomputation
+        loss = model(tokens, targets=tokens)
+        loss.backward()
+        losses.append(loss)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)

@@ -173,3 +173,23 @@ def lr_ratio(step: int, total: int) -> float:
     import math
 
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 1) / total)))
+
+
+@pytest.mark.parametrize("save_optimizer", [True, False])
+def test_train_longer_is_resume_auto_with_more_steps(run_module, text_file, tmp_path, save_optimizer):
+    args = [*TINY, "data=text", f"data.path={text_file}", "trainer.eval_freq=4", "logger=none",
+            f"trainer.save_optimizer={str(save_optimizer).lower()}"]
+    first = run_module("gpt2exp.train", *args, "trainer.max_steps=8")
+    assert first.returncode == 0, first.stderr
+    longer = run_module("gpt2exp.train", *args, "trainer.max_steps=12", "trainer.eval_freq=2", "trainer.resume=auto")
+    assert longer.returncode == 0, longer.stderr
+    [first_dir, longer_dir] = run_folders(tmp_path)
+    assert f"resuming {first_dir}" in longer.stdout and "resuming with this run's trainer.eval_freq=2, " \
+        "trainer.max_steps=12" in longer.stdout
+    assert ("AdamW's moments start afresh" in longer.stdout + longer.stderr) is not save_optimizer
+    evals = [m["step"] for m in read_jsonl(longer_dir / "metrics.jsonl") if "val/loss" in m]
+    assert evals[-3:] == [8, 10, 12] and 4 not in evals[evals.index(8):]
+    assert torch.load(longer_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 12
+    again = run_module("gpt2exp.train", *args, "trainer.max_steps=12", "trainer.resume=auto")
+    assert again.returncode == 0 and "is already complete (step 12 of 12)" in again.stdout + again.stderr
+    assert len(run_folders(tmp_path)) == 2

@@ -180,3 +180,16 @@ def test_a_joblib_job_killed_by_a_signal_fails_alone(tmp_path, corpus):
     assert TRAINED in job_log(tmp_path / "sweep" / "0")
     failure = json.loads((tmp_path / "sweep" / "1" / "failure.json").read_text())
     assert failure["error"] == "job process killed by SIGXCPU" and "trainer.max_steps=1000000" in failure["overrides"]
+
+
+def test_parallel_joblib_jobs_report_progress_by_lines_not_bars(tmp_path, corpus):
+    with_bars = [o for o in FAST if o != "trainer.progress=false"]
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", "-m", *with_bars, "data=text", f"data.path={corpus}", "logger=none",
+         "hydra.sweep.dir=sweep", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,2e-3"],
+        cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "train:" not in result.stderr and "step/s" not in result.stderr  # no tqdm bar
+    assert "progress bars off: the jobs run in parallel" in job_log(tmp_path / "sweep" / "0")
+    assert all(TRAINED in job_log(tmp_path / "sweep" / str(job)) for job in (0, 1))

@@ -34,3 +34,12 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_first_call(step: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call, waiting for the device: a first call's includes compiling."""
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start

@@ -206,7 +206,8 @@ def _read_wikitext_folder(folder: Path, *, raw: bool) -> Splits:
     train_file, val_file = folder / f"wiki.train{suffix}", folder / f"wiki.valid{suffix}"
     for file in (train_file, val_file):
         if not file.is_file():
-            raise UserError(f"data.local_dir: no {file.name} in '{folder}' (it needs the official WikiText files)")
+            raise UserError(f"data.local_dir: no {file.name} in '{folder}' (it needs the official WikiText files: "
+                            "wiki.train.tokens and wiki.valid.tokens, or wiki.train.raw and wiki.valid.raw)")
     return Splits(train_file.read_text(encoding="utf-8"), val_file.read_text(encoding="utf-8"))
 
 
