@@ -196,10 +196,25 @@ def tracker_options(logger_cfg: DictConfig, hydra_cfg: Any = None) -> dict:
         tags=list(logger_cfg.tags),
         sweep_dir=hydra_cfg.sweep.dir if multirun else None,
         overrides=list(hydra_cfg.overrides.task) if multirun else (),
+        swept=sweep_keys(hydra_cfg) if multirun else frozenset(),
         choices=dict(hydra_cfg.runtime.choices),
     )
     return {"backend": logger_cfg.backend, "mode": logger_cfg.mode, "project": logger_cfg.project,
             "entity": logger_cfg.entity, **identity}
+
+
+def sweep_keys(hydra_cfg: Any) -> set[str]:
+    """The keys a multirun varies: its sweeper's `params` and the sweep overrides it was
+    launched with (`key=a,b`, `range(...)`, ...), read back from the sweep's multirun.yaml."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = set(hydra_cfg.sweeper.get("params") or {})
+    try:
+        launched = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml").hydra.overrides.task
+        parsed = OverridesParser.create().parse_overrides(list(launched))
+    except (OSError, HydraException, OmegaConfBaseException):
+        return keys
+    return keys | {override.key_or_group for override in parsed if override.is_sweep_override()}
 
 
 def run(hydra_main: Callable[[], Any]) -> None:

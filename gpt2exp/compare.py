@@ -129,16 +129,13 @@ def plot_val_curves(rows: list[dict], path: Path) -> Path:
 
 
 def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) -> Path:
-    """`metric` against the values of override `param`: one line per setting of the other swept
-    keys in a grid sweep, else (each setting seen once, as in an Optuna sweep) one line."""
+    """`metric` against the values of override `param`, one line per setting of the other swept
+    keys (a grid sweep)."""
     from gpt2exp.plots import plot_series
 
     others = [k for k in swept_keys(rows) if k != param]
     points = [(row["overrides"][param], row[metric], _label(row, others)) for row in rows
               if param in row["overrides"] and row[metric] is not None]
-    labels = [label for _, _, label in points]
-    if len(points) > 1 and any(labels.count(label) == 1 for label in labels):
-        points = [(x, y, metric) for x, y, _ in points]
     numeric = all(_number(x) is not None for x, _, _ in points)
     ticks = None if numeric else sorted({x for x, _, _ in points})
     series: dict = {}
@@ -149,10 +146,59 @@ def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) 
     return plot_series(series, path, xlabel=param, ylabel=metric, xticklabels=ticks)
 
 
+def plot_search(rows: list[dict], metric: str, params: list[str], log_params: set[str], path: Path) -> Path:
+    """A random or Optuna search: `metric` against each tuned parameter, one scatter panel each,
+    on a log axis for the parameters searched on a log scale."""
+    from gpt2exp.plots import plot_scatter_panels
+
+    panels = {}
+    for param in params:
+        points = [(row["overrides"][param], row[metric]) for row in rows
+                  if param in row["overrides"] and row[metric] is not None]
+        numeric = all(_number(x) is not None for x, _ in points)
+        ticks = None if numeric else sorted({x for x, _ in points})
+        xs = [_number(x) if numeric else ticks.index(x) for x, _ in points]
+        panels[param] = (xs, [y for _, y in points], param in log_params and numeric, ticks)
+    return plot_scatter_panels(panels, path, ylabel=metric)
+
+
+def is_search(rows: list[dict], keys: list[str], spaces: dict[str, str]) -> bool:
+    """Whether the runs sample their settings of `keys` (random or Optuna search) rather than lay
+    out a grid: a key searched over an interval (`spaces`, from the sweep's multirun.yaml), or
+    some setting of the other keys occurring once while one key took several values."""
+    if any("interval(" in spaces.get(key, "") for key in keys):
+        return True
+    for key in keys:
+        labels = [_label(row, [k for k in keys if k != key]) for row in rows if key in row["overrides"]]
+        if len(keys) > 1 and len(labels) > 1 and any(labels.count(label) == 1 for label in labels):
+            return True
+    return False
+
+
+def search_spaces(runs: list[Path]) -> dict[str, str]:
+    """The sweeper's `params` ({key: search space}) in the multirun.yaml of the runs' sweeps."""
+    import yaml
+
+    spaces: dict[str, str] = {}
+    for sweep in {run.parent for run in runs}:
+        try:
+            config = yaml.safe_load((sweep / "multirun.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        params = ((config.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+        spaces |= {key: str(space) for key, space in params.items()}
+    return spaces
+
+
 def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: str | None = None,
             param: str | None = None) -> dict:
     """Table and plots for the runs at `paths`, written to `out_dir` (default: the one folder
-    given, or the folders' common parent). Returns {"text", "rows", and the written paths}."""
+    given, or the folders' common parent). Returns {"text", "rows", and the written paths}.
+
+    The metric plotted is `metric`, else the first of `DEFAULT_METRICS` that differs between
+    the runs; the x axis is `param`, else the first swept override that takes two or more
+    values among the runs with the metric. A random or Optuna search gets one scatter panel
+    per tuned parameter instead (`<metric>_vs_params.png`)."""
     metrics = [*FIGURES, "tokens_per_sec"]
     if metric is not None and metric not in metrics:
         raise UserError(f"--metric {metric}: not one of {', '.join(metrics)}")
@@ -160,22 +206,34 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
     base = Path(paths[0]) if len(paths) == 1 else _common_parent(runs)
     rows = [read_run(folder, folder.name if folder == base else str(folder.resolve().relative_to(base.resolve())))
             for folder in runs]
+    present = [m for m in metrics if any(r[m] is not None for r in rows)]
+    if metric is not None and metric not in present:
+        raise UserError(f"--metric {metric}: no run logged it; they have {', '.join(present) or 'no metrics'}")
     out_dir = Path(out_dir) if out_dir else base
     columns, cells = table(rows)
     csv_path, md_path = write_tables(columns, cells, out_dir)
     written = {"text": format_table(columns, cells), "rows": rows, "csv": csv_path, "markdown": md_path}
     if any(row["curve"] for row in rows):
         written["val_loss_plot"] = plot_val_curves(rows, out_dir / "val_loss.png")
-    metric = metric or next((m for m in DEFAULT_METRICS if any(r[m] is not None for r in rows)), "val_loss")
+    present_defaults = [m for m in DEFAULT_METRICS if m in present]
+    metric = metric or next((m for m in present_defaults if _varies(rows, m)), next(iter(present_defaults), None))
+    if metric is None:
+        return written
     swept = swept_keys(rows)
     measured = [r for r in rows if r[metric] is not None]
-    param = param or next((k for k in swept if len({r["overrides"].get(k) for r in measured}) > 1),
-                          next(iter(swept), None))
+    varying = [k for k in swept if len({r["overrides"][k] for r in measured if k in r["overrides"]}) > 1]
+    if param is not None and param not in swept:
+        raise UserError(f"--param {param}: not a swept override; swept: {', '.join(swept) or 'none'}")
+    spaces = search_spaces(runs)
+    if param is None and varying and is_search(measured, varying, spaces):
+        log_keys = {key for key, space in spaces.items() if re.search(r"\blog\b", space)}
+        written["metric_plot"] = plot_search(measured, metric, varying, log_keys,
+                                             out_dir / f"{_file_name(metric)}_vs_params.png")
+        return written
+    param = param or next(iter(varying), None)
     if param is not None:
-        if param not in swept:
-            raise UserError(f"--param {param}: not a swept override; swept: {', '.join(swept) or 'none'}")
-        name = re.sub(r"[^\w.=-]+", "_", f"{metric}_vs_{param}")
-        written["metric_plot"] = plot_metric_vs_param(rows, metric, param, out_dir / f"{name}.png")
+        written["metric_plot"] = plot_metric_vs_param(rows, metric, param, out_dir / f"{_file_name(metric)}_vs_"
+                                                      f"{_file_name(param)}.png")
     return written
 
 
@@ -183,9 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gpt2exp.compare", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="a sweep folder (outputs/multirun/<date>/<time>) or run folders")
     parser.add_argument("--out", help="where to write the table and plots (default: the folder given)")
-    parser.add_argument("--metric", help="the metric to plot against --param (default: val_loss)")
-    parser.add_argument("--param", help="the swept override on the x axis (default: the first one that varies "
-                        "among the runs with the metric)")
+    parser.add_argument("--metric", help="the metric to plot against --param (default: the first of "
+                        + ", ".join(DEFAULT_METRICS) + " that differs between the runs)")
+    parser.add_argument("--param", help="the swept override on the x axis (default: the first one that takes "
+                        "two or more values among the runs with the metric)")
     args = parser.parse_args(argv)
     try:
         written = compare(args.paths, args.out, args.metric, args.param)
@@ -195,6 +254,14 @@ def main(argv: list[str] | None = None) -> None:
     print(written["text"])
     files = [written[k] for k in ("csv", "markdown", "val_loss_plot", "metric_plot") if k in written]
     print("wrote " + ", ".join(str(p) for p in files))
+
+
+def _varies(rows: list[dict], metric: str) -> bool:
+    return len({round(r[metric], 9) for r in rows if r[metric] is not None}) > 1
+
+
+def _file_name(text: str) -> str:
+    return re.sub(r"[^\w.=-]+", "_", text)
 
 
 def _label(row: dict, keys: list[str]) -> str:

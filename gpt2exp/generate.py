@@ -30,10 +30,14 @@ register_configs()
 def checkpoint_file(ckpt: str) -> Path:
     """A checkpoint file as given, or a run folder's ``checkpoints/last.pt``."""
     path = Path(ckpt).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
-        if not path.is_file():
-            raise UserError(f"ckpt: run folder '{ckpt}' has no checkpoints/last.pt")
+    try:
+        if path.is_dir():
+            path = path / "checkpoints" / "last.pt"
+            if not path.is_file():
+                raise UserError(f"ckpt: run folder '{ckpt}' has no checkpoints/last.pt")
+        path.is_file()
+    except OSError as err:  # e.g. a name too long for the file system
+        raise UserError(f"ckpt: '{ckpt}' cannot be read ({err.strerror})") from None
     return path
 
 
@@ -110,7 +114,7 @@ def generate(cfg: DictConfig) -> None:
     from gpt2exp.decoding import generate, to_decoding_layout
     from gpt2exp.model import GPTConfig, GPTModel
     from gpt2exp.plots import plot_next_token_probs
-    from gpt2exp.text_metrics import distinct_n, mean_nll, repeat_ngram_rate
+    from gpt2exp.text_metrics import generation_metrics
     from gpt2exp.tokenizer import get_encoding
     from gpt2exp.tracking import Tracker
 
@@ -150,13 +154,7 @@ def generate(cfg: DictConfig) -> None:
             tracker.log_sample(step=0, prompt=cfg.prompt, text=text, settings={**settings, "sample": i})
             log.info("sample %d: %s", i, text)
 
-        metrics = {
-            "gen/tokens_per_sec": sum(map(len, out.new_tokens)) / seconds,
-            "gen/distinct_1": distinct_n(out.new_tokens, 1),
-            "gen/distinct_2": distinct_n(out.new_tokens, 2),
-            "gen/repeat_4gram_rate": repeat_ngram_rate(out.new_tokens, 4),
-            "gen/nll": mean_nll(out.logprobs),
-        }
+        metrics = generation_metrics(out.new_tokens, out.logprobs, seconds)
         tracker.log_metrics(metrics, step=0)
         tracker.summary(metrics)
         log.info(" | ".join(f"{key} {value:.4g}" for key, value in metrics.items()))

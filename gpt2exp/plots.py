@@ -128,3 +128,23 @@ def plot_series(series: dict, path: str | Path, *, xlabel: str, ylabel: str, xti
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def plot_scatter_panels(panels: dict, path: str | Path, *, ylabel: str) -> Path:
+    """One scatter panel per `{xlabel: (xs, ys, log_x, xticklabels)}` entry, side by side, as a
+    PNG; `xticklabels` names the integer x positions of a categorical axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 * max(1, len(panels)), 3.5), dpi=150)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(1, len(panels)), sharey=True, squeeze=False)[0]
+    for ax, (xlabel, (xs, ys, log_x, ticks)) in zip(axes, panels.items()):
+        ax.scatter(xs, ys, s=14)
+        if log_x:
+            ax.set_xscale("log")
+        if ticks is not None:
+            ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(ylabel)
+    return _save(fig, path)

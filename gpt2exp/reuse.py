@@ -100,13 +100,17 @@ def claim(root: str | Path, key: str, owner: dict, poll_s: float = 1.0) -> Itera
 def adopt(trained: TrainedModel, run_dir: Path, tracker) -> dict:
     """Make `run_dir` a complete folder of the trained model: its training metrics logged again
     through `tracker` (metrics.jsonl and W&B history), its checkpoint and loss plot linked in
-    (checkpoints/last.pt, loss.png). Returns its summary plus `reused_from` (job, run folder)."""
+    (checkpoints/last.pt, loss.png). Returns its summary plus `reused_from` (job, run folder).
+    The figures of the trainer's own samples (gen/*) stay behind: this job samples its own."""
     for metrics in read_jsonl(trained.metrics):
-        tracker.log_metrics(metrics, step=metrics.pop("step"))
+        step = metrics.pop("step")
+        if training := {key: value for key, value in metrics.items() if not key.startswith("gen/")}:
+            tracker.log_metrics(training, step=step)
     link_atomic(trained.checkpoint, run_dir / "checkpoints" / "last.pt")
     link_atomic(trained.loss_plot, run_dir / "loss.png")
     tracker.log_image("loss_plot", run_dir / "loss.png")
-    return {**trained.summary, "reused_from": {"job": trained.owner["job"], "run_dir": trained.owner["run_dir"]}}
+    summary = {key: value for key, value in trained.summary.items() if not key.startswith("gen/")}
+    return {**summary, "reused_from": {"job": trained.owner["job"], "run_dir": trained.owner["run_dir"]}}
 
 
 def _ready(folder: Path, key: str) -> TrainedModel | None:

@@ -30,3 +30,15 @@ def mean_nll(logprobs: Sequence[Sequence[float]]) -> float:
     """Mean negative log-likelihood per token; NaN when there are no tokens."""
     values = [lp for row in logprobs for lp in row]
     return -sum(values) / len(values) if values else math.nan
+
+
+def generation_metrics(samples: Samples, logprobs: Sequence[Sequence[float]], seconds: float) -> dict:
+    """The gen/* figures of generated samples (new tokens and their log-probabilities) that
+    took `seconds` to make."""
+    return {
+        "gen/tokens_per_sec": sum(map(len, samples)) / seconds,
+        "gen/distinct_1": distinct_n(samples, 1),
+        "gen/distinct_2": distinct_n(samples, 2),
+        "gen/repeat_4gram_rate": repeat_ngram_rate(samples, 4),
+        "gen/nll": mean_nll(logprobs),
+    }

@@ -114,27 +114,33 @@ def run_identity(
     tags: list[str] | tuple[str, ...] = (),
     sweep_dir: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    swept: set[str] | frozenset[str] = frozenset(),
     choices: dict[str, str | None] | None = None,
 ) -> dict:
     """W&B `group`, `name` and `tags` for one run (keyword arguments for `Tracker`).
 
     Values the user set win. Otherwise a job of a sweep (`sweep_dir` given) joins the sweep's
-    group, the name is the run's overrides ("model.context_length=64,decoding.top_k=3", without
-    `logger.*` and `hydra.*` keys), and the tags add "group:option" for every chosen config
-    option (`choices`, e.g. {"model": "nano"} -> "model:nano"; Hydra's own groups skipped).
+    group, the name is the run's overrides of the `swept` keys ("decoding.temperature=0.5,
+    decoding.top_k=3"; all its overrides but `logger.*` and `hydra.*` ones when none is known
+    to be swept), and the tags add "group:option" for every chosen config option (`choices`,
+    e.g. {"model": "nano"} -> "model:nano"; Hydra's own groups skipped).
     """
     if group is None and sweep_dir is not None:
         group = sweep_group(sweep_dir)
     if name is None:
-        name = ",".join(o for o in overrides if not _is_bookkeeping(o)) or None
+        named = [o for o in overrides if _override_key(o) in swept] or [o for o in overrides if not _is_bookkeeping(o)]
+        name = ",".join(named) or None
     chosen = [f"{k}:{v}" for k, v in (choices or {}).items() if v is not None and k.split("/")[0] != "hydra"]
     return {"group": group, "name": name, "tags": list(dict.fromkeys([*tags, *chosen]))}
 
 
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def _is_bookkeeping(override: str) -> bool:
     """Overrides of where and how a run is logged or launched, not of what it computes."""
-    key = override.lstrip("+~").split("=", 1)[0]
-    return key.split(".")[0].split("/")[0] in ("logger", "hydra")
+    return _override_key(override).split(".")[0].split("/")[0] in ("logger", "hydra")
 
 
 def _jsonl_line(record: dict) -> str:

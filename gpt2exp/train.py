@@ -176,6 +176,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
         state = _restore(cfg, plan.resume, model, optimizer, data.train_loader)
         tracker.carry_over(plan.resume.run_dir, state.step)
     hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, run_dir, wandb_group, resumed_from=plan.resume)
+    sampler = Sampler(cfg, plan.resolved, model, tracker, plan.device, total_steps)
     with GracefulStop() as stop:
         if plan.resume is not None:
             restore_rng_state(plan.resume.checkpoint["extra"]["rng"])
@@ -202,7 +203,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
                 checkpoint_minutes=trainer_cfg.checkpoint_minutes,
                 on_eval=hooks.on_eval,
                 on_step=hooks.on_step,
-                on_sample=_sampler(cfg, plan.resolved, model, tracker, plan.device),
+                on_sample=sampler,
                 on_checkpoint=stop.shielded(hooks.on_checkpoint),
                 should_stop=stop.requested,
                 progress=trainer_cfg.progress and not _parallel_jobs(),
@@ -244,6 +245,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
         "tokens_seen": state.tokens_seen,
         "skipped_nonfinite": state.skipped_nonfinite,
         "checkpoint_bytes": checkpoint_bytes,
+        **sampler.metrics,
     }
 
 
@@ -339,34 +341,52 @@ def _reuse_model(cfg: DictConfig, plan: RunPlan, trained, run_dir: Path, tracker
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=plan.device)
     model = GPTModel(GPTConfig(**plan.resolved["model"])).to(plan.device)
     model.load_state_dict(checkpoint["model"])
-    _sampler(cfg, plan.resolved, model, tracker, plan.device)(checkpoint["step"], None)
-    return summary
+    sampler = Sampler(cfg, plan.resolved, model, tracker, plan.device)
+    sampler(checkpoint["step"], None, final=True)
+    return {**summary, **sampler.metrics}
 
 
-def _sampler(cfg: DictConfig, resolved: dict, model, tracker, device):
-    """`on_sample(step, epoch)`: one sample from `trainer.start_context` with the run's decoding."""
-    import torch
+class Sampler:
+    """``on_sample(step, epoch)``: a sample from `trainer.start_context` with the run's decoding.
+    The final one (at `total_steps`, or with ``final=True``) draws `decoding.num_samples` (one
+    when greedy) and scores them with generate's gen/* figures, logged and kept in `metrics`."""
 
-    from gpt2exp.decoding import generate
-    from gpt2exp.tokenizer import get_encoding
+    def __init__(self, cfg: DictConfig, resolved: dict, model, tracker, device, total_steps: int | None = None):
+        from gpt2exp.tokenizer import get_encoding
 
-    dec, start_context = cfg.decoding, cfg.trainer.start_context
-    encoding = get_encoding()
-    prompt_ids = torch.tensor([encoding.encode(start_context, allowed_special="all")], device=device)
-    settings = {k: resolved["decoding"][k] for k in ("temperature", "top_k", "top_p", "max_new_tokens", "eos_id")}
+        self.dec, self.start_context = cfg.decoding, cfg.trainer.start_context
+        self.model, self.tracker, self.device, self.total_steps = model, tracker, device, total_steps
+        self.encoding = get_encoding()
+        self.prompt_ids = self.encoding.encode(self.start_context, allowed_special="all")
+        self.settings = {k: resolved["decoding"][k]
+                         for k in ("temperature", "top_k", "top_p", "max_new_tokens", "eos_id")}
+        self.metrics: dict = {}
 
-    def on_sample(step, epoch):
-        generator = torch.Generator(device=device).manual_seed(dec.seed)
-        out = generate(
-            model, prompt_ids, max_new_tokens=dec.max_new_tokens, temperature=dec.temperature,
-            top_k=dec.top_k, top_p=dec.top_p, eos_id=dec.eos_id, generator=generator,
-        )
-        text = encoding.decode(out.token_ids[0])
-        tracker.log_sample(step=step, prompt=start_context, text=text, settings=settings)
-        log.info("sample @ step %d%s: %s", step, "" if epoch is None else f" (epoch {epoch})",
-                 text.replace("\n", " "))
+    def __call__(self, step: int, epoch: int | None, final: bool = False) -> None:
+        import torch
 
-    return on_sample
+        from gpt2exp.decoding import generate
+        from gpt2exp.text_metrics import generation_metrics
+
+        dec = self.dec
+        final = final or step == self.total_steps
+        count = (1 if dec.temperature == 0 else dec.num_samples) if final else 1
+        generators = [torch.Generator(device=self.device).manual_seed(dec.seed + i) for i in range(count)]
+        start = time.perf_counter()
+        out = generate(self.model, [self.prompt_ids] * count, max_new_tokens=dec.max_new_tokens,
+                       temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p, eos_id=dec.eos_id,
+                       generator=generators)
+        seconds = time.perf_counter() - start
+        for i, token_ids in enumerate(out.token_ids):
+            text = self.encoding.decode(token_ids)
+            settings = {**self.settings, "sample": i} if count > 1 else self.settings
+            self.tracker.log_sample(step=step, prompt=self.start_context, text=text, settings=settings)
+            log.info("sample%s @ step %d%s: %s", f" {i}" if count > 1 else "", step,
+                     "" if epoch is None else f" (epoch {epoch})", text.replace("\n", " "))
+        if final:
+            self.metrics = generation_metrics(out.new_tokens, out.logprobs, seconds)
+            self.tracker.log_metrics(self.metrics, step=step)
+            log.info(" | ".join(f"{key} {value:.4g}" for key, value in self.metrics.items()))
 
 
 def _restore(cfg: DictConfig, resume, model, optimizer, train_loader):

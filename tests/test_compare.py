@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from gpt2exp.compare import compare, main
+from gpt2exp.compare import compare, main, search_spaces
 from gpt2exp.errors import UserError
 
 
@@ -91,10 +91,49 @@ def test_several_run_folders_are_named_from_their_common_parent(context_sweep, t
 
 def test_bad_arguments_exit_2_with_one_line(context_sweep, tmp_path, capsys):
     for argv in ([str(tmp_path / "nothing")], [str(context_sweep), "--metric", "bleu"],
-                 [str(context_sweep), "--param", "model.emb_dim"]):
+                 [str(context_sweep), "--param", "model.emb_dim"], [str(context_sweep), "--metric", "gen/nll"]):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     with pytest.raises(UserError, match="no run folders"):
         compare([context_sweep / ".trained"])
+
+
+def test_no_run_with_the_metric_names_the_ones_they_have(context_sweep):
+    with pytest.raises(UserError, match="^--metric gen/nll: no run logged it; they have train_loss, val_loss, "):
+        compare([context_sweep], metric="gen/nll")
+
+
+def test_a_decoding_sweep_plots_a_figure_that_differs_not_the_shared_val_loss(tmp_path):
+    for job, (temperature, nll) in enumerate([(0.5, 3.0), (1.0, 3.5), (1.5, 4.5)]):
+        make_run(tmp_path / "sweep" / str(job), ["decoding=sample", f"decoding.temperature={temperature}"],
+                 [*train_metrics([10.0, 7.0], tokens_per_step=64),
+                  {"step": 1, "gen/tokens_per_sec": 50.0, "gen/distinct_1": 0.5, "gen/distinct_2": 0.7,
+                   "gen/repeat_4gram_rate": 0.1, "gen/nll": nll}], summary={})
+    written = compare([tmp_path / "sweep"])
+    assert written["metric_plot"].name == "gen_nll_vs_decoding.temperature.png"
+
+
+def test_several_run_folders_plot_against_what_varies(tmp_path):
+    make_run(tmp_path / "a", ["experiment=article", "optimizer.lr=1e-3"], train_metrics([10.0, 7.0], 64), {})
+    make_run(tmp_path / "b", ["optimizer.lr=2e-3"], train_metrics([10.0, 6.0], 64), {})
+    make_run(tmp_path / "c", ["optimizer.lr=4e-3"], train_metrics([10.0, 6.5], 64), {})
+    written = compare([tmp_path / "a", tmp_path / "b", tmp_path / "c"], out_dir=tmp_path / "out")
+    assert written["metric_plot"].name == "val_loss_vs_optimizer.lr.png"
+
+
+def test_an_optuna_search_gets_a_scatter_panel_per_parameter_with_log_axes(tmp_path):
+    sweep = tmp_path / "optuna"
+    trials = [(3e-4, 0.05, 0), (2e-3, 0.11, 20), (8e-3, 0.02, 50), (1e-3, 0.17, 20)]
+    for job, (lr, decay, warmup) in enumerate(trials):
+        make_run(sweep / str(job), [f"optimizer.lr={lr}", f"optimizer.weight_decay={decay}",
+                                    f"optimizer.warmup_steps={warmup}"], train_metrics([10.0, 5 + lr * 100], 64), {})
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"params": {
+        "optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "optimizer.weight_decay": "interval(0.0, 0.2)",
+        "optimizer.warmup_steps": "choice(0, 20, 50)"}}}}))
+    written = compare([sweep])
+    assert written["metric_plot"] == sweep / "val_loss_vs_params.png"
+    with Image.open(written["metric_plot"]) as image:
+        assert image.size == (3 * 4 * 150, int(3.5 * 150))  # three panels side by side
+    assert search_spaces([sweep / "0"])["optimizer.lr"] == "tag(log, interval(1e-4, 1e-2))"

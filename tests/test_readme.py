@@ -114,3 +114,22 @@ def test_readme_bench_command_runs(args, run_module):
     result = run_module("gpt2exp.bench", *args, *shrink)
     assert result.returncode == 0, result.stderr
     assert "gpt2exp, KV cache" in result.stdout
+
+
+@pytest.mark.slow
+def test_readme_decoding_sweep_then_compare_plots_a_figure_that_varies(run_module, text_file, tmp_path):
+    """The "Decoding sweeps" commands: six jobs train one (tiny) model long enough for the
+    temperature to matter, then compare plots a gen/* figure against the temperature."""
+    block = re.search(r"\*\*Decoding sweeps\.\*\*.*?```bash\n(.*?)```", README, re.S).group(1)
+    train_line, compare_line = [shlex.split(line)[3:] for line in block.strip().splitlines()]
+    train = run_module("gpt2exp.train", *train_line, *TINY, "data=text", f"data.path={text_file}",
+                       "trainer.max_steps=30", "trainer.eval_freq=30", "optimizer.lr=3e-3", "logger=none")
+    assert train.returncode == 0, train.stderr
+    jobs = sorted((tmp_path / "outputs" / "decoding-sweep").glob("[0-9]*"), key=lambda p: int(p.name))
+    summaries = [json.loads((job / "summary.json").read_text()) for job in jobs]
+    assert len(summaries) == 6 and len({s["final/val_loss"] for s in summaries}) == 1  # one model
+    assert len({round(s["gen/nll"], 6) for s in summaries}) > 1
+    assert all(len(read_jsonl(job / "samples.jsonl")) >= 3 for job in jobs)
+    compare = run_module("gpt2exp.compare", *compare_line)
+    assert compare.returncode == 0, compare.stderr
+    assert "outputs/decoding-sweep/gen_nll_vs_decoding.temperature.png" in compare.stdout

@@ -162,7 +162,7 @@ def test_runs_started_at_once_get_folders_of_their_own(tmp_path, tiny):
 
 def test_the_same_command_after_a_kill_resumes_its_own_folder(tmp_path, tiny, run_module):
     command = [*tiny, "hydra.run.dir=requeued", "trainer.resume=auto", "trainer.max_steps=120",
-               "trainer.eval_freq=10"]
+               "trainer.eval_freq=10", "trainer.checkpoint_freq=10"]
     first = start(tmp_path, "gpt2exp.train", *command)
     wait_for(tmp_path / "requeued" / "checkpoints" / "step-00000040.pt", first)
     time.sleep(0.3)  # past the checkpoint: some records after it that the resumed run redoes

@@ -289,6 +289,12 @@ def test_run_name_leaves_out_logging_and_launching_overrides():
     assert run_identity(sweep_dir="s", overrides=overrides)["name"] == "decoding.top_k=3,+model.x=1,decoding=sample"
 
 
+def test_sweep_jobs_are_named_by_what_the_sweep_varies():
+    overrides = ["model=small", "decoding.temperature=0.5", "trainer.max_steps=100", "decoding.top_k=3"]
+    identity = run_identity(sweep_dir="s", overrides=overrides, swept={"decoding.temperature", "decoding.top_k"})
+    assert identity["name"] == "decoding.temperature=0.5,decoding.top_k=3"
+
+
 def test_values_the_user_set_win():
     identity = run_identity(group="mine", name="run-a", tags=["x", "model:nano"], sweep_dir="a/b",
                             overrides=["model.context_length=64"], choices=CHOICES)
