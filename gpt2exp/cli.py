@@ -190,17 +190,18 @@ def tracker_options(logger_cfg: DictConfig, hydra_cfg: Any = None) -> dict:
     tags gain the chosen config options (see `tracking.run_identity`)."""
     hydra_cfg = hydra_cfg or HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    swept = sweep_keys(hydra_cfg) if multirun else set()
     identity = run_identity(
         group=logger_cfg.group,
         name=logger_cfg.name,
         tags=list(logger_cfg.tags),
         sweep_dir=hydra_cfg.sweep.dir if multirun else None,
         overrides=list(hydra_cfg.overrides.task) if multirun else (),
-        swept=sweep_keys(hydra_cfg) if multirun else frozenset(),
+        swept=swept,
         choices=dict(hydra_cfg.runtime.choices),
     )
     return {"backend": logger_cfg.backend, "mode": logger_cfg.mode, "project": logger_cfg.project,
-            "entity": logger_cfg.entity, **identity}
+            "entity": logger_cfg.entity, "swept": sorted(swept), **identity}
 
 
 def sweep_keys(hydra_cfg: Any) -> set[str]:

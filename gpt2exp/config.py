@@ -92,6 +92,7 @@ class LoggerConfig:
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     name: Optional[str] = None
+    log_model: str = "false"
 
 
 @dataclass
@@ -273,10 +274,15 @@ def check_decoding(dec: Any, vocab_size: int = VOCAB_SIZE) -> None:
              f"must be in [1, {MAX_NEW_TOKENS}]")
 
 
+LOG_MODEL = ("false", "best", "last", "all")
+
+
 def check_logger(logger: Any) -> None:
     _require(logger.backend in ("wandb", "none"), "logger.backend", logger.backend, "one of wandb, none")
     modes = ("auto", "online", "offline", "disabled")
     _require(logger.mode in modes, "logger.mode", logger.mode, "one of " + ", ".join(modes))
+    log_model = str(logger.log_model).lower()
+    _require(log_model in LOG_MODEL, "logger.log_model", logger.log_model, "one of " + ", ".join(LOG_MODEL))
     for key in ("project", "entity"):
         name = logger[key]
         if name is not None:

@@ -41,6 +41,27 @@ def checkpoint_file(ckpt: str) -> Path:
     return path
 
 
+def wandb_checkpoint(ckpt: str, mode: str) -> Path:
+    """The checkpoint file of a W&B model artifact, ``wandb:<entity>/<project>/<name>:<alias>``
+    (as `logger.log_model` logs them), downloaded into W&B's artifact cache."""
+    from gpt2exp.tracking import resolve_mode
+
+    name = ckpt.removeprefix("wandb:")
+    if resolve_mode(mode) != "online":
+        raise UserError(f"ckpt={ckpt}: W&B is not reachable from here (logging offline); run "
+                        f"`wandb artifact get {name}` where it is, then pass the file as ckpt=<file>")
+    import wandb
+
+    try:
+        folder = Path(wandb.Api().artifact(name, type="model").download())
+    except (wandb.errors.Error, ValueError) as err:
+        raise UserError(f"ckpt={ckpt}: {cli.one_line(err)}") from None
+    files = sorted(folder.glob("*.pt"))
+    if len(files) != 1:
+        raise UserError(f"ckpt={ckpt}: the artifact holds {len(files)} .pt files, not one")
+    return files[0]
+
+
 @dataclass
 class GenerationPlan:
     """What a generate run needs once every check has passed."""
@@ -64,7 +85,8 @@ def plan_generation(cfg: DictConfig) -> GenerationPlan:
                         + (f"; the newest run here is ckpt={newest}" if newest else ""))
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     check_generate_config(cfg)
-    ckpt_path = checkpoint_file(cfg.ckpt)
+    ckpt_path = wandb_checkpoint(cfg.ckpt, cfg.logger.mode) if cfg.ckpt.startswith("wandb:") else (
+        checkpoint_file(cfg.ckpt))
     checkpoint = load_checkpoint(ckpt_path)
     model_cfg = checkpoint["config"].get("model") if isinstance(checkpoint["config"], dict) else None
     if not isinstance(model_cfg, dict):

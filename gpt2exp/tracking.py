@@ -19,6 +19,18 @@ from gpt2exp.errors import UserError
 
 MODES = ("auto", "online", "offline", "disabled")
 BACKENDS = ("wandb", "none")
+# W&B's view of each job type's metrics: (name or glob, step metric, summary), in order (a
+# name's own entry after its glob's). Against tokens seen, so that runs whose steps hold
+# different numbers of tokens (a context-length or batch-size sweep) compare on equal footing.
+METRICS = {
+    "train": (
+        ("tokens_seen", None, None), ("epoch", "tokens_seen", None),
+        ("train/*", "tokens_seen", None), ("val/*", "tokens_seen", None), ("lr", "tokens_seen", None),
+        ("gen/*", "tokens_seen", None), ("val/loss", "tokens_seen", "min,last"),
+        ("val/perplexity", "tokens_seen", "min,last"), ("tokens_per_sec", "tokens_seen", "mean"),
+    ),
+    "generate": (("gen/*", None, "last"),),
+}
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 CONNECT_TIMEOUT_S = 3.0
 
@@ -99,6 +111,20 @@ def _interruptible(call: Callable[[], Any]) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def short_keys(config: dict, keys: list[str] | tuple[str, ...]) -> dict:
+    """{last part of each dotted key: its value in `config`} for keys whose last part is not
+    already a top-level key of `config` nor shared with another key."""
+    names = [key.rsplit(".", 1)[-1] for key in keys]
+    short = {}
+    for key, name in zip(keys, names):
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if "." in key and name not in config and names.count(name) == 1 and value is not None:
+            short[name] = value
+    return short
 
 
 def sweep_group(sweep_dir: str | Path) -> str:
@@ -185,8 +211,11 @@ class Tracker:
         job_type: str = "train",
         notes: str | None = None,
         run_id: str | None = None,
+        swept: list[str] | tuple[str, ...] = (),
     ):
-        """`run_id` continues that W&B run (a resumed training run) instead of starting one."""
+        """`run_id` continues that W&B run (a resumed training run) instead of starting one.
+        The W&B config is `config` plus each `swept` key's value under its last part (a short
+        top-level key, e.g. "temperature" for decoding.temperature) where that name is free."""
         if backend not in BACKENDS:
             raise UserError(f"logger.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
         self.run_dir = Path(run_dir)
@@ -200,7 +229,7 @@ class Tracker:
             import wandb
 
             options = dict(
-                dir=self.run_dir, config=config, project=project, entity=entity, group=group, tags=tags, name=name,
+                dir=self.run_dir, config={**config, **short_keys(config, swept)}, project=project, entity=entity, group=group, tags=tags, name=name,
                 job_type=job_type, notes=notes, id=run_id, resume="allow" if run_id else None,
                 reinit="finish_previous", settings=wandb.Settings(quiet=True, console="off"),
             )
@@ -213,6 +242,9 @@ class Tracker:
                 log.warning("W&B: %s; logging offline (upload later with wandb sync)", problem)
                 self.mode = "offline"
                 self._run = _interruptible(lambda: wandb.init(mode=self.mode, **options))
+            for name, step_metric, summary in METRICS.get(job_type, ()):
+                self._run.define_metric(name, step_metric=step_metric, step_sync=step_metric is not None or None,
+                                        summary=summary)
 
     @property
     def run_id(self) -> str | None:
@@ -251,6 +283,16 @@ class Tracker:
             import wandb
 
             self._run.log({key: wandb.Image(str(path))}, step=step)
+
+    def log_model(self, path: str | Path, *, aliases: list[str], metadata: dict) -> None:
+        """The checkpoint file at `path` as a version of this run's W&B model artifact
+        (`model-<run id>`, type "model"); offline it is kept with the run for `wandb sync`."""
+        if self._run:
+            import wandb
+
+            artifact = wandb.Artifact(f"model-{self._run.id}", type="model", metadata=metadata)
+            artifact.add_file(str(path), name=Path(path).name)
+            self._run.log_artifact(artifact, aliases=aliases)
 
     def summary(self, values: dict) -> None:
         """Merges `values` into the run summary and rewrites summary.json."""

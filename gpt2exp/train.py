@@ -230,6 +230,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
             print(f"interrupted at {at}; resume with: {_resume_command(run_dir)}", file=sys.stderr)
         sys.exit(stop.exit_code)
     hooks.plot(state)
+    hooks.log_models(state)
     final = state.final
     from gpt2exp.checkpoint import format_bytes
 
@@ -311,6 +312,19 @@ class RunHooks:
             self.last_step = state.step
         if is_best and trainer_cfg.keep_best:
             save_checkpoint(self.checkpoint_dir / "best.pt", step=state.step, optimizer_state=None, **payload)
+
+    def log_models(self, state) -> None:
+        """`logger.log_model`: best (best.pt, alias "best"), last (the final checkpoint, alias
+        "latest") or all (both) as versions of the run's W&B model artifact."""
+        choice = str(self.cfg.logger.get("log_model", "false")).lower()
+        best = self.checkpoint_dir / "best.pt"
+        if choice in ("best", "all") and best.is_file():
+            best_step = min(state.history, key=lambda point: point.val_loss)
+            self.tracker.log_model(best, aliases=["best"], metadata={"step": best_step.step,
+                                                                     "val_loss": best_step.val_loss})
+        if choice in ("last", "all") and self.last_checkpoint is not None:
+            self.tracker.log_model(self.last_checkpoint, aliases=["latest"],
+                                   metadata={"step": state.step, "val_loss": state.final.val_loss})
 
     def checkpoint_bytes(self) -> int:
         from gpt2exp.checkpoint import folder_bytes

@@ -238,6 +238,7 @@ def train_model(
         if skip_nonfinite:
             metrics["train/skipped_nonfinite"] = state.skipped_nonfinite
         state.step += 1
+        metrics |= {"tokens_seen": state.tokens_seen, "epoch": state.step / steps_per_epoch}
         return metrics
 
     model.train()

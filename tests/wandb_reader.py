@@ -64,7 +64,9 @@ def read_run(wandb_file: str | Path, timeout_s: float = 60.0) -> dict:
 
     Keys: "run_id", "group", "job_type", "name" (each None when not set), "tags", "history" (one
     dict per logged step, in order, with "_step"), "config" (without W&B's own "_wandb"
-    entry), "summary", "files" (paths relative to the run's files folder), "tables" ({history key: the table's JSON, {"columns", "data"}}) and
+    entry), "summary", "files" (paths relative to the run's files folder), "tables" ({history key: the table's JSON, {"columns", "data"}}),
+    "metrics" ({name or glob: {"step_metric", "summary" ops}} from define_metric), "artifacts"
+    (each logged artifact's name, type, aliases, metadata and {path: local file}) and
     "exit_code" (None if the run never finished).
     """
     deadline = time.monotonic() + timeout_s
@@ -80,7 +82,7 @@ def read_run(wandb_file: str | Path, timeout_s: float = 60.0) -> dict:
 
 def _parse_run(wandb_file: Path) -> dict:
     run = {"run_id": None, "group": None, "job_type": None, "name": None, "tags": [], "history": [], "config": {},
-           "summary": {}, "files": [], "exit_code": None}
+           "summary": {}, "files": [], "metrics": {}, "artifacts": [], "exit_code": None}
     for record in iter_records(wandb_file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -104,6 +106,18 @@ def _parse_run(wandb_file: Path) -> dict:
                 _set(run["summary"], item)
         elif kind == "files":
             run["files"].extend(f.path for f in record.files.files)
+        elif kind == "metric":
+            metric = record.metric
+            ops = [op for op in ("min", "max", "mean", "last", "first", "none") if getattr(metric.summary, op)]
+            run["metrics"][metric.name or metric.glob_name] = {"step_metric": metric.step_metric or None,
+                                                               "summary": ops}
+        elif kind == "artifact":
+            artifact = record.artifact
+            run["artifacts"].append({
+                "name": artifact.name, "type": artifact.type, "aliases": list(artifact.aliases),
+                "metadata": json.loads(artifact.metadata or "{}"),
+                "files": {entry.path: entry.local_path for entry in artifact.manifest.contents},
+            })
         elif kind == "exit":
             run["exit_code"] = record.exit.exit_code
     run["config"].pop("_wandb", None)
