@@ -24,9 +24,12 @@ from gpt2exp import run_folder
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.tracking import run_identity
 
-# An absolute path: Hydra then reads it as a folder whatever way the entrypoint was started
-# (``python -m``, or a console command, for which "../conf" would be taken for a package).
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The configs: gpt2exp/conf in an installed wheel, else the checkout's top-level conf/ (a source
+# tree or an editable install). An absolute path, so that Hydra reads it as a folder however the
+# entrypoint was started (``python -m``, or a console command, for which "../conf" would be
+# taken for a package).
+CONFIG_DIR = str(next(path for path in (Path(__file__).resolve().parent / "conf",
+                                        Path(__file__).resolve().parents[1] / "conf") if path.is_dir()))
 FAILURE_FILE = "failure.json"
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
 log = logging.getLogger("gpt2exp.cli")

@@ -22,6 +22,7 @@ BACKENDS = ("wandb", "none")
 # W&B's view of each job type's metrics: (name or glob, step metric, summary), in order (a
 # name's own entry after its glob's). Against tokens seen, so that runs whose steps hold
 # different numbers of tokens (a context-length or batch-size sweep) compare on equal footing.
+# A generate run logs its gen/* once, at step 0: W&B's defaults (step, last value) fit it.
 METRICS = {
     "train": (
         ("tokens_seen", None, None), ("epoch", "tokens_seen", None),
@@ -29,7 +30,6 @@ METRICS = {
         ("gen/*", "tokens_seen", None), ("val/loss", "tokens_seen", "min,last"),
         ("val/perplexity", "tokens_seen", "min,last"), ("tokens_per_sec", "tokens_seen", "mean"),
     ),
-    "generate": (("gen/*", None, "last"),),
 }
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 CONNECT_TIMEOUT_S = 3.0

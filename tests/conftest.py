@@ -1,7 +1,6 @@
 """Shared fixtures: an isolated token cache and offline W&B for every test, a Hydra
 compose helper, and a runner for the real ``python -m`` entrypoints."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,19 +8,11 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from helpers import CONF_DIR, SAMPLE_TEXT, TINY_MODEL
 from omegaconf import DictConfig
 
 from gpt2exp.checkpoint import save_checkpoint
 from gpt2exp.config import register_configs
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-# Enough English for a tiny model to learn from in seconds.
-SAMPLE_TEXT = "\n".join(
-    f"Line {i}: the quick brown fox jumps over the lazy dog while every effort moves you forward."
-    for i in range(400)
-)
-
 
 def pytest_addoption(parser):
     parser.addoption("--run-tutorial", action="store_true",
@@ -80,16 +71,6 @@ def compose_generate():
 
 
 # A run that takes seconds: a tiny model on a small text file, no W&B.
-TINY = [
-    "model.context_length=32",
-    "model.emb_dim=32",
-    "model.n_heads=2",
-    "model.n_layers=1",
-    "data.batch_size=4",
-    "trainer.progress=false",
-]
-
-
 @pytest.fixture
 def run_module(tmp_path):
     """Run ``python -m <module> <args>`` in a fresh folder; returns the CompletedProcess."""
@@ -105,30 +86,6 @@ def run_module(tmp_path):
         )
 
     return _run
-
-
-def run_folders(root: Path) -> list[Path]:
-    """Hydra run folders under ``root/outputs`` (those with a .hydra folder), oldest first."""
-    return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def generate_runs(root: Path) -> list[Path]:
-    """Run folders of ``gpt2exp.generate`` under ``root/outputs``, oldest first."""
-    return [p for p in run_folders(root) if (p / "samples.jsonl").exists()]
-
-
-# A benchmark that takes seconds: the same tiny model, two timed steps, four new tokens.
-TINY_BENCH = [
-    "model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
-    "bench.batch_size=2", "bench.steps=2", "bench.warmup=1", "bench.new_tokens=4",
-]
-
-TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
-              "drop_rate": 0.0, "qkv_bias": False}
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from conftest import CONF_DIR, TINY_BENCH, run_folders
+from helpers import CONF_DIR, TINY_BENCH, run_folders
 from hydra import compose, initialize_config_dir
 
 from gpt2exp.config import check_bench_config, register_configs

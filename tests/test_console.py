@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_folders
+from helpers import TINY, run_folders
 
 BIN = Path(sys.executable).parent
 COMMANDS = ("gpt2exp-train", "gpt2exp-generate", "gpt2exp-compare", "gpt2exp-bench")

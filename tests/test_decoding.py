@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import requires_cuda
 
 from gpt2exp.decoding import filter_logits, generate, next_token, to_decoding_layout
 from gpt2exp.model import GPTConfig, GPTModel
@@ -122,9 +123,6 @@ def test_decoding_layout_changes_no_token(model):
 def test_empty_prompt_is_refused(model):
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, [[1], []], max_new_tokens=3)
-
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @requires_cuda

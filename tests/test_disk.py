@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY, run_folders
+from helpers import TINY, run_folders
 
 from gpt2exp.checkpoint import folder_bytes, step_checkpoints
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import TINY_MODEL, generate_runs, read_jsonl, run_folders
-from wandb_reader import find_wandb_file, read_run
+from helpers import TINY_MODEL, generate_runs, read_jsonl, run_folders
+from helpers.wandb_reader import find_wandb_file, read_run
 
 from gpt2exp.checkpoint import save_checkpoint
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, TINY_BENCH, generate_runs, read_jsonl, run_folders
-from wandb_reader import find_wandb_file, read_run
+from helpers import TINY, TINY_BENCH, generate_runs, read_jsonl, run_folders
+from helpers.wandb_reader import find_wandb_file, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

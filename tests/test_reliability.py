@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, read_jsonl, run_folders
+from helpers import TINY, read_jsonl, run_folders
 
 from gpt2exp.atomic import write_atomic
 from gpt2exp.checkpoint import load_checkpoint

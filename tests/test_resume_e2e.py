@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLE_TEXT, TINY, run_folders
-from wandb_reader import find_wandb_file, iter_records, read_run
+from helpers import SAMPLE_TEXT, TINY, run_folders
+from helpers.wandb_reader import find_wandb_file, iter_records, read_run
 
 from gpt2exp.checkpoint import step_checkpoints
 

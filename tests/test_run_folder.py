@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, read_jsonl, run_folders
+from helpers import TINY, read_jsonl, run_folders
 
 from gpt2exp import run_folder
 

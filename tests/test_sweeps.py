@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SAMPLE_TEXT, TINY, read_jsonl
-from wandb_reader import find_wandb_file, read_run
+from helpers import SAMPLE_TEXT, TINY, read_jsonl
+from helpers.wandb_reader import find_wandb_file, read_run
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 from PIL import Image
-from wandb_reader import find_wandb_file, read_run
+from helpers.wandb_reader import find_wandb_file, read_run
 
 from gpt2exp.errors import UserError
 from gpt2exp.tracking import Tracker, resolve_mode, run_identity

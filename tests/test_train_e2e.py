@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, read_jsonl, run_folders
-from wandb_reader import find_wandb_file, read_run
+from helpers import TINY, read_jsonl, run_folders
+from helpers.wandb_reader import find_wandb_file, read_run
 
 pytestmark = pytest.mark.slow
 

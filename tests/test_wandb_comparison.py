@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
-from wandb_reader import find_wandb_file, read_run
+from helpers import TINY
+from helpers.wandb_reader import find_wandb_file, read_run
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,52 @@
+"""What the tests share besides fixtures: tiny settings, the run folders an entrypoint left, and
+the CUDA marker (`wandb_reader` reads offline W&B runs back)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+# Enough English for a tiny model to learn from in seconds.
+SAMPLE_TEXT = "\n".join(
+    f"Line {i}: the quick brown fox jumps over the lazy dog while every effort moves you forward."
+    for i in range(400)
+)
+
+TINY = [
+    "model.context_length=32",
+    "model.emb_dim=32",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "data.batch_size=4",
+    "trainer.progress=false",
+]
+
+# A benchmark that takes seconds: the same tiny model, two timed steps, four new tokens.
+TINY_BENCH = [
+    "model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
+    "bench.batch_size=2", "bench.steps=2", "bench.warmup=1", "bench.new_tokens=4",
+]
+
+TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
+              "drop_rate": 0.0, "qkv_bias": False}
+
+# CUDA-only paths (CUDA graphs, the fp16 scaler, TF32, CUDA RNG state, pinned memory): skipped
+# here, run on a lent GPU machine (gpt2exp/benchmarks/gpu_check.sh).
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def run_folders(root: Path) -> list[Path]:
+    """Hydra run folders under ``root/outputs`` (those with a .hydra folder), oldest first."""
+    return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def generate_runs(root: Path) -> list[Path]:
+    """Run folders of ``gpt2exp.generate`` under ``root/outputs``, oldest first."""
+    return [p for p in run_folders(root) if (p / "samples.jsonl").exists()]
