@@ -128,7 +128,7 @@ def generate(
     head_t = model.out_head.weight[: model.cfg.vocab_size].t().contiguous()  # [emb_dim, vocab_size] (no padding)
     if autocast:  # cast once here, not at every step
         head_t = head_t.to(cache_dtype)
-    graphed = None
+    graphed, window_start = None, 0
     cuda_graph = cuda_graph and device.type == "cuda"
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     steps = 0

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +23,9 @@ from gpt2exp.config import (
     register_configs,
 )
 from gpt2exp.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("gpt2exp.generate")
 register_configs()

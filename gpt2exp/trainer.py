@@ -16,6 +16,7 @@ from gpt2exp.errors import UserError
 from gpt2exp.precision import Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+FP32 = Precision()  # the default: no autocast
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,7 +72,7 @@ def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) ->
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Sequence[Batch], device: torch.device, precision: Precision = Precision()
+    model: nn.Module, batches: Sequence[Batch], device: torch.device, precision: Precision = FP32
 ) -> float:
     """Mean loss over fixed batches, in eval mode."""
     was_training = model.training
@@ -161,7 +162,7 @@ def train_model(
     on_checkpoint: Callable[..., None] = lambda state, *, periodic, is_best: None,
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = True,
-    precision: Precision = Precision(),
+    precision: Precision = FP32,
 ) -> TrainState:
     """Train from ``state`` (a fresh run when None) up to ``total_steps`` optimizer steps of
     ``grad_accum`` batches each; returns the state reached.

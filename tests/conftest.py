@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from helpers import CONF_DIR, SAMPLE_TEXT, TINY_MODEL
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from gpt2exp.checkpoint import save_checkpoint
 from gpt2exp.config import register_configs
+
 
 def pytest_addoption(parser):
     parser.addoption("--run-tutorial", action="store_true",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from helpers import TINY
-from PIL import Image
 from helpers.wandb_reader import find_wandb_file, read_run
+from PIL import Image
 
 from gpt2exp.errors import UserError
 from gpt2exp.tracking import Tracker, resolve_mode, run_identity

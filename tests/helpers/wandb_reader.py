@@ -64,7 +64,8 @@ def read_run(wandb_file: str | Path, timeout_s: float = 60.0) -> dict:
 
     Keys: "run_id", "group", "job_type", "name" (each None when not set), "tags", "history" (one
     dict per logged step, in order, with "_step"), "config" (without W&B's own "_wandb"
-    entry), "summary", "files" (paths relative to the run's files folder), "tables" ({history key: the table's JSON, {"columns", "data"}}),
+    entry), "summary", "files" (paths relative to the run's files folder), "tables" ({history key:
+    the table's JSON, {"columns", "data"}}),
     "metrics" ({name or glob: {"step_metric", "summary" ops}} from define_metric), "artifacts"
     (each logged artifact's name, type, aliases, metadata and {path: local file}) and
     "exit_code" (None if the run never finished).
