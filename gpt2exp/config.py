@@ -41,6 +41,7 @@ class ModelConfig:
     pad_vocab_to: int = 1
     tie_embeddings: bool = True
     weight_init: str = "gpt2"
+    init: Optional[str] = None  # a Hugging Face GPT-2 folder, or gpt2 / gpt2-medium / ... from its cache
 
 
 @dataclass
@@ -165,10 +166,34 @@ class BenchConfig:
     seed: int = 123
 
 
+@dataclass
+class EvalModel:
+    init: Optional[str] = None
+
+
+@dataclass
+class EvalSettings:
+    split: str = "test"
+    stride: int = 512
+    batch_size: int = 4
+    device: str = "auto"
+    precision: str = "fp32"
+
+
+@dataclass
+class EvalConfig:
+    ckpt: Optional[str] = None
+    model: EvalModel = field(default_factory=EvalModel)
+    data: DataConfig = field(default_factory=DataConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
     ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
+    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
 
 
 def without_keys(resolved: dict, keys: Iterable[str]) -> dict:
@@ -375,6 +400,19 @@ def check_generate_config(cfg: Any, vocab_size: int = VOCAB_SIZE) -> None:
     )
     check_device(cfg.device, "device")
     check_decoding(cfg.decoding, vocab_size)
+    check_logger(cfg.logger)
+
+
+def check_eval_config(cfg: Any) -> None:
+    """All range checks for an evaluation run (the stride against the model's context later)."""
+    check_known_keys(cfg, EvalConfig)
+    _require((cfg.ckpt is None) != (cfg.model.init is None), "ckpt", cfg.ckpt,
+             "give either ckpt=<checkpoint file or run folder> or model.init=<Hugging Face folder>, not both")
+    settings = cfg.eval
+    _require(settings.split in ("valid", "test"), "eval.split", settings.split, "one of valid, test")
+    _positive(settings, "eval", "stride", "batch_size")
+    check_device(settings.device, "eval.device")
+    check_precision(settings.precision, "eval.precision")
     check_logger(cfg.logger)
 
 

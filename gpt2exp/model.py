@@ -30,6 +30,7 @@ class GPTConfig:
     pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 suits GPU matmuls)
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2), or a Linear of its own
     weight_init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch_default: PyTorch's own
+    init: str | None = None  # the Hugging Face folder the weights started from (a record; see gpt2exp.hf_format)
 
     @property
     def padded_vocab_size(self) -> int:

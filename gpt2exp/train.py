@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gpt2exp import cli, reuse, run_folder
 from gpt2exp.config import check_fits_in_memory, check_train_config, register_configs
@@ -48,6 +48,8 @@ def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
     from gpt2exp.resume import find_resume_point
     from gpt2exp.trainer import resolve_device
 
+    if cfg.model.init is not None:
+        _adopt_hf_architecture(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     check_train_config(cfg)
     check_fits_in_memory(cfg.model)
@@ -74,6 +76,18 @@ def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
             result=summary.get("final/val_loss", resume.checkpoint["extra"]["train_state"]["best_val_loss"]),
         )
     return RunPlan(resolved, device, precision, data, total_steps, resume)
+
+
+def _adopt_hf_architecture(cfg: DictConfig) -> None:
+    """`model.init`: the model's keys become those of the HF folder's config.json (dropout off
+    unless `model.drop_rate` was given on the command line), so the run's config records them."""
+    from gpt2exp.hf_format import find_hf_folder, model_config, read_config
+
+    folder = find_hf_folder(cfg.model.init)
+    given = any(o.lstrip("+~").startswith("model.drop_rate=") for o in HydraConfig.get().overrides.task)
+    fields = model_config(read_config(folder), drop_rate=cfg.model.drop_rate if given else 0.0)
+    with open_dict(cfg):
+        cfg.model.update(fields, init=str(folder.resolve()))
 
 
 def _read_summary(run_dir: Path) -> dict:
@@ -163,6 +177,12 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
 
     trainer_cfg, opt_cfg, data, total_steps = cfg.trainer, cfg.optimizer, plan.data, plan.total_steps
     model, optimizer = _build_model(cfg, plan.resolved, plan.device)
+    if plan.resume is None and cfg.model.init is not None:
+        from gpt2exp.hf_format import read_hf_folder
+
+        _, weights = read_hf_folder(Path(cfg.model.init), **plan.resolved["model"])
+        model.load_state_dict(weights)
+        log.info("model.init: weights from %s", cfg.model.init)
     log.info(
         "model %s parameters on %s (%s) | data %s: %d train / %d val tokens | %d steps | run folder %s",
         f"{model.num_parameters():,}", plan.device, plan.precision.name, cfg.data.source, data.train_tokens,

@@ -27,7 +27,9 @@ def readme_commands() -> list[str]:
 
 
 def train_commands() -> list[list[str]]:
-    return [shlex.split(c)[3:] for c in readme_commands() if c.startswith("python -m gpt2exp.train")]
+    """The train lines, but those that start from Hugging Face weights (their own test runs them)."""
+    return [shlex.split(c)[3:] for c in readme_commands() if c.startswith("python -m gpt2exp.train")
+            and "model.init=" not in c]
 
 
 def bench_commands() -> list[list[str]]:
@@ -133,3 +135,28 @@ def test_readme_decoding_sweep_then_compare_plots_a_figure_that_varies(run_modul
     compare = run_module("gpt2exp.compare", *compare_line)
     assert compare.returncode == 0, compare.stderr
     assert "outputs/decoding-sweep/gen_nll_vs_decoding.temperature.png" in compare.stdout
+
+
+@pytest.mark.slow
+def test_readme_pretrained_eval_and_export_commands_run(run_module, tmp_path):
+    """The "Pretrained GPT-2, evaluation and export" commands as written, with a tiny random
+    HF-format GPT-2 in hf/gpt2 and WikiText files of a few thousand tokens."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "hf" / "gpt2")
+    wikitext = tmp_path / "wikitext-2"
+    wikitext.mkdir()
+    for split in ("train", "valid", "test"):
+        (wikitext / f"wiki.{split}.tokens").write_text(" = Foxes = \n" + " The quick brown fox jumps . \n" * 600)
+    block = re.search(r"## Pretrained GPT-2, evaluation and export.*?```bash\n(.*?)```", README, re.S).group(1)
+    shrink = {"gpt2exp.train": ["trainer.max_steps=2", "trainer.eval_freq=2", "trainer.eval_iter=1",
+                                "data.batch_size=2", "trainer.progress=false"]}
+    for line in block.strip().splitlines():
+        _, _, module, *args = shlex.split(line)
+        extra = [f"data.local_dir={wikitext}"] if "data=wikitext2" in args else []
+        extra += ["logger=none"] if module in ("gpt2exp.train", "gpt2exp.eval") else []
+        result = run_module(module, *args, *extra, *shrink.get(module, []))
+        assert result.returncode == 0, (line, result.stderr)
+    evals = sorted(tmp_path.glob("outputs/eval/*/*/eval.json"))
+    assert [json.loads(path.read_text())["stride"] for path in evals] == [512, 1024]
+    assert (tmp_path / "exported" / "gpt2-finetuned" / "model.safetensors").is_file()

@@ -7,12 +7,20 @@ from torch.utils.data import DataLoader
 
 from gpt2exp.data.cache import cached_tokens, tokenize
 from gpt2exp.data.loaders import EpochSampler, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
-from gpt2exp.data.sources import SOURCES, WIKITEXT_NAMES, Splits, load_splits, pydocs_documents
+from gpt2exp.data.sources import (
+    EVAL_SPLITS,
+    SOURCES,
+    WIKITEXT_NAMES,
+    Splits,
+    load_eval_text,
+    load_splits,
+    pydocs_documents,
+)
 from gpt2exp.errors import UserError
 
 __all__ = [
-    "SOURCES", "WIKITEXT_NAMES", "DataBundle", "EpochSampler", "SlidingWindowDataset", "Splits", "build_data",
-    "cached_tokens", "create_dataloader", "epoch_batches", "eval_batches", "load_splits", "pydocs_documents", "tokenize",
+    "EVAL_SPLITS", "SOURCES", "WIKITEXT_NAMES", "DataBundle", "EpochSampler", "SlidingWindowDataset", "Splits", "build_data",
+    "cached_tokens", "create_dataloader", "epoch_batches", "eval_batches", "load_eval_text", "load_splits", "pydocs_documents", "tokenize",
 ]
 
 

@@ -69,6 +69,42 @@ def load_splits(
     raise UserError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
 
 
+EVAL_SPLITS = ("valid", "test")
+
+
+def load_eval_text(source: str, *, split: str, path: str | None = None, name: str = "wikitext-2-raw-v1",
+                   local_dir: str | None = None, train_ratio: float = 0.8) -> str:
+    """The text a held-out evaluation scores: WikiText's `split` (valid or test) from
+    `local_dir` or the Hugging Face cache or hub; a text source's whole file(s); pydocs' val split."""
+    if split not in EVAL_SPLITS:
+        raise UserError(f"eval.split={split!r} is not one of: {', '.join(EVAL_SPLITS)}")
+    if source == "text":
+        return _read_text(path)
+    if source == "pydocs":
+        if split == "test":
+            raise UserError("eval.split=test: data=pydocs has no test split (use eval.split=valid)")
+        return load_splits(source, train_ratio=train_ratio).val
+    if source != "wikitext":
+        raise UserError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
+    if name not in WIKITEXT_NAMES:
+        raise UserError(f"data.name={name!r} is not a WikiText config; use one of: {', '.join(WIKITEXT_NAMES)}")
+    if local_dir:
+        folder = Path(local_dir).expanduser()
+        suffixes = (".raw", ".tokens") if "raw" in name else (".tokens", ".raw")
+        file = next((folder / f"wiki.{split}{s}" for s in suffixes if (folder / f"wiki.{split}{s}").is_file()), None)
+        if file is None:
+            raise UserError(f"data.local_dir: no wiki.{split}.tokens (or .raw) in '{folder}'")
+        return file.read_text(encoding="utf-8")
+    import datasets
+
+    try:
+        with _hugging_face_offline():
+            dataset = datasets.load_dataset(WIKITEXT_REPO, name)
+    except OSError:
+        dataset = _download_wikitext(name)
+    return "".join(dataset["validation" if split == "valid" else "test"]["text"])
+
+
 @lru_cache(maxsize=1)
 def pydocs_documents() -> tuple[str, ...]:
     """English docstrings of the installed standard library, deduplicated, in file order.

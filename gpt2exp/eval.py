@@ -1,0 +1,97 @@
+"""``python -m gpt2exp.eval ckpt=<checkpoint file or run folder> [data=wikitext2]``: held-out
+perplexity the standard way (sliding windows, each token scored once) of a trained checkpoint,
+or of a Hugging Face GPT-2 folder (``model.init=<folder>``); prints it and writes ``eval.json``."""
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from gpt2exp import cli
+from gpt2exp.config import check_eval_config, register_configs
+from gpt2exp.errors import UserError
+
+log = logging.getLogger("gpt2exp.eval")
+register_configs()
+
+
+def load_model(cfg: DictConfig):
+    """The model to score (on the CPU): the checkpoint's, or the Hugging Face folder's."""
+    from gpt2exp.checkpoint import load_checkpoint
+    from gpt2exp.generate import checkpoint_file
+    from gpt2exp.hf_format import find_hf_folder, read_hf_folder
+    from gpt2exp.model import GPTConfig, GPTModel
+
+    if cfg.model.init is not None:
+        fields, weights = read_hf_folder(find_hf_folder(cfg.model.init), drop_rate=0.0)
+    else:
+        checkpoint = load_checkpoint(checkpoint_file(cfg.ckpt))
+        fields, weights = checkpoint["config"].get("model"), checkpoint["model"]
+        if not isinstance(fields, dict):
+            raise UserError(f"ckpt: '{cfg.ckpt}' holds no model config")
+    model = GPTModel(GPTConfig(**fields))
+    model.load_state_dict(weights)
+    return model
+
+
+def evaluate(cfg: DictConfig) -> float:
+    """Score the split; returns its perplexity (for sweepers)."""
+    import torch
+
+    from gpt2exp.atomic import write_json_atomic
+    from gpt2exp.data import load_eval_text
+    from gpt2exp.perplexity import score_text
+    from gpt2exp.precision import resolve_precision
+    from gpt2exp.tokenizer import get_encoding
+    from gpt2exp.tracking import Tracker
+    from gpt2exp.trainer import resolve_device
+
+    check_eval_config(cfg)
+    settings, data = cfg.eval, cfg.data
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device, key="eval.precision")
+    model = load_model(cfg)
+    context = model.cfg.context_length
+    if settings.stride > context:
+        raise UserError(f"eval.stride={settings.stride} is not allowed: must be at most the model's context ({context})")
+    text = load_eval_text(data.source, split=settings.split, path=data.path, name=data.name,
+                          local_dir=data.local_dir, train_ratio=data.train_ratio)
+    token_ids = torch.tensor(get_encoding().encode(text, allowed_special="all"))
+    if len(token_ids) < 2:
+        raise UserError(f"eval.split={settings.split}: the text has fewer than 2 tokens")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    with Tracker(run_dir, config=resolved, job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
+        score = score_text(model.to(device), token_ids, stride=settings.stride, batch_size=settings.batch_size,
+                           precision=precision)
+        result = {
+            "split": settings.split if data.source != "text" else "text",
+            "tokens": score.tokens,
+            "mean_nll": score.mean_nll,
+            "perplexity": score.perplexity,
+            "bits_per_byte": score.bits_per_byte(len(text.encode("utf-8"))),
+            "stride": settings.stride,
+            "context_length": context,
+        }
+        write_json_atomic(run_dir / "eval.json", result)
+        tracker.summary({f"eval/{key}": value for key, value in result.items()})
+    log.info("%s: %s tokens | mean NLL %.4f | perplexity %.3f | %.4f bits/byte | stride %d of context %d",
+             result["split"], f"{score.tokens:,}", score.mean_nll, score.perplexity, result["bits_per_byte"],
+             settings.stride, context)
+    return score.perplexity
+
+
+@hydra.main(config_path=cli.CONFIG_DIR, config_name="eval", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float:
+    return cli.reports_user_errors(evaluate)(cfg)
+
+
+def main() -> None:
+    """The ``gpt2exp-eval`` console command (``python -m gpt2exp.eval``)."""
+    cli.run(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

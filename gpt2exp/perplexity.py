@@ -1,0 +1,76 @@
+"""Held-out perplexity the standard way: a model with a fixed context scores a long text through
+sliding windows (the method of the transformers perplexity guide), each token once."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gpt2exp.model import GPTModel
+from gpt2exp.precision import Precision
+
+
+@dataclass
+class Score:
+    """What a text scored: `tokens` predicted (all but the first), their summed NLL in nats."""
+
+    tokens: int
+    nll_sum: float
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.mean_nll)
+
+    def bits_per_byte(self, n_bytes: int) -> float:
+        """Summed NLL in bits over the text's UTF-8 bytes (comparable across tokenizers)."""
+        return self.nll_sum / math.log(2) / n_bytes
+
+
+def windows(n_tokens: int, context_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored) of each window over `n_tokens` tokens: windows of up to
+    `context_length + 1` tokens (`context_length` inputs, the targets shifted one right)
+    starting every `stride` tokens. Each token from the second on is scored in exactly one
+    window: in the first, after all the tokens before it; in later ones, after at least
+    `context_length - stride + 1` tokens of context (stride = context_length: disjoint windows)."""
+    spans, scored_to = [], 1
+    for begin in range(0, max(1, n_tokens - 1), stride):
+        end = min(begin + context_length + 1, n_tokens)
+        spans.append((begin, end, scored_to))
+        scored_to = end
+        if end == n_tokens:
+            break
+    return spans
+
+
+@torch.inference_mode()
+def score_text(
+    model: GPTModel, token_ids: torch.Tensor, *, stride: int, batch_size: int = 4, precision: Precision | None = None
+) -> Score:
+    """The summed NLL of 1-D `token_ids` under `model`, by `windows` (stride <= context_length)."""
+    if not 1 <= stride <= model.cfg.context_length:
+        raise ValueError(f"stride {stride} must be in [1, context_length={model.cfg.context_length}]")
+    device, precision = model.tok_emb.weight.device, precision or Precision()
+    was_training = model.training
+    model.eval()
+    nll_sum, tokens = 0.0, 0
+    spans = windows(len(token_ids), model.cfg.context_length, stride)
+    # Windows of one length run as a batch (all but the last are full).
+    for length in dict.fromkeys(end - begin for begin, end, _ in spans):
+        same = [span for span in spans if span[1] - span[0] == length]
+        for first in range(0, len(same), batch_size):
+            batch = same[first : first + batch_size]
+            rows = torch.stack([token_ids[begin:end] for begin, end, _ in batch]).to(device)
+            with precision.autocast():
+                hidden = model.hidden_states(rows[:, :-1])
+            for row, (_, end, scored_from) in enumerate(batch):
+                keep = end - scored_from  # the last `keep` targets of the window
+                logits = model.out_head(hidden[row, -keep:])[:, : model.cfg.vocab_size].float()
+                nll_sum += F.cross_entropy(logits, rows[row, -keep:], reduction="sum").item()
+                tokens += keep
+    model.train(was_training)
+    return Score(tokens=tokens, nll_sum=nll_sum)

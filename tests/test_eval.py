@@ -1,0 +1,78 @@
+"""Held-out perplexity, sliding windows: each token scored once, equal to an independent loop
+over transformers' model with the same weights, and ``python -m gpt2exp.eval`` end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TINY_MODEL, run_folders
+from helpers.wandb_reader import find_wandb_file, read_run
+
+from gpt2exp.benchmarks.hf import to_hf
+from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.perplexity import score_text, windows
+
+
+@pytest.mark.parametrize(("n_tokens", "context", "stride"), [(100, 32, 32), (100, 32, 8), (33, 32, 16), (5, 32, 7)])
+def test_every_token_but_the_first_is_scored_exactly_once(n_tokens, context, stride):
+    scored = []
+    for begin, end, first in windows(n_tokens, context, stride):
+        assert end - begin <= context + 1 and begin < first <= end
+        scored += range(first, end)
+    assert scored == list(range(1, n_tokens))
+
+
+def hf_loop(hf_model, ids: torch.Tensor, context: int, stride: int) -> tuple[float, int]:
+    """Written apart from gpt2exp: the transformers guide's loop, each token scored once."""
+    nll, count, scored_to = 0.0, 0, 1
+    for begin in range(0, len(ids) - 1, stride):
+        end = min(begin + context + 1, len(ids))
+        logits = hf_model(ids[None, begin : end - 1]).logits[0]
+        targets = ids[begin + 1 : end]
+        keep = end - scored_to
+        nll += F.cross_entropy(logits[-keep:], targets[-keep:], reduction="sum").item()
+        count, scored_to = count + keep, end
+        if end == len(ids):
+            break
+    return nll, count
+
+
+@pytest.mark.parametrize("stride", [32, 12])
+def test_perplexity_equals_an_independent_transformers_loop(stride):
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(**TINY_MODEL)).eval()
+    ids = torch.randint(0, 50257, (150,))
+    score = score_text(model, ids, stride=stride, batch_size=3)
+    with torch.no_grad():
+        nll, count = hf_loop(to_hf(model).eval(), ids, TINY_MODEL["context_length"], stride)
+    assert score.tokens == count == len(ids) - 1
+    assert score.perplexity == pytest.approx(math.exp(nll / count), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_eval_entrypoint_writes_eval_json_and_a_wandb_summary(run_module, train_run, text_file, tmp_path):
+    result = run_module("gpt2exp.eval", f"ckpt={train_run}", "data=text", f"data.path={text_file}", "eval.stride=16")
+    assert result.returncode == 0, result.stderr
+    [run_dir] = [p for p in run_folders(tmp_path) if (p / "eval.json").exists()]
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["split"] == "text" and report["stride"] == 16 and report["context_length"] == 32
+    assert report["perplexity"] == pytest.approx(math.exp(report["mean_nll"]))
+    assert f"perplexity {report['perplexity']:.3f}" in result.stdout
+    run = read_run(find_wandb_file(run_dir))
+    assert run["job_type"] == "eval" and run["summary"]["eval/perplexity"] == report["perplexity"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "message"), [
+    (["eval.stride=64"], "eval.stride=64 is not allowed: must be at most the model's context (32)"),
+    (["model.init=somewhere"], "give either ckpt=<checkpoint file or run folder> or model.init="),
+    (["eval.split=train"], "eval.split='train' is not allowed: one of valid, test"),
+])
+def test_bad_eval_input_exits_2_with_one_line(run_module, train_run, text_file, args, message):
+    result = run_module("gpt2exp.eval", f"ckpt={train_run}", "data=text", f"data.path={text_file}", "logger=none",
+                        *args)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert message in line, line

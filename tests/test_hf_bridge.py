@@ -1,0 +1,99 @@
+"""The Hugging Face bridge: start training from an HF-format GPT-2 folder (``model.init``) and
+export a checkpoint that ``transformers`` loads (``python -m gpt2exp.export``), both offline."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import TINY, read_jsonl, run_folders
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from gpt2exp.decoding import generate
+from gpt2exp.errors import UserError
+from gpt2exp.hf_format import read_hf_folder
+from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.tokenizer import get_encoding
+
+HF_TINY = {"vocab_size": 50257, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}
+
+
+@pytest.fixture(params=["safetensors", "bin"])
+def hf_folder(request, tmp_path):
+    """A small random GPT2LMHeadModel saved as transformers saves it."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**HF_TINY)).eval()
+    folder = tmp_path / f"hf-{request.param}"
+    model.save_pretrained(folder, safe_serialization=request.param == "safetensors")
+    return folder, model
+
+
+def test_an_hf_folder_loads_with_the_same_logits_and_greedy_tokens(hf_folder):
+    folder, hf_model = hf_folder
+    fields, weights = read_hf_folder(folder, drop_rate=0.0)
+    model = GPTModel(GPTConfig(**fields)).eval()
+    model.load_state_dict(weights)
+    tokens = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf_model(tokens).logits, atol=1e-5, rtol=1e-5)
+        ours = generate(model, tokens[:1, :5], max_new_tokens=10).new_tokens[0]
+        theirs = hf_model.generate(tokens[:1, :5], max_new_tokens=10, do_sample=False, pad_token_id=0)[0, 5:]
+    assert ours == theirs.tolist()
+
+
+def test_a_misshapen_weight_is_named(hf_folder):
+    folder, _ = hf_folder
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "n_embd": 64, "n_head": 4}))
+    with pytest.raises(UserError, match=r"model.init: .* 'wte.weight' has shape \(50257, 32\), the architecture"):
+        read_hf_folder(folder)
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_an_hf_folder_starts_at_its_loss_and_lowers_it(hf_folder, tmp_path, text_file):
+    folder, _ = hf_folder
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", *TINY, f"model.init={folder}", "data=text", f"data.path={text_file}",
+         "trainer.max_steps=20", "trainer.eval_freq=10", "optimizer.lr=3e-3", "logger=none"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_folders(tmp_path)
+    config = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["config"]["model"]
+    assert (config["emb_dim"], config["n_layers"], config["context_length"], config["drop_rate"]) == (32, 2, 64, 0.0)
+    assert config["init"] == str(folder.resolve()) and config["qkv_bias"] is True
+    evals = [m["val/loss"] for m in read_jsonl(run_dir / "metrics.jsonl") if "val/loss" in m]
+    assert evals[-1] < evals[0] - 1
+
+
+@pytest.mark.slow
+def test_model_init_without_files_says_where_to_put_them(run_module, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = run_module("gpt2exp.train", *TINY, "model.init=gpt2", "logger=none")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: model.init=gpt2: not in the Hugging Face cache") and "model.init=<folder>" in line
+
+
+@pytest.mark.slow
+def test_export_gives_a_folder_transformers_loads_with_the_same_logits_and_text(train_run, tmp_path):
+    out = tmp_path / "exported"
+    result = subprocess.run([sys.executable, "-m", "gpt2exp.export", f"ckpt={train_run}", f"out={out}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    hf_model = GPT2LMHeadModel.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = "Every effort moves you"
+    assert tokenizer(text)["input_ids"] == get_encoding().encode(text)
+    checkpoint = torch.load(train_run / "checkpoints" / "last.pt", weights_only=True)
+    model = GPTModel(GPTConfig(**checkpoint["config"]["model"])).eval()
+    model.load_state_dict(checkpoint["model"])
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(ids).logits, model(ids), atol=1e-5, rtol=1e-5)
+        theirs = hf_model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)[0]
+    assert tokenizer.decode(theirs) == get_encoding().decode(generate(model, ids, max_new_tokens=8).token_ids[0])
+    again = subprocess.run([sys.executable, "-m", "gpt2exp.export", f"ckpt={train_run}", f"out={out}"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "exists and is not an empty folder" in again.stderr
