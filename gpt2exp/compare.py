@@ -25,6 +25,8 @@ FIGURES = {  # table column: metrics.jsonl key (the last value logged is the fin
     "val_loss": "val/loss",
     "train_perplexity": "train/perplexity",
     "val_perplexity": "val/perplexity",
+    "test_loss": "test/loss",
+    "test_perplexity": "test/perplexity",
     "tokens_seen": "tokens_seen",
     "gen/tokens_per_sec": "gen/tokens_per_sec",
     "gen/distinct_1": "gen/distinct_1",
@@ -90,7 +92,8 @@ def table(rows: list[dict]) -> tuple[list[str], list[list]]:
     """Columns and cells: run, status, the swept overrides, the figures any row has, the last
     sample when decoding settings are swept, the job a model was reused from, error."""
     swept = swept_keys(rows)
-    figures = [c for c in ("train_loss", "val_loss", "train_perplexity", "val_perplexity", "tokens_per_sec",
+    figures = [c for c in ("train_loss", "val_loss", "train_perplexity", "val_perplexity", "test_loss",
+                           "test_perplexity", "tokens_per_sec",
                            *[c for c in FIGURES if c.startswith("gen/")]) if any(r[c] is not None for r in rows)]
     extras = [c for c in ("reused_from", "error") if any(r[c] != "" for r in rows)]
     if any(k.startswith("decoding") for k in swept):

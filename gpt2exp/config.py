@@ -116,6 +116,7 @@ class TrainerConfig:
     keep_last: int = 1
     keep_best: bool = True
     save_optimizer: bool = True
+    test: Optional[bool] = None
     resume: Optional[str] = None
     skip_nonfinite: bool = False
 

@@ -39,6 +39,7 @@ class RunPlan:
     data: Any
     total_steps: int
     resume: Any
+    test_text: str | None = None  # the held-out split scored at the end (`trainer.test`)
 
 
 def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
@@ -75,7 +76,27 @@ def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
             f"its checkpoint: {resume.run_dir / 'checkpoints' / 'last.pt'}; nothing new written",
             result=summary.get("final/val_loss", resume.checkpoint["extra"]["train_state"]["best_val_loss"]),
         )
-    return RunPlan(resolved, device, precision, data, total_steps, resume)
+    return RunPlan(resolved, device, precision, data, total_steps, resume, _test_text(cfg))
+
+
+def _test_text(cfg: DictConfig) -> str | None:
+    """WikiText's test split when `trainer.test` is on (null: on for WikiText when its test split
+    can be read, off otherwise)."""
+    from gpt2exp.data import load_eval_text
+
+    test, data = cfg.trainer.test, cfg.data
+    if test is False or (test is None and data.source != "wikitext"):
+        return None
+    if data.source != "wikitext":
+        raise UserError(f"trainer.test=true needs a test split: data.source={data.source!r} has none (use "
+                        "data=wikitext2, or python -m gpt2exp.eval data=text data.path=... on a held-out file)")
+    try:
+        return load_eval_text(data.source, split="test", name=data.name, local_dir=data.local_dir)
+    except UserError as err:
+        if test:
+            raise
+        log.warning("trainer.test: no test split (%s); the run ends without it", err)
+        return None
 
 
 def _adopt_hf_architecture(cfg: DictConfig) -> None:
@@ -170,6 +191,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
     to resume; a non-finite loss exits 1 naming the step (a multirun fails that job only)."""
     import torch
 
+    from gpt2exp.checkpoint import format_bytes
     from gpt2exp.data import eval_batches
     from gpt2exp.interrupt import GracefulStop
     from gpt2exp.rng import restore_rng_state
@@ -252,8 +274,7 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
     hooks.plot(state)
     hooks.log_models(state)
     final = state.final
-    from gpt2exp.checkpoint import format_bytes
-
+    test = _score_test(plan.test_text, model, plan.precision, tracker, state.step)
     checkpoint_bytes = hooks.checkpoint_bytes()
     log.info("done: val loss %.3f (first %.3f) | checkpoint %s | checkpoints take %s", final.val_loss,
              state.history[0].val_loss, hooks.last_checkpoint, format_bytes(checkpoint_bytes))
@@ -267,7 +288,28 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
         "skipped_nonfinite": state.skipped_nonfinite,
         "checkpoint_bytes": checkpoint_bytes,
         **sampler.metrics,
+        **test,
     }
+
+
+def _score_test(text: str | None, model, precision, tracker, step: int) -> dict:
+    """`trainer.test`: the test split's loss and perplexity as `gpt2exp.eval` scores them
+    (stride min(512, context)), logged at the last step; {} when off."""
+    if text is None:
+        return {}
+    import torch
+
+    from gpt2exp.perplexity import score_text
+    from gpt2exp.tokenizer import get_encoding
+
+    stride = min(512, model.cfg.context_length)
+    score = score_text(model, torch.tensor(get_encoding().encode(text, allowed_special="all")), stride=stride,
+                       precision=precision)
+    metrics = {"test/loss": score.mean_nll, "test/perplexity": score.perplexity}
+    tracker.log_metrics(metrics, step=step)
+    log.info("test: %s tokens | loss %.4f | perplexity %.3f (stride %d)", f"{score.tokens:,}", score.mean_nll,
+             score.perplexity, stride)
+    return {**metrics, "test/tokens": score.tokens, "test/stride": stride}
 
 
 class RunHooks:

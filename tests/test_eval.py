@@ -76,3 +76,25 @@ def test_bad_eval_input_exits_2_with_one_line(run_module, train_run, text_file, 
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert message in line, line
+
+
+@pytest.mark.slow
+def test_a_wikitext_run_ends_scored_on_the_test_split_and_compare_shows_it(run_module, tmp_path):
+    from helpers import TINY
+
+    wikitext = tmp_path / "wikitext-2"
+    wikitext.mkdir()
+    for split in ("train", "valid", "test"):
+        (wikitext / f"wiki.{split}.tokens").write_text(" = Foxes = \n" + " The quick brown fox jumps . \n" * 300)
+    result = run_module("gpt2exp.train", *TINY, "data=wikitext2", f"data.local_dir={wikitext}", "trainer.max_steps=2",
+                        "logger=none")
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_folders(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test/perplexity"] == pytest.approx(math.exp(summary["test/loss"]))
+    assert summary["test/stride"] == 32 and summary["test/tokens"] > 1000
+    compare = run_module("gpt2exp.compare", str(run_dir))
+    assert compare.returncode == 0 and "test_loss" in compare.stdout.splitlines()[0]
+    off = run_module("gpt2exp.train", *TINY, "data=text", f"data.path={wikitext / 'wiki.test.tokens'}",
+                     "trainer.test=true", "logger=none")
+    assert off.returncode == 2 and "trainer.test=true needs a test split" in off.stderr
