@@ -26,16 +26,15 @@ def bench(cfg: DictConfig) -> list[Row]:
     import torch
     import transformers
 
+    from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.model import GPTConfig, GPTModel
-    from gpt2exp.precision import resolve_precision
-    from gpt2exp.trainer import resolve_device
 
     check_bench_config(cfg)
     settings, sections = cfg.bench, set(cfg.bench.sections)
     transformers.logging.set_verbosity_error()
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, key="bench.device")
     precision = resolve_precision(settings.precision, device, key="bench.precision")
     torch.manual_seed(cfg.seed)
     model = GPTModel(GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True)),
@@ -68,7 +67,7 @@ def _peak_rows(device) -> list[Row]:
     import torch
 
     from gpt2exp.benchmarks.flops import matmul_flops
-    from gpt2exp.precision import bf16_supported
+    from gpt2exp.devices import bf16_supported
 
     rows = [("peak", "matmul fp32", matmul_flops(device, torch.float32) / 1e9, "GFLOP/s")]
     if bf16_supported(device):
@@ -105,7 +104,7 @@ def _train_rows(cfg: DictConfig, model, device, precision, peaks: dict[str, tupl
     from gpt2exp.benchmarks.hf import to_hf
     from gpt2exp.benchmarks.timing import time_first_call, time_interleaved
     from gpt2exp.benchmarks.training import train_step
-    from gpt2exp.precision import Precision, bf16_supported
+    from gpt2exp.devices import Precision, bf16_supported
     from gpt2exp.trainer import make_optimizer
 
     settings, opt = cfg.bench, cfg.optimizer

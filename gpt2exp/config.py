@@ -17,8 +17,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
+from gpt2exp.devices import PRECISIONS
 from gpt2exp.errors import UserError
-from gpt2exp.precision import PRECISIONS
 from gpt2exp.tokenizer import VOCAB_SIZE
 
 SAMPLERS = ("windows", "random")

@@ -42,15 +42,14 @@ def evaluate(cfg: DictConfig) -> float:
 
     from gpt2exp.atomic import write_json_atomic
     from gpt2exp.data import load_eval_text
+    from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.perplexity import score_text
-    from gpt2exp.precision import resolve_precision
     from gpt2exp.tokenizer import get_encoding
     from gpt2exp.tracking import Tracker
-    from gpt2exp.trainer import resolve_device
 
     check_eval_config(cfg)
     settings, data = cfg.eval, cfg.data
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, key="eval.device")
     precision = resolve_precision(settings.precision, device, key="eval.precision")
     model = load_model(cfg)
     context = model.cfg.context_length

@@ -81,7 +81,7 @@ def plan_generation(cfg: DictConfig) -> GenerationPlan:
     """Check everything a user can get wrong (config, checkpoint, decoding against the model)
     before a model is built or a file is written; raises UserError (or a config error)."""
     from gpt2exp.checkpoint import load_checkpoint
-    from gpt2exp.trainer import resolve_device
+    from gpt2exp.devices import resolve_device
 
     if OmegaConf.is_missing(cfg, "ckpt"):
         newest = _newest_run(Path("outputs"))
@@ -103,7 +103,7 @@ def plan_generation(cfg: DictConfig) -> GenerationPlan:
         raise UserError(f"ckpt: '{ckpt_path}' declares a model that cannot be built: {cli.one_line(err)}") from None
     _check_weights_fit(model_cfg, checkpoint["model"], ckpt_path)
     check_decoding(cfg.decoding, model_cfg["vocab_size"])
-    return GenerationPlan(resolved, ckpt_path, checkpoint, model_cfg, resolve_device(cfg.device))
+    return GenerationPlan(resolved, ckpt_path, checkpoint, model_cfg, resolve_device(cfg.device, key="device"))
 
 
 def _newest_run(outputs: Path) -> Path | None:

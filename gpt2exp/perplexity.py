@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gpt2exp.devices import Precision
 from gpt2exp.model import GPTModel
-from gpt2exp.precision import Precision
 
 
 @dataclass

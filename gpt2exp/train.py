@@ -45,9 +45,8 @@ class RunPlan:
 def plan_run(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> RunPlan:
     """Check everything a user can get wrong (config, resume folder, data, model size) before
     a model is built or a file is written; raises UserError (or a config error) naming the key."""
-    from gpt2exp.precision import resolve_precision
+    from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.resume import find_resume_point
-    from gpt2exp.trainer import resolve_device
 
     if cfg.model.init is not None:
         _adopt_hf_architecture(cfg)

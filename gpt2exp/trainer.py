@@ -12,30 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from gpt2exp.data.loaders import epoch_batches
-from gpt2exp.errors import UserError
-from gpt2exp.precision import Precision
+from gpt2exp.devices import Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 FP32 = Precision()  # the default: no autocast
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else MPS, else the CPU; a named device must exist."""
-    if name != "auto":
-        device = torch.device(name)
-        present = {
-            "cpu": True,
-            "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
-            "mps": torch.backends.mps.is_available(),
-        }
-        if not present.get(device.type, False):
-            raise UserError(f"trainer.device={name!r} is not available on this machine; use auto or cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def make_optimizer(

@@ -9,8 +9,8 @@ from helpers import CONF_DIR, TINY_BENCH, run_folders
 from hydra import compose, initialize_config_dir
 
 from gpt2exp.config import check_bench_config, register_configs
+from gpt2exp.devices import bf16_supported
 from gpt2exp.errors import UserError
-from gpt2exp.precision import bf16_supported
 
 BF16 = bf16_supported(torch.device("cpu"))
 
@@ -86,3 +86,11 @@ def test_bench_can_train_gpt2exp_alone_with_activation_checkpointing(run_module)
     assert "| train batch 3, activation checkpointing | generate batch 1 and 8 |" in header
     measures = [re.split(r"\s{2,}", line.strip())[1] for line in result.stdout.splitlines()[2:]]
     assert "gpt2exp" in measures and not any("transformers" in m for m in measures)
+
+
+def test_an_absent_device_is_named_by_the_key_that_asked_for_it():
+    from gpt2exp.devices import resolve_device
+    from gpt2exp.errors import UserError
+
+    with pytest.raises(UserError, match=r"^bench.device='cuda:99' is not available on this machine"):
+        resolve_device("cuda:99", key="bench.device")

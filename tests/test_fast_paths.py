@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 import gpt2exp.loss
 from gpt2exp.decoding import generate
+from gpt2exp.devices import Precision, bf16_supported, resolve_precision
 from gpt2exp.errors import UserError
 from gpt2exp.model import GPTConfig, GPTModel
-from gpt2exp.precision import Precision, bf16_supported, resolve_precision
 from gpt2exp.trainer import make_optimizer
 
 TINY = GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)

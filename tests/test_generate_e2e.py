@@ -65,6 +65,7 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_one_warning(run_module
         ("ckpt=hollow.pt", "ckpt: 'hollow.pt' is an incomplete gpt2exp checkpoint (its 'model' is missing"),
         ("ckpt=huge.pt", "ckpt: 'huge.pt' declares a model that cannot be built: model: 826,335,133,696 parameters"),
         ("ckpt=misfit.pt", "ckpt: 'misfit.pt' holds weights that do not fit its model config (first: "),
+        ("device=cuda:99", "device='cuda:99' is not available on this machine"),
         ("ckpt=wandb:me/gpt2exp/model-abc123:best", "ckpt=wandb:me/gpt2exp/model-abc123:best: W&B is not reachable "
          "from here (logging offline); run `wandb artifact get me/gpt2exp/model-abc123:best` where it is"),
     ],

@@ -7,7 +7,7 @@ from gpt2exp.benchmarks.timing import time_interleaved
 from gpt2exp.model import GPTModel
 
 # Rated dense peaks in FLOP/s by precision; fp32 on these GPUs means TF32 matmuls (enabled by
-# gpt2exp.precision). The first name that occurs in the device's name wins.
+# gpt2exp.devices). The first name that occurs in the device's name wins.
 _RATED_PEAKS = {
     "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 378e12},
     "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},

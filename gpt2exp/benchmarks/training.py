@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gpt2exp.precision import Precision
+from gpt2exp.devices import Precision
 
 
 def train_step(

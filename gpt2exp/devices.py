@@ -1,6 +1,7 @@
-"""A run's numeric precision: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler), and TF32
-matmuls on NVIDIA GPUs from Ampere on. (torch is imported on use, so that the config checks,
-which need ``PRECISIONS`` only, stay quick to import.)"""
+"""Where and how a run computes: its device (``auto``, cpu, cuda[:N], mps) and its numeric
+precision (fp32, or bf16/fp16 autocast, fp16 with a gradient scaler; TF32 matmuls on NVIDIA GPUs
+from Ampere on). Each resolver names the config key it was given in its errors. (torch is
+imported on use, so that the config checks, which need ``PRECISIONS`` only, stay quick to import.)"""
 
 from __future__ import annotations
 
@@ -71,3 +72,24 @@ def resolve_precision(name: str, device: torch.device, key: str = "trainer.preci
     if name == "auto":
         name = "bf16" if bf16_supported(device) else "fp16" if device.type == "cuda" else "fp32"
     return Precision(name, device.type)
+
+
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """``auto`` picks CUDA when present, else MPS, else the CPU; a named device must exist."""
+    import torch
+
+    if name != "auto":
+        device = torch.device(name)
+        present = {
+            "cpu": True,
+            "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+            "mps": torch.backends.mps.is_available(),
+        }
+        if not present.get(device.type, False):
+            raise UserError(f"{key}={name!r} is not available on this machine; use auto or cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
