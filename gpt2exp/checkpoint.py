@@ -143,7 +143,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises UserError for a missing, unreadable, corrupt or foreign file; never runs pickled code.
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as err:  # e.g. a name too long for the file system
+        raise UserError(f"ckpt: '{path}' cannot be read ({err.strerror})") from None
+    if not is_file:
         raise UserError(f"ckpt: '{path}' does not exist or is not a file")
     try:
         _check_crcs(path)

@@ -1,5 +1,6 @@
 """Next-token selection (greedy, temperature, top-k, top-p) and KV-cached generation."""
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -168,6 +169,20 @@ def generate(
         new_tokens=[row[:n] for row, n in zip(new_tokens, kept)],
         logprobs=[row[:n] for row, n in zip(logprobs[:, :steps].tolist(), kept)],
     )
+
+
+def sample_continuations(
+    model: GPTModel, prompt: Sequence[int], *, num_samples: int, seed: int, temperature: float, **settings
+) -> tuple[Generation, float]:
+    """`num_samples` continuations of one prompt, row i drawing from a generator seeded
+    `seed + i` (one row when greedy: the others would repeat it), and the seconds they took.
+    `settings` are `generate`'s max_new_tokens, top_k, top_p, eos_id."""
+    count = 1 if temperature == 0 else num_samples
+    device = model.tok_emb.weight.device
+    generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(count)]
+    start = time.perf_counter()
+    out = generate(model, [list(prompt)] * count, temperature=temperature, generator=generators, **settings)
+    return out, time.perf_counter() - start
 
 
 def _window_pad(pad: torch.Tensor | None, window_start: int) -> torch.Tensor | None:

@@ -19,18 +19,15 @@ register_configs()
 
 def load_model(cfg: DictConfig):
     """The model to score (on the CPU): the checkpoint's, or the Hugging Face folder's."""
-    from gpt2exp.checkpoint import load_checkpoint
-    from gpt2exp.generate import checkpoint_file
+    from gpt2exp.generate import checked_checkpoint, checkpoint_file
     from gpt2exp.hf_format import find_hf_folder, read_hf_folder
     from gpt2exp.model import GPTConfig, GPTModel
 
     if cfg.model.init is not None:
         fields, weights = read_hf_folder(find_hf_folder(cfg.model.init), drop_rate=0.0)
     else:
-        checkpoint = load_checkpoint(checkpoint_file(cfg.ckpt))
-        fields, weights = checkpoint["config"].get("model"), checkpoint["model"]
-        if not isinstance(fields, dict):
-            raise UserError(f"ckpt: '{cfg.ckpt}' holds no model config")
+        checkpoint, fields = checked_checkpoint(checkpoint_file(cfg.ckpt))
+        weights = checkpoint["model"]
     model = GPTModel(GPTConfig(**fields))
     model.load_state_dict(weights)
     return model

@@ -14,18 +14,14 @@ USAGE = "usage: python -m gpt2exp.export ckpt=<checkpoint file or run folder> ou
 
 def export(ckpt: str, out: str) -> Path:
     """Write the checkpoint's model into `out` (a new or empty folder); returns it."""
-    from gpt2exp.checkpoint import load_checkpoint
-    from gpt2exp.generate import checkpoint_file
+    from gpt2exp.generate import checked_checkpoint, checkpoint_file
     from gpt2exp.hf_format import write_hf_folder
     from gpt2exp.model import GPTConfig, GPTModel
 
     out_dir = Path(out).expanduser()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"out: '{out}' exists and is not an empty folder; name a new one")
-    checkpoint = load_checkpoint(checkpoint_file(ckpt))
-    model_cfg = checkpoint["config"].get("model")
-    if not isinstance(model_cfg, dict):
-        raise UserError(f"ckpt: '{ckpt}' holds no model config")
+    checkpoint, model_cfg = checked_checkpoint(checkpoint_file(ckpt))
     model = GPTModel(GPTConfig(**model_cfg))
     model.load_state_dict(checkpoint["model"])
     return write_hf_folder(model, out_dir)

@@ -4,7 +4,6 @@ temperature plot."""
 
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,13 +34,13 @@ def checkpoint_file(ckpt: str) -> Path:
     """A checkpoint file as given, or a run folder's ``checkpoints/last.pt``."""
     path = Path(ckpt).expanduser()
     try:
-        if path.is_dir():
-            path = path / "checkpoints" / "last.pt"
-            if not path.is_file():
-                raise UserError(f"ckpt: run folder '{ckpt}' has no checkpoints/last.pt")
-        path.is_file()
+        is_dir = path.is_dir()
     except OSError as err:  # e.g. a name too long for the file system
         raise UserError(f"ckpt: '{ckpt}' cannot be read ({err.strerror})") from None
+    if is_dir:
+        path = path / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise UserError(f"ckpt: run folder '{ckpt}' has no checkpoints/last.pt")
     return path
 
 
@@ -80,7 +79,6 @@ class GenerationPlan:
 def plan_generation(cfg: DictConfig) -> GenerationPlan:
     """Check everything a user can get wrong (config, checkpoint, decoding against the model)
     before a model is built or a file is written; raises UserError (or a config error)."""
-    from gpt2exp.checkpoint import load_checkpoint
     from gpt2exp.devices import resolve_device
 
     if OmegaConf.is_missing(cfg, "ckpt"):
@@ -91,6 +89,16 @@ def plan_generation(cfg: DictConfig) -> GenerationPlan:
     check_generate_config(cfg)
     ckpt_path = wandb_checkpoint(cfg.ckpt, cfg.logger.mode) if cfg.ckpt.startswith("wandb:") else (
         checkpoint_file(cfg.ckpt))
+    checkpoint, model_cfg = checked_checkpoint(ckpt_path)
+    check_decoding(cfg.decoding, model_cfg["vocab_size"])
+    return GenerationPlan(resolved, ckpt_path, checkpoint, model_cfg, resolve_device(cfg.device, key="device"))
+
+
+def checked_checkpoint(ckpt_path: Path) -> tuple[dict, dict]:
+    """(checkpoint, its model config) of a checkpoint whose model can be built on this machine
+    and whose weights fit that config; raises UserError naming what does not."""
+    from gpt2exp.checkpoint import load_checkpoint
+
     checkpoint = load_checkpoint(ckpt_path)
     model_cfg = checkpoint["config"].get("model") if isinstance(checkpoint["config"], dict) else None
     if not isinstance(model_cfg, dict):
@@ -102,8 +110,7 @@ def plan_generation(cfg: DictConfig) -> GenerationPlan:
     except (UserError, OmegaConfBaseException) as err:
         raise UserError(f"ckpt: '{ckpt_path}' declares a model that cannot be built: {cli.one_line(err)}") from None
     _check_weights_fit(model_cfg, checkpoint["model"], ckpt_path)
-    check_decoding(cfg.decoding, model_cfg["vocab_size"])
-    return GenerationPlan(resolved, ckpt_path, checkpoint, model_cfg, resolve_device(cfg.device, key="device"))
+    return checkpoint, model_cfg
 
 
 def _newest_run(outputs: Path) -> Path | None:
@@ -137,7 +144,7 @@ def generate(cfg: DictConfig) -> None:
     plan = plan_generation(cfg)
     import torch
 
-    from gpt2exp.decoding import generate, to_decoding_layout
+    from gpt2exp.decoding import sample_continuations, to_decoding_layout
     from gpt2exp.model import GPTConfig, GPTModel
     from gpt2exp.plots import plot_next_token_probs
     from gpt2exp.text_metrics import generation_metrics
@@ -168,13 +175,10 @@ def generate(cfg: DictConfig) -> None:
         num_samples = 1
 
     with Tracker(run_dir, config=resolved, job_type="generate", **cli.tracker_options(cfg.logger)) as tracker:
-        generators = [torch.Generator(device=device).manual_seed(dec.seed + i) for i in range(num_samples)]
-        start = time.perf_counter()
-        out = generate(
-            model, [prompt_ids] * num_samples, max_new_tokens=dec.max_new_tokens, temperature=dec.temperature,
-            top_k=dec.top_k, top_p=dec.top_p, eos_id=dec.eos_id, generator=generators,
+        out, seconds = sample_continuations(
+            model, prompt_ids, num_samples=num_samples, seed=dec.seed, temperature=dec.temperature,
+            max_new_tokens=dec.max_new_tokens, top_k=dec.top_k, top_p=dec.top_p, eos_id=dec.eos_id,
         )
-        seconds = time.perf_counter() - start
         for i, token_ids in enumerate(out.token_ids):
             text = encoding.decode(token_ids)
             tracker.log_sample(step=0, prompt=cfg.prompt, text=text, settings={**settings, "sample": i})

@@ -106,7 +106,6 @@ def from_hf_state_dict(weights: dict[str, torch.Tensor], cfg: GPTConfig, source:
                "final_norm.bias": "ln_f.bias", "out_head.weight": "wte.weight"}
     if not cfg.tie_embeddings:
         mapping["out_head.weight"] = "lm_head.weight"
-        weights.setdefault("lm_head.weight", weights.get("wte.weight"))
     parts = {"norm1": "ln_1", "attn.qkv": "attn.c_attn", "attn.out_proj": "attn.c_proj", "norm2": "ln_2",
              "ff.fc": "mlp.c_fc", "ff.out_proj": "mlp.c_proj"}
     state = {}
@@ -119,7 +118,7 @@ def from_hf_state_dict(weights: dict[str, torch.Tensor], cfg: GPTConfig, source:
         tensor = weights.get(hf_name)
         if tensor is None:
             raise UserError(f"model.init: {source} has no weight {hf_name!r} for this architecture")
-        if hf_name.endswith(".weight") and any(hf_name.endswith(f"{p}.weight") for p in ("c_attn", "c_proj", "c_fc")):
+        if hf_name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):  # Conv1D: [in, out]
             tensor = tensor.t()
         if name in ("tok_emb.weight", "out_head.weight"):
             tensor = torch.cat([tensor, tensor.new_zeros(shape[0] - tensor.shape[0], *tensor.shape[1:])])
@@ -162,6 +161,12 @@ def read_config(folder: Path) -> dict:
 def read_hf_folder(folder: Path, **overrides) -> tuple[dict, dict[str, torch.Tensor]]:
     """(GPTConfig fields, GPTModel state dict) of an HF GPT-2 folder; `overrides` set config fields."""
     fields = model_config(read_config(folder), **overrides)
+    return fields, load_hf_weights(folder, GPTConfig(**fields))
+
+
+def load_hf_weights(folder: Path, cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """The folder's weights (model.safetensors, else pytorch_model.bin) as a state dict of
+    ``GPTModel(cfg)``, shapes checked."""
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
@@ -172,7 +177,7 @@ def read_hf_folder(folder: Path, **overrides) -> tuple[dict, dict[str, torch.Ten
         weights = torch.load(source, map_location="cpu", weights_only=True)
     else:
         raise UserError(f"model.init: {folder} holds config.json but neither model.safetensors nor pytorch_model.bin")
-    return fields, from_hf_state_dict(weights, GPTConfig(**fields), str(source))
+    return from_hf_state_dict(weights, cfg, str(source))
 
 
 def write_hf_folder(model: GPTModel, out: Path) -> Path:

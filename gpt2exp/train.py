@@ -199,10 +199,9 @@ def _train_model(cfg: DictConfig, plan: RunPlan, run_dir: Path, tracker, wandb_g
     trainer_cfg, opt_cfg, data, total_steps = cfg.trainer, cfg.optimizer, plan.data, plan.total_steps
     model, optimizer = _build_model(cfg, plan.resolved, plan.device)
     if plan.resume is None and cfg.model.init is not None:
-        from gpt2exp.hf_format import read_hf_folder
+        from gpt2exp.hf_format import load_hf_weights
 
-        _, weights = read_hf_folder(Path(cfg.model.init), **plan.resolved["model"])
-        model.load_state_dict(weights)
+        model.load_state_dict(load_hf_weights(Path(cfg.model.init), model.cfg))
         log.info("model.init: weights from %s", cfg.model.init)
     log.info(
         "model %s parameters on %s (%s) | data %s: %d train / %d val tokens | %d steps | run folder %s",
@@ -377,7 +376,7 @@ class RunHooks:
     def log_models(self, state) -> None:
         """`logger.log_model`: best (best.pt, alias "best"), last (the final checkpoint, alias
         "latest") or all (both) as versions of the run's W&B model artifact."""
-        choice = str(self.cfg.logger.get("log_model", "false")).lower()
+        choice = str(self.cfg.logger.log_model).lower()
         best = self.checkpoint_dir / "best.pt"
         if choice in ("best", "all") and best.is_file():
             best_step = min(state.history, key=lambda point: point.val_loss)
@@ -438,20 +437,17 @@ class Sampler:
         self.metrics: dict = {}
 
     def __call__(self, step: int, epoch: int | None, final: bool = False) -> None:
-        import torch
-
-        from gpt2exp.decoding import generate
+        from gpt2exp.decoding import sample_continuations
         from gpt2exp.text_metrics import generation_metrics
 
         dec = self.dec
         final = final or step == self.total_steps
-        count = (1 if dec.temperature == 0 else dec.num_samples) if final else 1
-        generators = [torch.Generator(device=self.device).manual_seed(dec.seed + i) for i in range(count)]
-        start = time.perf_counter()
-        out = generate(self.model, [self.prompt_ids] * count, max_new_tokens=dec.max_new_tokens,
-                       temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p, eos_id=dec.eos_id,
-                       generator=generators)
-        seconds = time.perf_counter() - start
+        out, seconds = sample_continuations(
+            self.model, self.prompt_ids, num_samples=dec.num_samples if final else 1, seed=dec.seed,
+            temperature=dec.temperature, max_new_tokens=dec.max_new_tokens, top_k=dec.top_k, top_p=dec.top_p,
+            eos_id=dec.eos_id,
+        )
+        count = len(out.token_ids)
         for i, token_ids in enumerate(out.token_ids):
             text = self.encoding.decode(token_ids)
             settings = {**self.settings, "sample": i} if count > 1 else self.settings
