@@ -10,10 +10,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gpt2exp import cli
-from gpt2exp.config import check_bench_config, register_configs
+from gpt2exp.config import BenchConfig, register_configs
 
 log = logging.getLogger("gpt2exp.bench")
 register_configs()
@@ -21,15 +21,14 @@ register_configs()
 Row = tuple[str, str, float, str]
 
 
-def bench(cfg: DictConfig) -> list[Row]:
+def bench(cfg: BenchConfig) -> list[Row]:
     """Run the configured sections; returns the table's rows (section, measure, value, unit)."""
     import torch
     import transformers
 
     from gpt2exp.devices import resolve_device, resolve_precision
-    from gpt2exp.model import GPTConfig, GPTModel
+    from gpt2exp.model import GPTModel
 
-    check_bench_config(cfg)
     settings, sections = cfg.bench, set(cfg.bench.sections)
     transformers.logging.set_verbosity_error()
     if settings.threads is not None:
@@ -37,8 +36,7 @@ def bench(cfg: DictConfig) -> list[Row]:
     device = resolve_device(settings.device, key="bench.device")
     precision = resolve_precision(settings.precision, device, key="bench.precision")
     torch.manual_seed(cfg.seed)
-    model = GPTModel(GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True)),
-                     activation_checkpointing=settings.activation_checkpointing).to(device)
+    model = GPTModel(cfg.model, activation_checkpointing=settings.activation_checkpointing).to(device)
     m = model.cfg
     log.info(
         "model: %d layers, %d wide, %d heads, context %d, %s parameters | train batch %d%s%s | generate "
@@ -91,7 +89,7 @@ def _mfu_peaks(device, peak_rows: list[Row]) -> dict[str, tuple[float, str]]:
     return peaks
 
 
-def _train_rows(cfg: DictConfig, model, device, precision, peaks: dict[str, tuple[float, str]]) -> list[Row]:
+def _train_rows(cfg: BenchConfig, model, device, precision, peaks: dict[str, tuple[float, str]]) -> list[Row]:
     """gpt2exp and transformers (and, when the run is fp32 and bf16 runs natively, gpt2exp under
     bf16 autocast) train in turn on the same batch from the same weights. Each one's first step
     (compile included) is timed on its own; on CUDA so is its peak memory in training: its
@@ -107,18 +105,16 @@ def _train_rows(cfg: DictConfig, model, device, precision, peaks: dict[str, tupl
     from gpt2exp.devices import Precision, bf16_supported
     from gpt2exp.trainer import make_optimizer
 
-    settings, opt = cfg.bench, cfg.optimizer
+    settings = cfg.bench
     context_length = model.cfg.context_length
     generator = torch.Generator().manual_seed(cfg.seed)
     windows = torch.randint(0, model.cfg.vocab_size, (settings.batch_size, context_length + 1), generator=generator)
     inputs, targets = windows[:, :-1].to(device), windows[:, 1:].to(device)
-    optimizer_options = {"lr": opt.lr, "weight_decay": opt.weight_decay, "betas": opt.betas, "eps": opt.eps,
-                         "weight_decay_on": opt.weight_decay_on}
     compiled = torch.compile if settings.compile else lambda module: module
     runs = {}  # name: (precision, module, optimizer, step)
 
     def add(name, module, loss_fn, step_precision):
-        optimizer = make_optimizer(module, **optimizer_options)
+        optimizer = make_optimizer(module, cfg.optimizer)
         runs[name] = (step_precision, module, optimizer, train_step(loss_fn, module, optimizer, step_precision))
 
     ours = compiled(model)
@@ -235,8 +231,8 @@ def _format_value(value: float) -> str:
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def _run(cfg: DictConfig) -> None:
-    rows = bench(cfg)
+def _run(composed: DictConfig) -> None:
+    rows = bench(cli.typed(composed, BenchConfig))
     log.info("%s", format_table(rows))
     records = [dict(zip(("section", "measure", "value", "unit"), row)) for row in rows]
     (Path(HydraConfig.get().runtime.output_dir) / "bench.json").write_text(json.dumps(records, indent=1) + "\n")

@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gpt2exp import run_folder
+from gpt2exp.config import LoggerConfig
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.tracking import run_identity
 
@@ -33,6 +35,7 @@ CONFIG_DIR = str(next(path for path in (Path(__file__).resolve().parent / "conf"
 FAILURE_FILE = "failure.json"
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
 log = logging.getLogger("gpt2exp.cli")
+T = TypeVar("T")
 
 
 def one_line(err: BaseException) -> str:
@@ -187,7 +190,35 @@ class FailedJobs(Callback):
             sys.exit(1)
 
 
-def tracker_options(logger_cfg: DictConfig, hydra_cfg: Any = None) -> dict:
+def typed(cfg: DictConfig, schema: type[T]) -> T:
+    """The composed config as its dataclass (``OmegaConf.to_object``, which runs each section's
+    checks); first refuses keys that ``+key=value`` added to a typed section, and NUL characters
+    (no path or name holds one)."""
+    for section in fields(schema):
+        if is_dataclass(section.type) and isinstance(cfg.get(section.name), DictConfig):
+            allowed = {f.name for f in fields(section.type)}
+            for key in cfg[section.name]:
+                if key not in allowed:
+                    raise UserError(f"{section.name}.{key}={cfg[section.name][key]!r} is not allowed: unknown key")
+    for key, text in _strings(OmegaConf.to_container(cfg, resolve=True), ""):
+        if "\x00" in text:
+            raise UserError(f"{key}={text!r} is not allowed: must not contain a NUL character")
+    return OmegaConf.to_object(cfg)
+
+
+def _strings(value: Any, key: str):
+    """(dotted key, string) for every string in a config value, lists and sections included."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _strings(item, f"{key}.{name}".lstrip("."))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item, key)
+    elif isinstance(value, str):
+        yield key, value
+
+
+def tracker_options(logger_cfg: LoggerConfig, hydra_cfg: Any = None) -> dict:
     """`Tracker` keyword arguments from a `logger` config section and Hydra's runtime state:
     in a multirun the group defaults to the sweep's, the name to the job's overrides, and the
     tags gain the chosen config options (see `tracking.run_identity`)."""

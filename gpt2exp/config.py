@@ -1,8 +1,11 @@
-"""Typed schemas for the Hydra configs, and the range checks that types cannot express.
+"""The typed configs the code runs on: one dataclass per config section, each default in one
+place (here: the YAML options in conf/ hold only what they change), each range checked next to
+its field in ``__post_init__``, raising ``UserError`` with one line naming the key.
 
-The dataclasses are registered in Hydra's ConfigStore and sit first in each primary
-config's defaults list, so a wrong type or an unknown key fails at compose time. The
-``check_*`` functions raise ``UserError`` with one line naming the key and what is allowed.
+The top-level dataclasses are registered in Hydra's ConfigStore and sit first in each primary
+config's defaults list, so a wrong type or an unknown key fails at compose time; each entrypoint
+then turns the composed config into its dataclass once (`cli.typed`), which runs the checks.
+torch-free, so that the model, the entrypoints and the tests share it cheaply.
 """
 
 import hashlib
@@ -10,120 +13,282 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import MISSING
 
-from gpt2exp.devices import PRECISIONS
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import VOCAB_SIZE
 
+SOURCES = ("pydocs", "text", "wikitext")
+WIKITEXT_NAMES = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
 SAMPLERS = ("windows", "random")
 WEIGHT_INITS = ("gpt2", "torch_default")
+SCHEDULES = ("constant", "cosine")
 DECAY_TARGETS = ("matrices", "all")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("wandb", "none")
+MODES = ("auto", "online", "offline", "disabled")
+LOG_MODEL = ("false", "best", "last", "all")
+EVAL_SPLITS = ("valid", "test")
+BENCH_SECTIONS = ("peak", "train", "generate", "data")
 MAX_NEW_TOKENS = 65_536
 _WANDB_NAME_FORBIDDEN = "/\\#?%:"
-BENCH_SECTIONS = ("peak", "train", "generate", "data")
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise UserError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _at_least_one(section: object, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _require(value >= 1, f"{prefix}.{name}", value, "must be an integer >= 1")
+
+
+def _one_of(value: Any, key: str, choices: tuple) -> None:
+    _require(value in choices, key, value, "one of " + ", ".join(map(str, choices)))
+
+
+def check_device(device: str, key: str) -> None:
+    _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device) is not None, key, device,
+             "one of auto, cpu, cuda, cuda:N, mps")
 
 
 @dataclass
 class ModelConfig:
+    """GPT-2's shape, in the seed's keys; the defaults besides the size are OpenAI's."""
+
+    context_length: int
+    emb_dim: int
+    n_heads: int
+    n_layers: int
     vocab_size: int = VOCAB_SIZE
-    context_length: int = MISSING
-    emb_dim: int = MISSING
-    n_heads: int = MISSING
-    n_layers: int = MISSING
-    drop_rate: float = 0.0
-    qkv_bias: bool = False
-    pad_vocab_to: int = 1
-    tie_embeddings: bool = True
-    weight_init: str = "gpt2"
+    drop_rate: float = 0.1
+    qkv_bias: bool = True
+    pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 suits GPU matmuls)
+    tie_embeddings: bool = True  # the output head is the token embedding (GPT-2), or a Linear of its own
+    weight_init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch_default: PyTorch's own
     init: Optional[str] = None  # a Hugging Face GPT-2 folder, or gpt2 / gpt2-medium / ... from its cache
+
+    def __post_init__(self) -> None:
+        _at_least_one(self, "model", "context_length", "emb_dim", "n_heads", "n_layers")
+        _require(self.emb_dim % self.n_heads == 0, "model.n_heads", self.n_heads,
+                 f"must divide model.emb_dim={self.emb_dim}")
+        _require(self.vocab_size >= VOCAB_SIZE, "model.vocab_size", self.vocab_size, f"must be >= {VOCAB_SIZE}")
+        _require(1 <= self.pad_vocab_to <= 4096, "model.pad_vocab_to", self.pad_vocab_to, "must be in [1, 4096]")
+        _require(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "must be in [0, 1)")
+        _one_of(self.weight_init, "model.weight_init", WEIGHT_INITS)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """The model config a checkpoint records (older ones lack the newer keys, which keep their
+        defaults); raises UserError for one this gpt2exp cannot build."""
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise UserError(f"a model config this gpt2exp does not know ({err})") from None
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.pad_vocab_to) * self.pad_vocab_to
+
+    def num_parameters(self) -> int:
+        """The model's parameter count (a tied embedding counted once)."""
+        emb = self.emb_dim
+        per_layer = 12 * emb * emb + 10 * emb + (3 * emb if self.qkv_bias else 0)
+        heads = 1 if self.tie_embeddings else 2  # the embedding doubles as the head, or not
+        return (heads * self.padded_vocab_size + self.context_length) * emb + self.n_layers * per_layer + 2 * emb
+
+    def check_fits_in_memory(self) -> None:
+        """The fp32 weights are built in host memory first: refuse a model larger than the machine's."""
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        count = self.num_parameters()
+        if 4 * count > total:
+            raise UserError(
+                f"model: {count:,} parameters need {4 * count / 1e9:,.0f} GB for their weights alone, "
+                f"more than this machine's {total / 1e9:,.0f} GB; lower model.emb_dim, model.n_layers, "
+                "model.context_length or model.vocab_size"
+            )
 
 
 @dataclass
 class DataConfig:
-    source: str = "pydocs"
-    path: Optional[str] = None
-    name: str = "wikitext-2-raw-v1"
-    local_dir: Optional[str] = None
+    source: str = "pydocs"  # pydocs | text | wikitext
+    path: Optional[str] = None  # data=text: a file, a folder of *.txt files, or a glob
+    name: str = "wikitext-2-raw-v1"  # data=wikitext*: the WikiText config
+    local_dir: Optional[str] = None  # data=wikitext*: a folder with the released wiki.*.tokens (or .raw) files
     train_ratio: float = 0.9
     batch_size: int = 8
-    stride: int = II("model.context_length")
-    sampler: str = "windows"
+    stride: Optional[int] = None  # tokens between window starts; null: model.context_length (no overlap)
+    sampler: str = "windows"  # windows: each epoch every window once; random: windows at random offsets
     shuffle: bool = True
     drop_last: bool = True
     num_workers: int = 0
-    cache_dir: str = "${oc.env:GPT2EXP_CACHE_DIR,'~/.cache/gpt2exp'}"
+    cache_dir: str = "${oc.env:GPT2EXP_CACHE_DIR,'~/.cache/gpt2exp'}"  # tokenized corpora
+
+    def __post_init__(self) -> None:
+        _one_of(self.source, "data.source", SOURCES)
+        if self.source == "wikitext":
+            _one_of(self.name, "data.name", WIKITEXT_NAMES)
+        _at_least_one(self, "data", "batch_size")
+        if self.stride is not None:
+            _at_least_one(self, "data", "stride")
+        _require(0 < self.train_ratio < 1, "data.train_ratio", self.train_ratio, "must be between 0 and 1 (exclusive)")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+        _one_of(self.sampler, "data.sampler", SAMPLERS)
 
 
 @dataclass
 class OptimizerConfig:
+    """AdamW; weight decay on the weight matrices only (or `weight_decay_on: all`)."""
+
     name: str = "adamw"
-    lr: float = 4e-4
+    lr: float = 1e-3
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    schedule: str = "constant"
-    warmup_steps: int = 0
+    schedule: str = "cosine"  # constant | cosine (to min_lr_ratio * lr), after a linear warmup
+    warmup_steps: int = 20
     min_lr_ratio: float = 0.1
     weight_decay_on: str = "matrices"
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "optimizer.name", ("adamw",))
+        _require(0 < self.lr < math.inf, "optimizer.lr", self.lr, "must be > 0 and finite")
+        _require(0 <= self.weight_decay < math.inf, "optimizer.weight_decay", self.weight_decay,
+                 "must be >= 0 and finite")
+        betas = list(self.betas)
+        _require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optimizer.betas", betas, "two values in [0, 1)")
+        _require(0 < self.eps < math.inf, "optimizer.eps", self.eps, "must be > 0 and finite")
+        _one_of(self.schedule, "optimizer.schedule", SCHEDULES)
+        _require(self.warmup_steps >= 0, "optimizer.warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        _one_of(self.weight_decay_on, "optimizer.weight_decay_on", DECAY_TARGETS)
 
 
 @dataclass
 class DecodingConfig:
-    temperature: float = 0.0
+    """How continuations are drawn; the defaults are greedy decoding."""
+
+    temperature: float = 0.0  # 0 is greedy
     top_k: Optional[int] = None
     top_p: Optional[float] = None
-    eos_id: Optional[int] = None
-    max_new_tokens: int = 50
-    num_samples: int = 1
+    eos_id: Optional[int] = None  # stop a continuation at this token
+    max_new_tokens: int = 40
+    num_samples: int = 3  # continuations drawn and scored (gen/*); greedy makes one
     seed: int = 123
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.temperature < math.inf, "decoding.temperature", self.temperature,
+                 "must be >= 0 and finite (0 is greedy)")
+        _require(0 <= self.seed < 2**63, "decoding.seed", self.seed, "must be in [0, 2**63)")
+        if self.top_p is not None:
+            _require(0 < self.top_p <= 1, "decoding.top_p", self.top_p, "must be in (0, 1] or null")
+        _at_least_one(self, "decoding", "max_new_tokens", "num_samples")
+        _require(self.max_new_tokens <= MAX_NEW_TOKENS, "decoding.max_new_tokens", self.max_new_tokens,
+                 f"must be in [1, {MAX_NEW_TOKENS}]")
+        if self.top_k is not None:
+            _require(self.top_k >= 1, "decoding.top_k", self.top_k, "must be >= 1 or null")
+        if self.eos_id is not None:
+            _require(self.eos_id >= 0, "decoding.eos_id", self.eos_id, "must be >= 0 or null")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """The token ids and top_k against a model's vocabulary."""
+        if self.top_k is not None:
+            _require(1 <= self.top_k <= vocab_size, "decoding.top_k", self.top_k, f"must be in [1, {vocab_size}] or null")
+        if self.eos_id is not None:
+            _require(0 <= self.eos_id < vocab_size, "decoding.eos_id", self.eos_id,
+                     f"must be in [0, {vocab_size}) or null")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def settings(self) -> dict:
+        """What a logged sample records of the settings that drew it."""
+        return {key: getattr(self, key) for key in ("temperature", "top_k", "top_p", "max_new_tokens", "eos_id", "seed")}
 
 
 @dataclass
 class LoggerConfig:
-    backend: str = "wandb"
+    """Weights & Biases. mode auto: online when an API key is configured, else offline."""
+
+    backend: str = "wandb"  # wandb | none (the run folder's files only)
     mode: str = "auto"
     project: str = "gpt2exp"
     entity: Optional[str] = None
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     name: Optional[str] = None
-    log_model: str = "false"
+    log_model: str = "false"  # checkpoints as W&B model artifacts: false | best | last | all
+
+    def __post_init__(self) -> None:
+        self.log_model = str(self.log_model).lower()  # YAML's `false` arrives as "False"
+        _one_of(self.backend, "logger.backend", BACKENDS)
+        _one_of(self.mode, "logger.mode", MODES)
+        _one_of(self.log_model, "logger.log_model", LOG_MODEL)
+        for key in ("project", "entity"):
+            name = getattr(self, key)
+            if name is not None:
+                _require(0 < len(name) <= 128 and not set(name) & set(_WANDB_NAME_FORBIDDEN), f"logger.{key}", name,
+                         f"1 to 128 characters, none of {_WANDB_NAME_FORBIDDEN}")
 
 
 @dataclass
 class TrainerConfig:
+    """The loop; the defaults are the CPU quickstart's (about 3 minutes on 2 cores)."""
+
     epochs: int = 1
-    max_steps: Optional[int] = None
-    eval_freq: int = 50
+    max_steps: Optional[int] = 800  # null: `epochs` whole epochs
+    eval_freq: int = 100
     eval_iter: int = 5
-    sample_freq: Optional[int] = None
-    start_context: str = "Every effort moves you"
+    sample_freq: Optional[int] = 200  # null: after every epoch
+    start_context: str = "Return the"
     grad_accum: int = 1
     grad_clip: Optional[float] = 1.0
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA)
     compile: bool = False
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
     progress: bool = True
-    checkpoint_freq: Optional[int] = None
-    checkpoint_minutes: Optional[float] = 30.0
-    keep_last: int = 1
-    keep_best: bool = True
-    save_optimizer: bool = True
-    test: Optional[bool] = None
-    resume: Optional[str] = None
-    skip_nonfinite: bool = False
+    checkpoint_freq: Optional[int] = None  # steps between checkpoints; null: by time only
+    checkpoint_minutes: Optional[float] = 30.0  # wall minutes between checkpoints; null: by steps only
+    keep_last: int = 1  # step checkpoints kept; 2 or more: resume falls back to an older one if the newest is bad
+    keep_best: bool = True  # best.pt: the weights (only) at the lowest val loss
+    save_optimizer: bool = True  # AdamW's state in step checkpoints, so that a resume continues exactly
+    test: Optional[bool] = None  # score the test split at the end; null: for WikiText when it can be read
+    resume: Optional[str] = None  # a run folder, or auto: the newest run folder with this config
+    skip_nonfinite: bool = False  # skip steps whose loss or gradient is NaN/inf instead of stopping
+
+    def __post_init__(self) -> None:
+        _at_least_one(self, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "keep_last")
+        for key in ("max_steps", "sample_freq", "checkpoint_freq"):
+            if getattr(self, key) is not None:
+                _require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key),
+                         "must be an integer >= 1 or null")
+        if self.checkpoint_minutes is not None:
+            _require(self.checkpoint_minutes > 0, "trainer.checkpoint_minutes", self.checkpoint_minutes,
+                     "must be > 0 or null")
+        if self.grad_clip is not None:
+            _require(0 < self.grad_clip < math.inf, "trainer.grad_clip", self.grad_clip,
+                     "must be > 0 and finite, or null")
+        _require(self.start_context != "", "trainer.start_context", self.start_context, "must not be empty")
+        check_device(self.device, "trainer.device")
+        _one_of(self.precision, "trainer.precision", PRECISIONS)
+        if self.resume is not None:
+            _require(self.resume.strip() != "", "trainer.resume", self.resume, "a run folder, auto, or null")
 
 
 @dataclass
 class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    """``python -m gpt2exp.train``."""
+
+    model: ModelConfig = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
@@ -131,37 +296,63 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 123
 
+    def __post_init__(self) -> None:
+        _require(0 <= self.seed < 2**63, "seed", self.seed, "must be in [0, 2**63)")
+        self.decoding.check_vocab(self.model.vocab_size)
+        if self.data.stride is None:
+            self.data.stride = self.model.context_length
+
 
 @dataclass
 class GenerateConfig:
-    ckpt: str = MISSING
+    """``python -m gpt2exp.generate``."""
+
+    ckpt: str = MISSING  # a checkpoint file, a run folder, or wandb:<entity/project/name:alias>
     prompt: str = "Every effort moves you"
     device: str = "auto"
-    plot_temperatures: list[float] = field(default_factory=lambda: [1.0, 0.3, 1.5])
+    plot_temperatures: list[float] = field(default_factory=lambda: [1.0, 0.3, 1.5])  # the next-token figure's
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.prompt != "", "prompt", self.prompt, "must not be empty")
+        _require(len(self.plot_temperatures) > 0 and all(t > 0 for t in self.plot_temperatures),
+                 "plot_temperatures", list(self.plot_temperatures), "one or more values > 0")
+        check_device(self.device, "device")
 
 
 @dataclass
 class BenchSettings:
     batch_size: int = 8
-    steps: int = 10
+    steps: int = 10  # timed training steps per model (after warmup), taken in turn
     warmup: int = 2
     device: str = "auto"
-    precision: str = "fp32"
-    compile: bool = False
-    activation_checkpointing: bool = False
-    transformers: bool = True
-    threads: Optional[int] = None
-    new_tokens: int = 32
-    num_samples: int = 8
-    text_path: Optional[str] = None
+    precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (CUDA), for both models
+    compile: bool = False  # torch.compile both models for the training section
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (both models)
+    transformers: bool = True  # train transformers' GPT2LMHeadModel beside gpt2exp (false: gpt2exp alone)
+    threads: Optional[int] = None  # torch.set_num_threads; null keeps PyTorch's default
+    new_tokens: int = 32  # generation section: new tokens per run (greedy at batch 1, then sampled)
+    num_samples: int = 8  # generation section: continuations sampled at once (batch num_samples)
+    text_path: Optional[str] = None  # data section: a UTF-8 file to tokenize; null: the pydocs corpus
     sections: list[str] = field(default_factory=lambda: list(BENCH_SECTIONS))
+
+    def __post_init__(self) -> None:
+        _at_least_one(self, "bench", "batch_size", "steps", "new_tokens", "num_samples")
+        _require(self.warmup >= 0, "bench.warmup", self.warmup, "must be an integer >= 0")
+        if self.threads is not None:
+            _require(self.threads >= 1, "bench.threads", self.threads, "must be an integer >= 1 or null")
+        check_device(self.device, "bench.device")
+        _one_of(self.precision, "bench.precision", PRECISIONS)
+        _require(bool(self.sections) and set(self.sections) <= set(BENCH_SECTIONS), "bench.sections",
+                 list(self.sections), "a non-empty list of " + ", ".join(BENCH_SECTIONS))
 
 
 @dataclass
 class BenchConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    """``python -m gpt2exp.bench``."""
+
+    model: ModelConfig = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     bench: BenchSettings = field(default_factory=BenchSettings)
     seed: int = 123
@@ -169,32 +360,46 @@ class BenchConfig:
 
 @dataclass
 class EvalModel:
-    init: Optional[str] = None
+    init: Optional[str] = None  # a Hugging Face GPT-2 folder (or name in its cache), instead of ckpt
 
 
 @dataclass
 class EvalSettings:
-    split: str = "test"
-    stride: int = 512
+    split: str = "test"  # valid | test (WikiText); data=text scores the whole file
+    stride: int = 512  # tokens between window starts; each token is scored once
     batch_size: int = 4
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (CUDA)
+
+    def __post_init__(self) -> None:
+        _one_of(self.split, "eval.split", EVAL_SPLITS)
+        _at_least_one(self, "eval", "stride", "batch_size")
+        check_device(self.device, "eval.device")
+        _one_of(self.precision, "eval.precision", PRECISIONS)
 
 
 @dataclass
 class EvalConfig:
+    """``python -m gpt2exp.eval``."""
+
     ckpt: Optional[str] = None
     model: EvalModel = field(default_factory=EvalModel)
     data: DataConfig = field(default_factory=DataConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
+    def __post_init__(self) -> None:
+        _require((self.ckpt is None) != (self.model.init is None), "ckpt", self.ckpt,
+                 "give either ckpt=<checkpoint file or run folder> or model.init=<Hugging Face folder>, not both")
+
+
+SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "bench_schema": BenchConfig,
+           "eval_schema": EvalConfig}
+
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
-    ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
-    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+    for name, schema in SCHEMAS.items():
+        ConfigStore.instance().store(name=name, node=schema)
 
 
 def without_keys(resolved: dict, keys: Iterable[str]) -> dict:
@@ -212,228 +417,3 @@ def without_keys(resolved: dict, keys: Iterable[str]) -> dict:
 def config_hash(resolved: dict, ignored: Iterable[str] = ()) -> str:
     """sha256 (hex) of a resolved config without the `ignored` dotted keys."""
     return hashlib.sha256(json.dumps(without_keys(resolved, ignored), sort_keys=True).encode()).hexdigest()
-
-
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise UserError(f"{key}={value!r} is not allowed: {allowed}")
-
-
-def _positive(section: Any, prefix: str, *keys: str) -> None:
-    for key in keys:
-        value = section[key]
-        _require(value >= 1, f"{prefix}.{key}", value, "must be an integer >= 1")
-
-
-def check_data(data: Any) -> None:
-    _positive(data, "data", "batch_size", "stride")
-    _require(0 < data.train_ratio < 1, "data.train_ratio", data.train_ratio, "must be between 0 and 1 (exclusive)")
-    _require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be >= 0")
-    _require(data.sampler in SAMPLERS, "data.sampler", data.sampler, "one of " + ", ".join(SAMPLERS))
-
-
-def check_model(model: Any) -> None:
-    _positive(model, "model", "context_length", "emb_dim", "n_heads", "n_layers")
-    _require(
-        model.emb_dim % model.n_heads == 0,
-        "model.n_heads",
-        model.n_heads,
-        f"must divide model.emb_dim={model.emb_dim}",
-    )
-    _require(model.vocab_size >= VOCAB_SIZE, "model.vocab_size", model.vocab_size, f"must be >= {VOCAB_SIZE}")
-    pad = model.get("pad_vocab_to", 1)  # checkpoints from before vocabulary padding lack the key
-    _require(1 <= pad <= 4096, "model.pad_vocab_to", pad, "must be in [1, 4096]")
-    _require(0.0 <= model.drop_rate < 1.0, "model.drop_rate", model.drop_rate, "must be in [0, 1)")
-    init = model.get("weight_init", "gpt2")  # checkpoints from before the option lack it
-    _require(init in WEIGHT_INITS, "model.weight_init", init, "one of " + ", ".join(WEIGHT_INITS))
-
-
-def model_parameters(model: Any) -> int:
-    """The parameter count of `GPTModel` with these settings (a tied embedding counted once)."""
-    emb, bias = model.emb_dim, 3 * model.emb_dim if model.qkv_bias else 0
-    per_layer = 12 * emb * emb + 10 * emb + bias
-    pad = model.get("pad_vocab_to", 1)
-    padded_vocab = -(-model.vocab_size // pad) * pad
-    heads = 1 if model.get("tie_embeddings", True) else 2  # the embedding doubles as the head, or not
-    return (heads * padded_vocab + model.context_length) * emb + model.n_layers * per_layer + 2 * emb
-
-
-def check_fits_in_memory(model: Any) -> None:
-    """The fp32 weights are built in host memory first: refuse a model larger than the machine's."""
-    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    weights = 4 * model_parameters(model)
-    if weights > total:
-        raise UserError(
-            f"model: {model_parameters(model):,} parameters need {weights / 1e9:,.0f} GB for their weights alone, "
-            f"more than this machine's {total / 1e9:,.0f} GB; lower model.emb_dim, model.n_layers, "
-            "model.context_length or model.vocab_size"
-        )
-
-
-def check_optimizer(opt: Any) -> None:
-    _require(opt.name == "adamw", "optimizer.name", opt.name, "must be 'adamw'")
-    _require(0 < opt.lr < math.inf, "optimizer.lr", opt.lr, "must be > 0 and finite")
-    _require(0 <= opt.weight_decay < math.inf, "optimizer.weight_decay", opt.weight_decay, "must be >= 0 and finite")
-    betas = list(opt.betas)
-    _require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optimizer.betas", betas, "two values in [0, 1)")
-    _require(0 < opt.eps < math.inf, "optimizer.eps", opt.eps, "must be > 0 and finite")
-    _require(opt.schedule in ("constant", "cosine"), "optimizer.schedule", opt.schedule, "one of constant, cosine")
-    _require(opt.warmup_steps >= 0, "optimizer.warmup_steps", opt.warmup_steps, "must be >= 0")
-    _require(0 <= opt.min_lr_ratio <= 1, "optimizer.min_lr_ratio", opt.min_lr_ratio, "must be in [0, 1]")
-    _require(opt.weight_decay_on in DECAY_TARGETS, "optimizer.weight_decay_on", opt.weight_decay_on,
-             "one of " + ", ".join(DECAY_TARGETS))
-
-
-def check_decoding(dec: Any, vocab_size: int = VOCAB_SIZE) -> None:
-    _require(
-        0 <= dec.temperature < math.inf, "decoding.temperature", dec.temperature, "must be >= 0 and finite (0 is greedy)"
-    )
-    _require(0 <= dec.seed < 2**63, "decoding.seed", dec.seed, "must be in [0, 2**63)")
-    if dec.top_k is not None:
-        _require(1 <= dec.top_k <= vocab_size, "decoding.top_k", dec.top_k, f"must be in [1, {vocab_size}] or null")
-    if dec.top_p is not None:
-        _require(0 < dec.top_p <= 1, "decoding.top_p", dec.top_p, "must be in (0, 1] or null")
-    if dec.eos_id is not None:
-        _require(0 <= dec.eos_id < vocab_size, "decoding.eos_id", dec.eos_id, f"must be in [0, {vocab_size}) or null")
-    _positive(dec, "decoding", "max_new_tokens", "num_samples")
-    _require(dec.max_new_tokens <= MAX_NEW_TOKENS, "decoding.max_new_tokens", dec.max_new_tokens,
-             f"must be in [1, {MAX_NEW_TOKENS}]")
-
-
-LOG_MODEL = ("false", "best", "last", "all")
-
-
-def check_logger(logger: Any) -> None:
-    _require(logger.backend in ("wandb", "none"), "logger.backend", logger.backend, "one of wandb, none")
-    modes = ("auto", "online", "offline", "disabled")
-    _require(logger.mode in modes, "logger.mode", logger.mode, "one of " + ", ".join(modes))
-    log_model = str(logger.log_model).lower()
-    _require(log_model in LOG_MODEL, "logger.log_model", logger.log_model, "one of " + ", ".join(LOG_MODEL))
-    for key in ("project", "entity"):
-        name = logger[key]
-        if name is not None:
-            _require(0 < len(name) <= 128 and not set(name) & set(_WANDB_NAME_FORBIDDEN), f"logger.{key}", name,
-                     f"1 to 128 characters, none of {_WANDB_NAME_FORBIDDEN}")
-
-
-def check_device(device: str, key: str) -> None:
-    _require(
-        re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device) is not None,
-        key,
-        device,
-        "one of auto, cpu, cuda, cuda:N, mps",
-    )
-
-
-def check_precision(precision: str, key: str) -> None:
-    _require(precision in PRECISIONS, key, precision, "one of " + ", ".join(PRECISIONS))
-
-
-def check_trainer(trainer: Any) -> None:
-    _positive(trainer, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "keep_last")
-    if trainer.checkpoint_freq is not None:
-        _positive(trainer, "trainer", "checkpoint_freq")
-    if trainer.checkpoint_minutes is not None:
-        _require(trainer.checkpoint_minutes > 0, "trainer.checkpoint_minutes", trainer.checkpoint_minutes,
-                 "must be > 0 or null")
-    for key in ("max_steps", "sample_freq"):
-        if trainer[key] is not None:
-            _require(trainer[key] >= 1, f"trainer.{key}", trainer[key], "must be an integer >= 1 or null")
-    if trainer.grad_clip is not None:
-        clip = trainer.grad_clip
-        _require(0 < clip < math.inf, "trainer.grad_clip", clip, "must be > 0 and finite, or null")
-    _require(trainer.start_context != "", "trainer.start_context", trainer.start_context, "must not be empty")
-    check_device(trainer.device, "trainer.device")
-    check_precision(trainer.precision, "trainer.precision")
-    if trainer.resume is not None:
-        _require(trainer.resume.strip() != "", "trainer.resume", trainer.resume, "a run folder, auto, or null")
-
-
-def check_known_keys(cfg: Any, schema: type) -> None:
-    """Refuse keys that ``+key=value`` appended to a typed section."""
-    for section in fields(schema):
-        allowed = {f.name for f in fields(section.type)} if is_dataclass(section.type) else None
-        if allowed is None or section.name not in cfg:
-            continue
-        for key in cfg[section.name]:
-            _require(key in allowed, f"{section.name}.{key}", cfg[section.name][key], "unknown key")
-
-
-def _strings(value: Any, key: str):
-    """(dotted key, string) for every string in a config value, lists and sections included."""
-    if isinstance(value, Mapping):
-        for name, item in value.items():
-            yield from _strings(item, f"{key}.{name}")
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        for item in value:
-            yield from _strings(item, key)
-    elif isinstance(value, str):
-        yield key, value
-
-
-def check_no_nul(cfg: Any, schema: type) -> None:
-    """Refuse a NUL character in any string of the schema's sections (no path or name holds one)."""
-    for section in fields(schema):
-        for key, text in _strings(cfg[section.name], section.name):
-            _require("\x00" not in text, key, text, "must not contain a NUL character")
-
-
-def check_train_config(cfg: Any) -> None:
-    """All range checks for a training run; data-dependent checks happen when the data loads."""
-    check_known_keys(cfg, TrainConfig)
-    check_no_nul(cfg, TrainConfig)
-    _require(0 <= cfg.seed < 2**63, "seed", cfg.seed, "must be in [0, 2**63)")
-    check_model(cfg.model)  # before data: data.stride follows model.context_length
-    check_data(cfg.data)
-    check_optimizer(cfg.optimizer)
-    check_decoding(cfg.decoding, cfg.model.vocab_size)
-    check_logger(cfg.logger)
-    check_trainer(cfg.trainer)
-
-
-def check_generate_config(cfg: Any, vocab_size: int = VOCAB_SIZE) -> None:
-    """All range checks for a generate run; ``vocab_size`` is the checkpoint's model's."""
-    check_known_keys(cfg, GenerateConfig)
-    _require(cfg.prompt != "", "prompt", cfg.prompt, "must not be empty")
-    _require(
-        len(cfg.plot_temperatures) > 0 and all(t > 0 for t in cfg.plot_temperatures),
-        "plot_temperatures", list(cfg.plot_temperatures), "one or more values > 0",
-    )
-    check_device(cfg.device, "device")
-    check_decoding(cfg.decoding, vocab_size)
-    check_logger(cfg.logger)
-
-
-def check_eval_config(cfg: Any) -> None:
-    """All range checks for an evaluation run (the stride against the model's context later)."""
-    check_known_keys(cfg, EvalConfig)
-    _require((cfg.ckpt is None) != (cfg.model.init is None), "ckpt", cfg.ckpt,
-             "give either ckpt=<checkpoint file or run folder> or model.init=<Hugging Face folder>, not both")
-    settings = cfg.eval
-    _require(settings.split in ("valid", "test"), "eval.split", settings.split, "one of valid, test")
-    _positive(settings, "eval", "stride", "batch_size")
-    check_device(settings.device, "eval.device")
-    check_precision(settings.precision, "eval.precision")
-    check_logger(cfg.logger)
-
-
-def check_bench_config(cfg: Any) -> None:
-    """All range checks for a benchmark run."""
-    check_known_keys(cfg, BenchConfig)
-    check_no_nul(cfg, BenchConfig)
-    check_model(cfg.model)
-    check_optimizer(cfg.optimizer)
-    bench = cfg.bench
-    _positive(bench, "bench", "batch_size", "steps", "new_tokens", "num_samples")
-    _require(bench.warmup >= 0, "bench.warmup", bench.warmup, "must be an integer >= 0")
-    if bench.threads is not None:
-        _require(bench.threads >= 1, "bench.threads", bench.threads, "must be an integer >= 1 or null")
-    check_device(bench.device, "bench.device")
-    check_precision(bench.precision, "bench.precision")
-    sections = list(bench.sections)
-    _require(
-        bool(sections) and set(sections) <= set(BENCH_SECTIONS),
-        "bench.sections",
-        sections,
-        "a non-empty list of " + ", ".join(BENCH_SECTIONS),
-    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gpt2exp.config import DecodingConfig
 from gpt2exp.model import GPTModel, KVCache
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -172,16 +173,17 @@ def generate(
 
 
 def sample_continuations(
-    model: GPTModel, prompt: Sequence[int], *, num_samples: int, seed: int, temperature: float, **settings
+    model: GPTModel, prompt: Sequence[int], cfg: DecodingConfig, num_samples: int | None = None
 ) -> tuple[Generation, float]:
-    """`num_samples` continuations of one prompt, row i drawing from a generator seeded
-    `seed + i` (one row when greedy: the others would repeat it), and the seconds they took.
-    `settings` are `generate`'s max_new_tokens, top_k, top_p, eos_id."""
-    count = 1 if temperature == 0 else num_samples
+    """`num_samples` (default `cfg.num_samples`) continuations of one prompt with `cfg`'s settings,
+    row i drawing from a generator seeded `cfg.seed + i` (one row when greedy: the others would
+    repeat it), and the seconds they took."""
+    count = 1 if cfg.greedy else num_samples or cfg.num_samples
     device = model.tok_emb.weight.device
-    generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(count)]
+    generators = [torch.Generator(device=device).manual_seed(cfg.seed + i) for i in range(count)]
     start = time.perf_counter()
-    out = generate(model, [list(prompt)] * count, temperature=temperature, generator=generators, **settings)
+    out = generate(model, [list(prompt)] * count, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                   top_k=cfg.top_k, top_p=cfg.top_p, eos_id=cfg.eos_id, generator=generators)
     return out, time.perf_counter() - start
 
 

@@ -3,37 +3,36 @@ perplexity the standard way (sliding windows, each token scored once) of a train
 or of a Hugging Face GPT-2 folder (``model.init=<folder>``); prints it and writes ``eval.json``."""
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gpt2exp import cli
-from gpt2exp.config import check_eval_config, register_configs
+from gpt2exp.config import EvalConfig, register_configs
 from gpt2exp.errors import UserError
 
 log = logging.getLogger("gpt2exp.eval")
 register_configs()
 
 
-def load_model(cfg: DictConfig):
+def load_model(cfg: EvalConfig):
     """The model to score (on the CPU): the checkpoint's, or the Hugging Face folder's."""
-    from gpt2exp.generate import checked_checkpoint, checkpoint_file
+    from gpt2exp.checkpoint import checkpoint_path, load_trained_model
     from gpt2exp.hf_format import find_hf_folder, read_hf_folder
-    from gpt2exp.model import GPTConfig, GPTModel
+    from gpt2exp.model import GPTModel
 
-    if cfg.model.init is not None:
-        fields, weights = read_hf_folder(find_hf_folder(cfg.model.init), drop_rate=0.0)
-    else:
-        checkpoint, fields = checked_checkpoint(checkpoint_file(cfg.ckpt))
-        weights = checkpoint["model"]
-    model = GPTModel(GPTConfig(**fields))
+    if cfg.ckpt is not None:
+        return load_trained_model(checkpoint_path(cfg.ckpt))[0]
+    model_cfg, weights = read_hf_folder(find_hf_folder(cfg.model.init), drop_rate=0.0)
+    model = GPTModel(model_cfg)
     model.load_state_dict(weights)
     return model
 
 
-def evaluate(cfg: DictConfig) -> float:
+def evaluate(composed: DictConfig) -> float:
     """Score the split; returns its perplexity (for sweepers)."""
     import torch
 
@@ -44,7 +43,7 @@ def evaluate(cfg: DictConfig) -> float:
     from gpt2exp.tokenizer import get_encoding
     from gpt2exp.tracking import Tracker
 
-    check_eval_config(cfg)
+    cfg = cli.typed(composed, EvalConfig)
     settings, data = cfg.eval, cfg.data
     device = resolve_device(settings.device, key="eval.device")
     precision = resolve_precision(settings.precision, device, key="eval.precision")
@@ -52,14 +51,12 @@ def evaluate(cfg: DictConfig) -> float:
     context = model.cfg.context_length
     if settings.stride > context:
         raise UserError(f"eval.stride={settings.stride} is not allowed: must be at most the model's context ({context})")
-    text = load_eval_text(data.source, split=settings.split, path=data.path, name=data.name,
-                          local_dir=data.local_dir, train_ratio=data.train_ratio)
+    text = load_eval_text(data, split=settings.split)
     token_ids = torch.tensor(get_encoding().encode(text, allowed_special="all"))
     if len(token_ids) < 2:
         raise UserError(f"eval.split={settings.split}: the text has fewer than 2 tokens")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    with Tracker(run_dir, config=resolved, job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
+    with Tracker(run_dir, config=asdict(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
         score = score_text(model.to(device), token_ids, stride=settings.stride, batch_size=settings.batch_size,
                            precision=precision)
         result = {

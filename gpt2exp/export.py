@@ -14,16 +14,13 @@ USAGE = "usage: python -m gpt2exp.export ckpt=<checkpoint file or run folder> ou
 
 def export(ckpt: str, out: str) -> Path:
     """Write the checkpoint's model into `out` (a new or empty folder); returns it."""
-    from gpt2exp.generate import checked_checkpoint, checkpoint_file
+    from gpt2exp.checkpoint import checkpoint_path, load_trained_model
     from gpt2exp.hf_format import write_hf_folder
-    from gpt2exp.model import GPTConfig, GPTModel
 
     out_dir = Path(out).expanduser()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"out: '{out}' exists and is not an empty folder; name a new one")
-    checkpoint, model_cfg = checked_checkpoint(checkpoint_file(ckpt))
-    model = GPTModel(GPTConfig(**model_cfg))
-    model.load_state_dict(checkpoint["model"])
+    model, _ = load_trained_model(checkpoint_path(ckpt))
     return write_hf_folder(model, out_dir)
 
 

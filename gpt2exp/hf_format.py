@@ -15,15 +15,16 @@ from pathlib import Path
 
 import torch
 
+from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
-from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.model import GPTModel
 
 OPENAI_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal masks that older checkpoints saved
 
 
-def model_config(hf: dict, **overrides) -> dict:
-    """GPTConfig fields for an HF GPT-2 ``config.json`` (its dropout unless `overrides` set one)."""
+def hf_model_config(hf: dict, **overrides) -> ModelConfig:
+    """The model config of an HF GPT-2 ``config.json`` (its dropout unless `overrides` set one)."""
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise UserError(f"model.init: activation_function={hf['activation_function']!r}; GPT-2's is gelu_new")
     fields = {
@@ -38,10 +39,10 @@ def model_config(hf: dict, **overrides) -> dict:
         "tie_embeddings": hf.get("tie_word_embeddings", True),
         "weight_init": "gpt2",
     }
-    return fields | overrides
+    return ModelConfig(**fields | overrides)
 
 
-def hf_config(cfg: GPTConfig) -> dict:
+def hf_config(cfg: ModelConfig) -> dict:
     """The ``config.json`` of a ``GPT2LMHeadModel`` with this architecture."""
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -95,7 +96,7 @@ def to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
 
 
-def from_hf_state_dict(weights: dict[str, torch.Tensor], cfg: GPTConfig, source: str) -> dict[str, torch.Tensor]:
+def from_hf_state_dict(weights: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> dict[str, torch.Tensor]:
     """An HF GPT-2 state dict (with or without the ``transformer.`` prefix, as the hub's
     ``gpt2`` files have it) as ``GPTModel``'s, every shape checked: a missing or misshapen
     tensor is a UserError naming the first one."""
@@ -158,13 +159,13 @@ def read_config(folder: Path) -> dict:
         raise UserError(f"model.init: cannot read {folder / 'config.json'} ({err})") from None
 
 
-def read_hf_folder(folder: Path, **overrides) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(GPTConfig fields, GPTModel state dict) of an HF GPT-2 folder; `overrides` set config fields."""
-    fields = model_config(read_config(folder), **overrides)
-    return fields, load_hf_weights(folder, GPTConfig(**fields))
+def read_hf_folder(folder: Path, **overrides) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(model config, GPTModel state dict) of an HF GPT-2 folder; `overrides` set config fields."""
+    cfg = hf_model_config(read_config(folder), **overrides)
+    return cfg, load_hf_weights(folder, cfg)
 
 
-def load_hf_weights(folder: Path, cfg: GPTConfig) -> dict[str, torch.Tensor]:
+def load_hf_weights(folder: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The folder's weights (model.safetensors, else pytorch_model.bin) as a state dict of
     ``GPTModel(cfg)``, shapes checked."""
     if (folder / "model.safetensors").is_file():

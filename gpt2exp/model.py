@@ -6,35 +6,14 @@ initialisation (`weight_init="torch_default"`: embeddings N(0, 1), Linear layers
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from gpt2exp.config import ModelConfig
 from gpt2exp.loss import head_cross_entropy
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    """The seed's model keys; the defaults are OpenAI's 124M GPT-2."""
-
-    vocab_size: int = 50257
-    context_length: int = 1024
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
-    drop_rate: float = 0.1
-    qkv_bias: bool = True
-    pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 suits GPU matmuls)
-    tie_embeddings: bool = True  # the output head is the token embedding (GPT-2), or a Linear of its own
-    weight_init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch_default: PyTorch's own
-    init: str | None = None  # the Hugging Face folder the weights started from (a record; see gpt2exp.hf_format)
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return -(-self.vocab_size // self.pad_vocab_to) * self.pad_vocab_to
 
 
 class KVCache:
@@ -45,7 +24,7 @@ class KVCache:
     under a mask, so they start as zeros, never NaN). Set ``length = 0`` to refill it from scratch.
     """
 
-    def __init__(self, cfg: GPTConfig, batch_size: int, *, device=None, dtype=torch.float32):
+    def __init__(self, cfg: ModelConfig, batch_size: int, *, device=None, dtype=torch.float32):
         head_dim = cfg.emb_dim // cfg.n_heads
         # [n_layers, keys/values, batch, n_heads, context_length, head_dim]
         self.kv = torch.zeros(cfg.n_layers, 2, batch_size, cfg.n_heads, cfg.context_length, head_dim,
@@ -54,7 +33,7 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
         self.drop_rate = cfg.drop_rate
@@ -90,7 +69,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
         self.out_proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
@@ -101,7 +80,7 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.emb_dim)
         self.attn = CausalSelfAttention(cfg)
@@ -124,7 +103,7 @@ class GPTModel(nn.Module):
     block's activations in the backward pass instead of keeping them: less memory, ~1/3 more compute.
     """
 
-    def __init__(self, cfg: GPTConfig, *, activation_checkpointing: bool = False):
+    def __init__(self, cfg: ModelConfig, *, activation_checkpointing: bool = False):
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = activation_checkpointing

@@ -9,40 +9,43 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from gpt2exp.data.loaders import epoch_batches
+from gpt2exp.config import OptimizerConfig, TrainerConfig
+from gpt2exp.data import DataBundle, epoch_batches, eval_batches
 from gpt2exp.devices import Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 FP32 = Precision()  # the default: no autocast
 
 
-def make_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: Sequence[float], eps: float,
-    weight_decay_on: str = "matrices",
-) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
     """AdamW that decays the weight matrices only, not biases or norms (or, with
-    `weight_decay_on="all"`, every parameter, as `AdamW(model.parameters())` does); PyTorch's
+    `weight_decay_on: all`, every parameter, as `AdamW(model.parameters())` does); PyTorch's
     fused kernel (one pass over all parameters) on the CPU and CUDA. Either way there are two
     groups, matrices and the rest, so a run may resume with the other choice."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    rest_decay = weight_decay if weight_decay_on == "all" else 0.0
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": rest_decay}]
+    rest_decay = cfg.weight_decay if cfg.weight_decay_on == "all" else 0.0
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": rest_decay}]
     fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
-def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str, min_lr_ratio: float) -> float:
-    """Linear warmup to 1, then constant or cosine decay to ``min_lr_ratio`` at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
+def lr_multiplier(step: int, total_steps: int, cfg: OptimizerConfig) -> float:
+    """Linear warmup to 1 over `cfg.warmup_steps`, then constant or cosine decay to
+    `cfg.min_lr_ratio` at ``total_steps``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def total_steps(cfg: TrainerConfig, train_batches: int) -> int:
+    """`cfg.max_steps`, or `cfg.epochs` epochs of steps of `cfg.grad_accum` batches each."""
+    return cfg.max_steps or cfg.epochs * (train_batches // cfg.grad_accum)
 
 
 def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -118,54 +121,65 @@ class NonFiniteLoss(Exception):
         super().__init__(f"non-finite loss ({loss}, gradient norm {grad_norm}) at step {step}")
 
 
+class Hooks:
+    """What the loop calls back into; these do nothing (see `gpt2exp.hooks.RunHooks` for a run's)."""
+
+    def on_step(self, step: int, metrics: dict) -> None:
+        """After every optimizer step, with its batch loss, learning rate and gradient norm."""
+
+    def on_eval(self, point: EvalPoint, extra: dict) -> None:
+        """After every evaluation; `extra` holds the interval's tokens_per_sec."""
+
+    def on_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
+        """When a checkpoint is due (see `train_model`)."""
+
+    def on_sample(self, step: int, epoch: int) -> None:
+        """When a sample is due: after every epoch, or every `sample_freq` steps, and the last."""
+
+    def should_stop(self) -> bool:
+        """Checked after every step: True saves a checkpoint and ends training early."""
+        return False
+
+
 def train_model(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    train_loader: DataLoader,
+    data: DataBundle,
+    cfg: TrainerConfig,
+    hooks: Hooks | None = None,
     *,
-    train_eval_batches: Sequence[Batch],
-    val_eval_batches: Sequence[Batch],
     device: torch.device,
-    total_steps: int,
-    eval_freq: int,
     state: TrainState | None = None,
-    grad_accum: int = 1,
-    grad_clip: float | None = 1.0,
-    skip_nonfinite: bool = False,
     lr_at: Callable[[int], float] = lambda step: 1.0,
-    sample_freq: int | None = None,
-    checkpoint_freq: int | None = None,
-    checkpoint_minutes: float | None = None,
-    on_eval: Callable[[EvalPoint, dict], None] = lambda point, extra: None,
-    on_step: Callable[[int, dict], None] = lambda step, metrics: None,
-    on_sample: Callable[[int, int], None] = lambda step, epoch: None,
-    on_checkpoint: Callable[..., None] = lambda state, *, periodic, is_best: None,
-    should_stop: Callable[[], bool] = lambda: False,
-    progress: bool = True,
     precision: Precision = FP32,
 ) -> TrainState:
-    """Train from ``state`` (a fresh run when None) up to ``total_steps`` optimizer steps of
-    ``grad_accum`` batches each; returns the state reached.
+    """Train from ``state`` (a fresh run when None) up to `total_steps` optimizer steps of
+    ``cfg.grad_accum`` batches of ``data.train_loader`` each; returns the state reached.
 
-    Evaluates before the first step of a fresh run, every ``eval_freq`` steps and after the
-    last; samples after every epoch, or every ``sample_freq`` steps when given, and after the
-    last. After a step's eval, before its sample, calls ``on_checkpoint(state, periodic=...,
-    is_best=...)``: periodic every ``checkpoint_freq`` steps, at the first step ``checkpoint_minutes``
-    after the previous periodic one (or the start), after the last step and when ``should_stop()``
-    turns true (training then returns early); is_best after an eval with a new best val loss,
-    the first one included.
+    Evaluates (``cfg.eval_iter`` fixed batches of each split) before the first step of a fresh
+    run, every ``cfg.eval_freq`` steps and after the last; samples after every epoch, or every
+    ``cfg.sample_freq`` steps when given, and after the last. After a step's eval, before its
+    sample, calls ``hooks.on_checkpoint(state, periodic=..., is_best=...)``: periodic every
+    ``cfg.checkpoint_freq`` steps, at the first step ``cfg.checkpoint_minutes`` after the previous
+    periodic one (or the start), after the last step and when ``hooks.should_stop()`` turns true
+    (training then returns early); is_best after an eval with a new best val loss, the first one
+    included. ``lr_at(step)`` scales each parameter group's initial learning rate.
 
     The train loader's sampler must be an ``EpochSampler``: a resumed run starts inside its
     epoch without replaying batches.
-    Raises ``NonFiniteLoss`` for a NaN/inf loss or gradient norm unless ``skip_nonfinite``, which
-    skips the update instead and counts it in ``state.skipped_nonfinite``. The forward passes run
-    under ``precision``'s autocast; with fp16 the loss is scaled and overflowing steps are skipped.
+    Raises ``NonFiniteLoss`` for a NaN/inf loss or gradient norm unless ``cfg.skip_nonfinite``,
+    which skips the update instead and counts it in ``state.skipped_nonfinite``. The forward passes
+    run under ``precision``'s autocast; with fp16 the loss is scaled and overflowing steps are skipped.
     """
     from tqdm.auto import tqdm
 
-    state = state or TrainState()
+    state, hooks, train_loader, grad_accum = state or TrainState(), hooks or Hooks(), data.train_loader, cfg.grad_accum
+    steps = total_steps(cfg, len(train_loader))
     batches_per_epoch = len(train_loader) // grad_accum * grad_accum
     steps_per_epoch = batches_per_epoch // grad_accum
+    train_eval_batches, val_eval_batches = (
+        eval_batches(loader.dataset, num_batches=cfg.eval_iter, batch_size=train_loader.batch_size)
+        for loader in (train_loader, data.val_loader))
     for group in optimizer.param_groups:  # saved with the optimizer, so a resumed run keeps it
         group.setdefault("initial_lr", group["lr"])
     interval_tokens, interval_start = 0, time.perf_counter()
@@ -182,7 +196,7 @@ def train_model(
             val_loss=evaluate(model, val_eval_batches, device, precision),
         )
         state.history.append(point)
-        on_eval(point, {"tokens_per_sec": interval_tokens / elapsed if interval_tokens else 0.0})
+        hooks.on_eval(point, {"tokens_per_sec": interval_tokens / elapsed if interval_tokens else 0.0})
         interval_tokens, interval_start = 0, time.perf_counter()
         is_best = point.val_loss < state.best_val_loss
         state.best_val_loss = min(state.best_val_loss, point.val_loss)
@@ -205,18 +219,18 @@ def train_model(
             interval_tokens += inputs.numel()
         state.batch_in_epoch += grad_accum
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf).item()
         metrics = {
             "train/batch_loss": step_loss, "lr": optimizer.param_groups[0]["lr"], "train/grad_norm": grad_norm,
         }
         if math.isfinite(step_loss) and (math.isfinite(grad_norm) or scaler.is_enabled()):
             scaler.step(optimizer)  # with fp16 the scaler skips a step whose gradients overflowed
             scaler.update()
-        elif skip_nonfinite:
+        elif cfg.skip_nonfinite:
             state.skipped_nonfinite += 1
         else:
             raise NonFiniteLoss(state.step + 1, step_loss, grad_norm)
-        if skip_nonfinite:
+        if cfg.skip_nonfinite:
             metrics["train/skipped_nonfinite"] = state.skipped_nonfinite
         state.step += 1
         metrics |= {"tokens_seen": state.tokens_seen, "epoch": state.step / steps_per_epoch}
@@ -224,33 +238,33 @@ def train_model(
 
     model.train()
     if state.step == 0 and run_eval():
-        on_checkpoint(state, periodic=False, is_best=True)  # best.pt, should no step improve on it
+        hooks.on_checkpoint(state, periodic=False, is_best=True)  # best.pt, should no step improve on it
     last_periodic = time.monotonic()
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not progress,
+    bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", disable=not cfg.progress,
                dynamic_ncols=True)
     stop = False
-    while state.step < total_steps and not stop:
+    while state.step < steps and not stop:
         batches = epoch_batches(train_loader, state.epoch, skip_batches=state.batch_in_epoch)
         epoch = state.epoch
-        while state.epoch == epoch and state.step < total_steps and not stop:
+        while state.epoch == epoch and state.step < steps and not stop:
             metrics = train_step(batches)
             if state.batch_in_epoch == batches_per_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train/batch_loss']:.3f}")
-            on_step(state.step, metrics)
-            last = state.step == total_steps
-            is_best = run_eval() if state.step % eval_freq == 0 or last else False
-            stop = should_stop()
-            periodic = last or stop or (checkpoint_freq is not None and state.step % checkpoint_freq == 0)
-            periodic = periodic or (checkpoint_minutes is not None
-                                    and time.monotonic() - last_periodic >= 60 * checkpoint_minutes)
+            hooks.on_step(state.step, metrics)
+            last = state.step == steps
+            is_best = run_eval() if state.step % cfg.eval_freq == 0 or last else False
+            stop = hooks.should_stop()
+            periodic = last or stop or (cfg.checkpoint_freq is not None and state.step % cfg.checkpoint_freq == 0)
+            periodic = periodic or (cfg.checkpoint_minutes is not None
+                                    and time.monotonic() - last_periodic >= 60 * cfg.checkpoint_minutes)
             if periodic or is_best:
-                on_checkpoint(state, periodic=periodic, is_best=is_best)
+                hooks.on_checkpoint(state, periodic=periodic, is_best=is_best)
             if periodic:
                 last_periodic = time.monotonic()
-            due = state.step % sample_freq == 0 if sample_freq is not None else state.epoch > epoch
+            due = state.step % cfg.sample_freq == 0 if cfg.sample_freq is not None else state.epoch > epoch
             if due or last:
-                on_sample(state.step, state.epoch)
+                hooks.on_sample(state.step, state.epoch)
     bar.close()
     return state

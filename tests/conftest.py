@@ -94,10 +94,11 @@ def train_run(tmp_path) -> Path:
     """A training run's folder, as ``python -m gpt2exp.train`` leaves it, with a tiny model."""
     import torch
 
-    from gpt2exp.model import GPTConfig, GPTModel
+    from gpt2exp.config import ModelConfig
+    from gpt2exp.model import GPTModel
 
     torch.manual_seed(0)
     run_dir = tmp_path / "outputs" / "2025-01-31" / "12-00-00"
-    save_checkpoint(run_dir / "checkpoints" / "last.pt", model_state=GPTModel(GPTConfig(**TINY_MODEL)).state_dict(),
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", model_state=GPTModel(ModelConfig(**TINY_MODEL)).state_dict(),
                     optimizer_state=None, step=40, config={"model": TINY_MODEL})
     return run_dir

@@ -18,7 +18,7 @@ from gpt2exp.config import GenerateConfig, TrainConfig
 from gpt2exp.errors import UserError
 from gpt2exp.generate import plan_generation
 from gpt2exp.resume import find_resume_point
-from gpt2exp.train import plan_run
+from gpt2exp.run import RunContext, plan_run
 
 
 def scalar_keys(schema: type, prefix: str = "") -> list[str]:
@@ -67,7 +67,8 @@ def test_any_override_passes_or_names_its_key_in_one_line(compose_train, base_ov
     monkeypatch.chdir(tmp_path)
     override = f"{key}={safe_for(key, value)}"
     try:
-        plan_run(compose_train(*base_overrides, override), run_dir=tmp_path / "run", outputs_root=tmp_path)
+        plan_run(cli.typed(compose_train(*base_overrides, override), TrainConfig),
+                 RunContext(tmp_path / "run", tmp_path, resume_command="python -m gpt2exp.train"))
     except (UserError, HydraException, OmegaConfBaseException) as err:  # what the entrypoint reports
         message = cli.error_message(err)
         assert "\n" not in message and key in message, (override, message)

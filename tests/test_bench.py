@@ -8,7 +8,8 @@ import torch
 from helpers import CONF_DIR, TINY_BENCH, run_folders
 from hydra import compose, initialize_config_dir
 
-from gpt2exp.config import check_bench_config, register_configs
+from gpt2exp.cli import typed
+from gpt2exp.config import BenchConfig, register_configs
 from gpt2exp.devices import bf16_supported
 from gpt2exp.errors import UserError
 
@@ -33,9 +34,9 @@ def compose_bench(*overrides):
     ],
 )
 def test_out_of_range_bench_settings_name_the_key(override, key):
-    check_bench_config(compose_bench("model=small"))
+    typed(compose_bench("model=small"), BenchConfig)
     with pytest.raises(UserError, match=f"^{re.escape(key)}="):
-        check_bench_config(compose_bench(override))
+        typed(compose_bench(override), BenchConfig)
 
 
 @pytest.mark.slow

@@ -5,13 +5,14 @@ import torch
 
 from gpt2exp.benchmarks.generation import measure_generation
 from gpt2exp.benchmarks.hf import to_hf
-from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.config import ModelConfig
+from gpt2exp.model import GPTModel
 
 
 @pytest.mark.parametrize(("qkv_bias", "tied"), [(False, True), (True, True), (False, False)])
 def test_hf_model_gives_the_same_logits(qkv_bias, tied):
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=qkv_bias,
+    model = GPTModel(ModelConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=qkv_bias,
                                tie_embeddings=tied))
     for param in model.parameters():  # biases and norms away from their 0/1 init, so a swap would show
         torch.nn.init.normal_(param, std=0.1)
@@ -23,7 +24,7 @@ def test_hf_model_gives_the_same_logits(qkv_bias, tied):
 
 def test_measure_generation_reports_each_method():
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False))
+    model = GPTModel(ModelConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False))
     result = measure_generation(model, new_tokens=8, repeats=1)
     assert result["new_tokens"] == 8 and result["hf_same_tokens"] is True
     assert all(result[f"{name}_tokens_per_sec"] > 0 for name in ("cached", "recompute", "hf"))

@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from gpt2exp.config import check_generate_config, check_train_config
+from gpt2exp.cli import typed
+from gpt2exp.config import GenerateConfig, TrainConfig
 from gpt2exp.errors import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -20,14 +21,13 @@ def options(group: str) -> list[str]:
 def test_every_preset_composes_and_passes_checks(compose_train, group):
     for option in options(group):
         cfg = compose_train(f"{group}={option}", "data.path=corpus.txt")
-        check_train_config(cfg)
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        typed(cfg, TrainConfig)
 
 
 def test_loader_reads_context_length_from_the_model(compose_train):
-    cfg = compose_train("model=small")
+    cfg = typed(compose_train("model=small"), TrainConfig)
     assert cfg.model.context_length == 1024 and cfg.data.stride == 1024
-    assert compose_train("model.context_length=64").data.stride == 64
+    assert typed(compose_train("model.context_length=64"), TrainConfig).data.stride == 64
 
 
 def test_wrong_type_fails_at_compose_time(compose_train):
@@ -44,7 +44,7 @@ def test_unknown_key_fails_at_compose_time(compose_train):
 
 def test_appended_unknown_key_is_refused(compose_train):
     with pytest.raises(UserError, match=r"^model.n_head=4 is not allowed: unknown key"):
-        check_train_config(compose_train("+model.n_head=4"))
+        typed(compose_train("+model.n_head=4"), TrainConfig)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_appended_unknown_key_is_refused(compose_train):
 def test_out_of_range_values_name_the_key(compose_train, override, key):
     cfg = compose_train(override)
     with pytest.raises(UserError) as info:
-        check_train_config(cfg)
+        typed(cfg, TrainConfig)
     message = str(info.value)
     assert message.startswith(key) and "\n" not in message
 
@@ -81,8 +81,7 @@ def test_out_of_range_values_name_the_key(compose_train, override, key):
 @pytest.mark.parametrize("option", options("decoding"))
 def test_generate_composes_with_every_decoding_preset(compose_generate, option):
     cfg = compose_generate(f"decoding={option}")
-    check_generate_config(cfg)
-    assert cfg.decoding.num_samples == 3
+    assert typed(cfg, GenerateConfig).decoding.num_samples == 3
 
 
 @pytest.mark.parametrize(
@@ -92,4 +91,4 @@ def test_generate_composes_with_every_decoding_preset(compose_generate, option):
 )
 def test_generate_out_of_range_values_name_the_key(compose_generate, override, key):
     with pytest.raises(UserError, match=rf"^{key}="):
-        check_generate_config(compose_generate(override))
+        typed(compose_generate(override), GenerateConfig)

@@ -4,10 +4,11 @@ import pytest
 import torch
 from helpers import requires_cuda
 
+from gpt2exp.config import ModelConfig
 from gpt2exp.decoding import filter_logits, generate, next_token, to_decoding_layout
-from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.model import GPTModel
 
-TINY = GPTConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
+TINY = ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
 SAMPLED = {"temperature": 1.5, "top_k": 50}
 
 
@@ -131,7 +132,7 @@ def test_cuda_graph_decoding_equals_eager_decoding(precision):
     """On CUDA the cached steps replay a CUDA graph; they pick what the eager cached steps
     pick, and in fp32 what recomputing picks, also past the context and with padding."""
     torch.manual_seed(0)
-    cfg = GPTConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0)
+    cfg = ModelConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0)
     model = GPTModel(cfg).cuda().eval()
     prompts = [[5, 6], [7, 8, 9, 10, 11, 12, 13]]
     ways = {"graph": {}, "eager": {"cuda_graph": False}, "recompute": {"use_cache": False}}

@@ -11,7 +11,8 @@ from helpers import TINY_MODEL, run_folders
 from helpers.wandb_reader import find_wandb_file, read_run
 
 from gpt2exp.benchmarks.hf import to_hf
-from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.config import ModelConfig
+from gpt2exp.model import GPTModel
 from gpt2exp.perplexity import score_text, windows
 
 
@@ -42,7 +43,7 @@ def hf_loop(hf_model, ids: torch.Tensor, context: int, stride: int) -> tuple[flo
 @pytest.mark.parametrize("stride", [32, 12])
 def test_perplexity_equals_an_independent_transformers_loop(stride):
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(**TINY_MODEL)).eval()
+    model = GPTModel(ModelConfig(**TINY_MODEL)).eval()
     ids = torch.randint(0, 50257, (150,))
     score = score_text(model, ids, stride=stride, batch_size=3)
     with torch.no_grad():

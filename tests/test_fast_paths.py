@@ -6,13 +6,14 @@ import torch
 import torch.nn.functional as F
 
 import gpt2exp.loss
+from gpt2exp.config import ModelConfig, OptimizerConfig
 from gpt2exp.decoding import generate
 from gpt2exp.devices import Precision, bf16_supported, resolve_precision
 from gpt2exp.errors import UserError
-from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.model import GPTModel
 from gpt2exp.trainer import make_optimizer
 
-TINY = GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
+TINY = ModelConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
 
 
 def batch(seed=0, rows=3, length=20):
@@ -63,7 +64,7 @@ def test_fused_loss_under_bf16_autocast_is_close_to_autocast_cross_entropy(small
 def test_vocabulary_padding_changes_no_loss_and_no_sample(small_chunks):
     torch.manual_seed(0)
     plain = GPTModel(TINY)
-    padded = GPTModel(GPTConfig(**{**TINY.__dict__, "pad_vocab_to": 64}))
+    padded = GPTModel(ModelConfig(**{**TINY.__dict__, "pad_vocab_to": 64}))
     assert padded.tok_emb.weight.shape[0] == 50304 and padded.out_head.weight is padded.tok_emb.weight
     state = plain.state_dict()
     state["tok_emb.weight"] = torch.cat((state["tok_emb.weight"], torch.randn(47, TINY.emb_dim)))
@@ -95,7 +96,7 @@ def test_loss_matches_hugging_face_gpt2_with_the_same_weights():
 
 def test_optimizer_is_fused_and_decays_matrices_only():
     model = GPTModel(TINY)
-    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = make_optimizer(model, OptimizerConfig(lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95]))
     assert optimizer.defaults["fused"]
     decayed, not_decayed = optimizer.param_groups
     assert decayed["weight_decay"] == 0.1 and not_decayed["weight_decay"] == 0.0
@@ -104,7 +105,7 @@ def test_optimizer_is_fused_and_decays_matrices_only():
 
 def test_optimizer_can_decay_every_parameter_as_the_tutorial_does():
     model = GPTModel(TINY)
-    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay_on="all")
+    optimizer = make_optimizer(model, OptimizerConfig(lr=1e-3, weight_decay=0.1, betas=[0.9, 0.999], weight_decay_on="all"))
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.1]
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
 
@@ -120,7 +121,7 @@ def test_auto_precision_is_bf16_on_a_cpu_that_has_it_and_fp16_needs_cuda():
 def test_bf16_autocast_trains_the_model():
     torch.manual_seed(0)
     model = GPTModel(TINY)
-    optimizer = make_optimizer(model, lr=3e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = make_optimizer(model, OptimizerConfig(lr=3e-3, weight_decay=0.0))
     precision = Precision("bf16", "cpu")
     assert not precision.grad_scaler().is_enabled()
     inputs, targets = batch()

@@ -10,10 +10,11 @@ import torch
 from helpers import TINY, read_jsonl, run_folders
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from gpt2exp.config import ModelConfig
 from gpt2exp.decoding import generate
 from gpt2exp.errors import UserError
 from gpt2exp.hf_format import read_hf_folder
-from gpt2exp.model import GPTConfig, GPTModel
+from gpt2exp.model import GPTModel
 from gpt2exp.tokenizer import get_encoding
 
 HF_TINY = {"vocab_size": 50257, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}
@@ -31,8 +32,8 @@ def hf_folder(request, tmp_path):
 
 def test_an_hf_folder_loads_with_the_same_logits_and_greedy_tokens(hf_folder):
     folder, hf_model = hf_folder
-    fields, weights = read_hf_folder(folder, drop_rate=0.0)
-    model = GPTModel(GPTConfig(**fields)).eval()
+    model_cfg, weights = read_hf_folder(folder, drop_rate=0.0)
+    model = GPTModel(model_cfg).eval()
     model.load_state_dict(weights)
     tokens = torch.randint(0, 50257, (2, 20))
     with torch.no_grad():
@@ -87,7 +88,7 @@ def test_export_gives_a_folder_transformers_loads_with_the_same_logits_and_text(
     text = "Every effort moves you"
     assert tokenizer(text)["input_ids"] == get_encoding().encode(text)
     checkpoint = torch.load(train_run / "checkpoints" / "last.pt", weights_only=True)
-    model = GPTModel(GPTConfig(**checkpoint["config"]["model"])).eval()
+    model = GPTModel(ModelConfig(**checkpoint["config"]["model"])).eval()
     model.load_state_dict(checkpoint["model"])
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     with torch.no_grad():

@@ -5,13 +5,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from gpt2exp.model import GPTConfig, GPTModel, KVCache
+from gpt2exp.config import ModelConfig
+from gpt2exp.model import GPTModel, KVCache
 
-TINY = GPTConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
+TINY = ModelConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
 
 
 def test_small_has_openai_parameter_count():
-    model = GPTModel(GPTConfig(context_length=1024, emb_dim=768, n_heads=12, n_layers=12, qkv_bias=True))
+    model = GPTModel(ModelConfig(context_length=1024, emb_dim=768, n_heads=12, n_layers=12, qkv_bias=True))
     assert model.num_parameters() == 124_439_808
     assert model.out_head.weight is model.tok_emb.weight
 
@@ -19,11 +20,10 @@ def test_small_has_openai_parameter_count():
 @pytest.mark.parametrize("tied", [True, False])
 def test_parameter_count_and_flops_count_the_head_once(tied):
     from gpt2exp.benchmarks.flops import train_flops_per_token
-    from gpt2exp.config import model_parameters
 
-    cfg = GPTConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, tie_embeddings=tied, pad_vocab_to=64)
+    cfg = ModelConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, tie_embeddings=tied, pad_vocab_to=64)
     model = GPTModel(cfg)
-    assert model.num_parameters() == model_parameters(OmegaConf.structured(cfg))
+    assert model.num_parameters() == cfg.num_parameters()
     assert (model.out_head.weight is model.tok_emb.weight) == tied
     blocks = sum(p.numel() for p in model.blocks.parameters()) + sum(p.numel() for p in model.final_norm.parameters())
     head = cfg.vocab_size * cfg.emb_dim  # without the padding rows
@@ -32,8 +32,8 @@ def test_parameter_count_and_flops_count_the_head_once(tied):
 
 def test_weight_init_is_gpt2s_or_pytorchs():
     torch.manual_seed(0)
-    gpt2 = GPTModel(GPTConfig(context_length=64, emb_dim=256, n_heads=4, n_layers=2))
-    default = GPTModel(GPTConfig(context_length=64, emb_dim=256, n_heads=4, n_layers=2, weight_init="torch_default"))
+    gpt2 = GPTModel(ModelConfig(context_length=64, emb_dim=256, n_heads=4, n_layers=2))
+    default = GPTModel(ModelConfig(context_length=64, emb_dim=256, n_heads=4, n_layers=2, weight_init="torch_default"))
     assert gpt2.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert default.tok_emb.weight.std().item() == pytest.approx(1.0, rel=0.05)
     bound = 1 / math.sqrt(256)  # nn.Linear's default: uniform in +-1/sqrt(fan_in)
@@ -44,7 +44,7 @@ def test_weight_init_is_gpt2s_or_pytorchs():
 
 def test_untrained_loss_is_near_uniform():
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(context_length=128, emb_dim=128, n_heads=4, n_layers=4)).eval()
+    model = GPTModel(ModelConfig(context_length=128, emb_dim=128, n_heads=4, n_layers=4)).eval()
     tokens = torch.randint(0, 50257, (4, 129))
     with torch.no_grad():
         loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
@@ -114,7 +114,7 @@ def test_fixed_shape_decode_step_matches_the_cache_it_extends():
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     torch.manual_seed(0)
-    plain = GPTModel(GPTConfig(**{**TINY.__dict__, "drop_rate": 0.1}))
+    plain = GPTModel(ModelConfig(**{**TINY.__dict__, "drop_rate": 0.1}))
     recomputing = GPTModel(plain.cfg, activation_checkpointing=True)
     recomputing.load_state_dict(plain.state_dict())
     tokens = torch.randint(0, 50257, (2, 16))

@@ -2,14 +2,13 @@
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from gpt2exp.config import check_train_config
+from gpt2exp.cli import typed
+from gpt2exp.config import TrainConfig
 
 
 def test_article_is_the_tutorial_run(compose_train):
-    cfg = compose_train("experiment=article", "data.path=article.txt")
-    check_train_config(cfg)
+    cfg = typed(compose_train("experiment=article", "data.path=article.txt"), TrainConfig)
     assert (cfg.data.source, cfg.data.path, cfg.data.batch_size) == ("text", "article.txt", 2)
     assert cfg.model.context_length == 128 and cfg.data.stride == 128
     assert (cfg.model.emb_dim, cfg.model.n_layers, cfg.model.n_heads) == (768, 12, 12)
@@ -26,13 +25,12 @@ def test_article_is_the_tutorial_run(compose_train):
 def test_article_model_is_the_tutorials_gptmodel(compose_train):
     """The tutorial's GPTModel at context 1024: 163,009,536 parameters (an output head of its own,
     no q/k/v bias), as the book counts them; built and counted without allocating its weights."""
-    from gpt2exp.config import model_parameters
-    from gpt2exp.model import GPTConfig, GPTModel
+    from gpt2exp.model import GPTModel
 
-    model_cfg = compose_train("experiment=article", "model.context_length=1024").model
+    model_cfg = typed(compose_train("experiment=article", "model.context_length=1024"), TrainConfig).model
     with torch.device("meta"):
-        model = GPTModel(GPTConfig(**OmegaConf.to_container(model_cfg)))
-    assert model.num_parameters() == model_parameters(model_cfg) == 163_009_536
+        model = GPTModel(model_cfg)
+    assert model.num_parameters() == model_cfg.num_parameters() == 163_009_536
     assert model.out_head.weight is not model.tok_emb.weight
 
 
@@ -47,7 +45,7 @@ def test_sweep_presets_are_multiruns_over_their_params(compose_train, experiment
     cfg = compose_train(f"experiment={experiment}", hydra=True)
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert dict(cfg.hydra.sweeper.params) == params
-    check_train_config(cfg)
+    typed(compose_train(f"experiment={experiment}"), TrainConfig)
 
 
 def test_decoding_sweep_samples(compose_train):

@@ -262,9 +262,11 @@ def test_resolve_mode_auto_obeys_wandb_mode_env(clean_env, monkeypatch, env_mode
     assert resolve_mode("auto") == expected
 
 
-def test_resolve_mode_rejects_unknown_modes(clean_env, monkeypatch):
+def test_unknown_modes_are_refused(clean_env, monkeypatch):
+    from gpt2exp.config import LoggerConfig
+
     with pytest.raises(UserError, match="logger.mode"):
-        resolve_mode("onlin")
+        LoggerConfig(mode="onlin")
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(UserError, match="WANDB_MODE"):
         resolve_mode("auto")

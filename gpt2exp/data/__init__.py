@@ -5,22 +5,15 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from gpt2exp.config import DataConfig
 from gpt2exp.data.cache import cached_tokens, tokenize
 from gpt2exp.data.loaders import EpochSampler, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
-from gpt2exp.data.sources import (
-    EVAL_SPLITS,
-    SOURCES,
-    WIKITEXT_NAMES,
-    Splits,
-    load_eval_text,
-    load_splits,
-    pydocs_documents,
-)
+from gpt2exp.data.sources import Splits, load_eval_text, load_splits, pydocs_documents
 from gpt2exp.errors import UserError
 
 __all__ = [
-    "EVAL_SPLITS", "SOURCES", "WIKITEXT_NAMES", "DataBundle", "EpochSampler", "SlidingWindowDataset", "Splits", "build_data",
-    "cached_tokens", "create_dataloader", "epoch_batches", "eval_batches", "load_eval_text", "load_splits", "pydocs_documents", "tokenize",
+    "DataBundle", "EpochSampler", "SlidingWindowDataset", "Splits", "build_data", "cached_tokens", "create_dataloader",
+    "epoch_batches", "eval_batches", "load_eval_text", "load_splits", "pydocs_documents", "tokenize",
 ]
 
 
@@ -34,35 +27,17 @@ class DataBundle:
     val_tokens: int
 
 
-def build_data(
-    *,
-    source: str,
-    path: str | None = None,
-    name: str = "wikitext-2-raw-v1",
-    local_dir: str | None = None,
-    train_ratio: float = 0.8,
-    batch_size: int,
-    context_length: int,
-    stride: int,
-    cache_dir: str | Path,
-    shuffle: bool = True,
-    drop_last: bool = True,
-    num_workers: int = 0,
-    seed: int = 0,
-    sampler: str = "windows",
-    pin_memory: bool = False,
-) -> DataBundle:
-    """Load a corpus, tokenize it (cached in `cache_dir`) and wrap both splits in loaders.
+def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memory: bool = False) -> DataBundle:
+    """Load `cfg.source`, tokenize it (cached in `cfg.cache_dir`) and wrap both splits in loaders
+    of `context_length`-token windows.
 
-    The train loader draws its windows with `sampler` (see `create_dataloader`); the val loader
-    takes the sliding windows in order and keeps its last, partial batch. Raises UserError, naming the
-    config key, when a setting is out of range or a split is too short for one window.
+    The train loader draws its windows with `cfg.sampler` (see `create_dataloader`); the val loader
+    takes the sliding windows in order and keeps its last, partial batch. Raises UserError, naming
+    the config key, when a split is too short for one window or one batch.
     """
-    at_least_one = {"data.batch_size": batch_size, "data.stride": stride, "model.context_length": context_length}
-    for key, value in at_least_one.items():
-        if value < 1:
-            raise UserError(f"{key}={value} must be >= 1")
-    splits = load_splits(source, path=path, name=name, local_dir=local_dir, train_ratio=train_ratio)
+    source, batch_size, cache_dir = cfg.source, cfg.batch_size, Path(cfg.cache_dir).expanduser()
+    stride = cfg.stride or context_length
+    splits = load_splits(cfg)
     try:
         train_tokens = cached_tokens(splits.train, cache_dir=cache_dir, label=f"{source}-train")
         val_tokens = cached_tokens(splits.val, cache_dir=cache_dir, label=f"{source}-val")
@@ -79,7 +54,7 @@ def build_data(
             )
     train_loader = create_dataloader(
         train_tokens, batch_size=batch_size, context_length=context_length, stride=stride,
-        shuffle=shuffle, drop_last=drop_last, num_workers=num_workers, seed=seed, sampler=sampler,
+        shuffle=cfg.shuffle, drop_last=cfg.drop_last, num_workers=cfg.num_workers, seed=seed, sampler=cfg.sampler,
         pin_memory=pin_memory,
     )
     if len(train_loader) == 0:
@@ -89,6 +64,6 @@ def build_data(
         )
     val_loader = create_dataloader(
         val_tokens, batch_size=batch_size, context_length=context_length, stride=stride,
-        shuffle=False, drop_last=False, num_workers=num_workers, seed=seed, pin_memory=pin_memory,
+        shuffle=False, drop_last=False, num_workers=cfg.num_workers, seed=seed, pin_memory=pin_memory,
     )
     return DataBundle(train_loader, val_loader, len(train_tokens), len(val_tokens))

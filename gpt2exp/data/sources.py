@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from gpt2exp.config import DataConfig
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import EOT_TOKEN
 
-SOURCES = ("pydocs", "text", "wikitext")
-WIKITEXT_NAMES = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
 WIKITEXT_REPO = "Salesforce/wikitext"
 
 # Folders of the standard library that hold tests, tools or third-party code, not library docs.
@@ -42,15 +41,8 @@ class Splits:
     val: str
 
 
-def load_splits(
-    source: str,
-    *,
-    path: str | None = None,
-    name: str = "wikitext-2-raw-v1",
-    local_dir: str | None = None,
-    train_ratio: float = 0.8,
-) -> Splits:
-    """Return the train/val text of `source`.
+def load_splits(cfg: DataConfig) -> Splits:
+    """Return the train/val text of `cfg.source`.
 
     pydocs: the standard library's docstrings joined with "<|endoftext|>", split at the first
     document boundary past `train_ratio` of the characters. text: a file, a folder's *.txt
@@ -58,39 +50,27 @@ def load_splits(
     wikitext: config `name`'s train and validation splits, read from `local_dir` (the released
     files) or else the Hugging Face cache or hub.
     """
-    if not 0 < train_ratio < 1:
-        raise UserError(f"data.train_ratio={train_ratio} must be between 0 and 1 (exclusive)")
-    if source == "pydocs":
-        return _split_documents(pydocs_documents(), train_ratio)
-    if source == "text":
-        return _split_characters(_read_text(path), train_ratio)
-    if source == "wikitext":
-        return _load_wikitext(name, local_dir)
-    raise UserError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
+    if cfg.source == "pydocs":
+        return _split_documents(pydocs_documents(), cfg.train_ratio)
+    if cfg.source == "text":
+        return _split_characters(_read_text(cfg.path), cfg.train_ratio)
+    if cfg.local_dir:
+        return _read_wikitext_folder(Path(cfg.local_dir).expanduser(), raw="raw" in cfg.name)
+    return _load_wikitext_from_hugging_face(cfg.name)
 
 
-EVAL_SPLITS = ("valid", "test")
-
-
-def load_eval_text(source: str, *, split: str, path: str | None = None, name: str = "wikitext-2-raw-v1",
-                   local_dir: str | None = None, train_ratio: float = 0.8) -> str:
+def load_eval_text(cfg: DataConfig, *, split: str) -> str:
     """The text a held-out evaluation scores: WikiText's `split` (valid or test) from
     `local_dir` or the Hugging Face cache or hub; a text source's whole file(s); pydocs' val split."""
-    if split not in EVAL_SPLITS:
-        raise UserError(f"eval.split={split!r} is not one of: {', '.join(EVAL_SPLITS)}")
-    if source == "text":
-        return _read_text(path)
-    if source == "pydocs":
+    if cfg.source == "text":
+        return _read_text(cfg.path)
+    if cfg.source == "pydocs":
         if split == "test":
             raise UserError("eval.split=test: data=pydocs has no test split (use eval.split=valid)")
-        return load_splits(source, train_ratio=train_ratio).val
-    if source != "wikitext":
-        raise UserError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
-    if name not in WIKITEXT_NAMES:
-        raise UserError(f"data.name={name!r} is not a WikiText config; use one of: {', '.join(WIKITEXT_NAMES)}")
-    if local_dir:
-        folder = Path(local_dir).expanduser()
-        suffixes = (".raw", ".tokens") if "raw" in name else (".tokens", ".raw")
+        return load_splits(cfg).val
+    if cfg.local_dir:
+        folder = Path(cfg.local_dir).expanduser()
+        suffixes = (".raw", ".tokens") if "raw" in cfg.name else (".tokens", ".raw")
         file = next((folder / f"wiki.{split}{s}" for s in suffixes if (folder / f"wiki.{split}{s}").is_file()), None)
         if file is None:
             raise UserError(f"data.local_dir: no wiki.{split}.tokens (or .raw) in '{folder}'")
@@ -99,9 +79,9 @@ def load_eval_text(source: str, *, split: str, path: str | None = None, name: st
 
     try:
         with _hugging_face_offline():
-            dataset = datasets.load_dataset(WIKITEXT_REPO, name)
+            dataset = datasets.load_dataset(WIKITEXT_REPO, cfg.name)
     except OSError:
-        dataset = _download_wikitext(name)
+        dataset = _download_wikitext(cfg.name)
     return "".join(dataset["validation" if split == "valid" else "test"]["text"])
 
 
@@ -225,14 +205,6 @@ def _text_files(path: str) -> list[Path]:
             problem = "no such file or folder:"
         raise UserError(f"data.path: {problem} '{path}'")
     return files
-
-
-def _load_wikitext(name: str, local_dir: str | None) -> Splits:
-    if name not in WIKITEXT_NAMES:
-        raise UserError(f"data.name={name!r} is not a WikiText config; use one of: {', '.join(WIKITEXT_NAMES)}")
-    if local_dir:
-        return _read_wikitext_folder(Path(local_dir).expanduser(), raw="raw" in name)
-    return _load_wikitext_from_hugging_face(name)
 
 
 def _read_wikitext_folder(folder: Path, *, raw: bool) -> Splits:

@@ -1,0 +1,154 @@
+"""What a training run does when the loop calls back (`trainer.Hooks`): log steps and evals,
+write checkpoints, draw samples, stop on a signal; and, at the end, the loss plot and the
+W&B model artifacts."""
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from gpt2exp.config import DecodingConfig, TrainConfig
+from gpt2exp.interrupt import GracefulStop
+from gpt2exp.trainer import EvalPoint, Hooks, TrainState
+
+log = logging.getLogger("gpt2exp.train")
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+class Sampler:
+    """``sampler(step, epoch)``: a sample from `start_context` with the run's decoding. The final
+    one (at `total_steps`, or with ``final=True``) draws `decoding.num_samples` (one when greedy)
+    and scores them with generate's gen/* figures, logged and kept in `metrics`."""
+
+    def __init__(self, decoding: DecodingConfig, start_context: str, model, tracker, total_steps: int | None = None):
+        from gpt2exp.tokenizer import get_encoding
+
+        self.decoding, self.start_context, self.model, self.tracker = decoding, start_context, model, tracker
+        self.total_steps = total_steps
+        self.encoding = get_encoding()
+        self.prompt_ids = self.encoding.encode(start_context, allowed_special="all")
+        self.metrics: dict = {}
+
+    def __call__(self, step: int, epoch: int | None, final: bool = False) -> None:
+        from gpt2exp.decoding import sample_continuations
+        from gpt2exp.text_metrics import generation_metrics
+
+        final = final or step == self.total_steps
+        out, seconds = sample_continuations(self.model, self.prompt_ids, self.decoding, num_samples=None if final else 1)
+        count, settings = len(out.token_ids), self.decoding.settings()
+        for i, token_ids in enumerate(out.token_ids):
+            text = self.encoding.decode(token_ids)
+            self.tracker.log_sample(step=step, prompt=self.start_context, text=text,
+                                    settings={**settings, "sample": i} if count > 1 else settings)
+            log.info("sample%s @ step %d%s: %s", f" {i}" if count > 1 else "", step,
+                     "" if epoch is None else f" (epoch {epoch})", text.replace("\n", " "))
+        if final:
+            self.metrics = generation_metrics(out.new_tokens, out.logprobs, seconds)
+            self.tracker.log_metrics(self.metrics, step=step)
+            log.info(" | ".join(f"{key} {value:.4g}" for key, value in self.metrics.items()))
+
+
+class RunHooks(Hooks):
+    """A training run's hooks: metrics to the tracker and the console, checkpoints into
+    ``<run_dir>/checkpoints``, samples through `sampler`, and a stop on SIGINT/SIGTERM (`stop`)."""
+
+    def __init__(self, cfg: TrainConfig, resolved: dict, model, optimizer, tracker, run_dir: Path, *,
+                 sampler: Sampler, stop: GracefulStop, wandb_group: str | None = None, resumed_from=None):
+        self.cfg, self.resolved, self.model, self.optimizer, self.tracker = cfg, resolved, model, optimizer, tracker
+        self.run_dir, self.checkpoint_dir, self.wandb_group = run_dir, run_dir / "checkpoints", wandb_group
+        self.sampler, self.stop = sampler, stop
+        self.last_checkpoint = resumed_from.path if resumed_from else None
+        self.last_step = resumed_from.checkpoint["step"] if resumed_from else None
+        self.started, self.stepped = time.perf_counter(), False
+
+    def on_step(self, step: int, metrics: dict) -> None:
+        self.tracker.log_metrics(metrics, step=step)
+        if not self.stepped:
+            self.stepped = True
+            log.info("first step done %.1f s after training started (any first evaluation%s included)",
+                     time.perf_counter() - self.started, " and compiling" if self.cfg.trainer.compile else "")
+
+    def on_eval(self, point: EvalPoint, extra: dict) -> None:
+        metrics = {
+            "train/loss": point.train_loss,
+            "val/loss": point.val_loss,
+            "train/perplexity": perplexity(point.train_loss),
+            "val/perplexity": perplexity(point.val_loss),
+            "tokens_seen": point.tokens_seen,
+            "epoch": point.epoch,
+            **extra,
+        }
+        self.tracker.log_metrics(metrics, step=point.step)
+        log.info(
+            "step %5d | epoch %.2f | train loss %.3f ppl %.1f | val loss %.3f ppl %.1f | %s tokens | %.0f tok/s",
+            point.step, point.epoch, point.train_loss, metrics["train/perplexity"], point.val_loss,
+            metrics["val/perplexity"], f"{point.tokens_seen:,}", extra["tokens_per_sec"],
+        )
+
+    def on_sample(self, step: int, epoch: int) -> None:
+        self.sampler(step, epoch)
+
+    def should_stop(self) -> bool:
+        return self.stop.requested()
+
+    def on_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
+        """`checkpoints/step-<step>.pt` (and last.pt) when periodic, with AdamW's state unless
+        `trainer.save_optimizer=false`; best.pt, weights only, on a new best val loss. A second
+        signal lets the write finish first."""
+        self.stop.shielded(self._write_checkpoint)(state, periodic=periodic, is_best=is_best)
+
+    def _write_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
+        from gpt2exp.checkpoint import save_checkpoint, save_step_checkpoint
+        from gpt2exp.rng import capture_rng_state
+
+        trainer_cfg = self.cfg.trainer
+        payload = {
+            "model_state": self.model.state_dict(),
+            "config": self.resolved,
+            "extra": {
+                "train_state": state.to_dict(),
+                "rng": capture_rng_state(),
+                "wandb": {"run_id": self.tracker.run_id, "group": self.wandb_group},
+            },
+        }
+        if periodic:
+            optimizer_state = self.optimizer.state_dict() if trainer_cfg.save_optimizer else None
+            self.last_checkpoint = save_step_checkpoint(
+                self.checkpoint_dir, step=state.step, keep_last=trainer_cfg.keep_last,
+                optimizer_state=optimizer_state, **payload,
+            )
+            self.last_step = state.step
+        if is_best and trainer_cfg.keep_best:
+            save_checkpoint(self.checkpoint_dir / "best.pt", step=state.step, optimizer_state=None, **payload)
+
+    def log_models(self, state: TrainState) -> None:
+        """`logger.log_model`: best (best.pt, alias "best"), last (the final checkpoint, alias
+        "latest") or all (both) as versions of the run's W&B model artifact."""
+        choice = self.cfg.logger.log_model
+        best = self.checkpoint_dir / "best.pt"
+        if choice in ("best", "all") and best.is_file():
+            best_step = min(state.history, key=lambda point: point.val_loss)
+            self.tracker.log_model(best, aliases=["best"], metadata={"step": best_step.step,
+                                                                     "val_loss": best_step.val_loss})
+        if choice in ("last", "all") and self.last_checkpoint is not None:
+            self.tracker.log_model(self.last_checkpoint, aliases=["latest"],
+                                   metadata={"step": state.step, "val_loss": state.final.val_loss})
+
+    def checkpoint_bytes(self) -> int:
+        from gpt2exp.checkpoint import folder_bytes
+
+        return folder_bytes(self.checkpoint_dir)
+
+    def plot(self, state: TrainState) -> None:
+        """The loss plot over the whole run (a resumed one included)."""
+        from gpt2exp.plots import plot_losses
+
+        history = state.history
+        plot_path = plot_losses(
+            [p.epoch for p in history], [p.tokens_seen for p in history],
+            [p.train_loss for p in history], [p.val_loss for p in history], self.run_dir / "loss.png",
+        )
+        self.tracker.log_image("loss_plot", plot_path)

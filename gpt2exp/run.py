@@ -1,0 +1,263 @@
+"""One training run from its typed config: plan it (every check before a file is written),
+train it (or resume it, or adopt the sweep's identical model and only sample), score it, and
+return its summary. The launcher (`gpt2exp.train`, Hydra) supplies the `RunContext`."""
+
+import json
+import logging
+import signal
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gpt2exp.config import TrainConfig
+from gpt2exp.errors import AlreadyComplete, UserError
+from gpt2exp.hooks import RunHooks, Sampler, perplexity
+
+log = logging.getLogger("gpt2exp.train")
+
+
+@dataclass
+class RunContext:
+    """What a run needs from its launcher."""
+
+    run_dir: Path
+    outputs_root: Path  # where `trainer.resume=auto` looks for earlier runs
+    resume_command: str  # the command that continues this run
+    multirun: bool = False  # a failure then fails this job (raises) instead of exiting
+    progress: bool = True  # False when parallel jobs share the console
+
+
+@dataclass
+class RunPlan:
+    """A run whose inputs all checked out: its resolved config, device and precision, data,
+    length and resume point."""
+
+    resolved: dict
+    device: Any
+    precision: Any
+    data: Any
+    total_steps: int
+    resume: Any
+    test_text: str | None = None  # the held-out split scored at the end (`trainer.test`)
+
+
+def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
+    """Check everything a user can get wrong (resume folder, data, model size) before a model
+    is built or a file is written; raises UserError naming the key."""
+    from gpt2exp import run_folder
+    from gpt2exp.data import build_data
+    from gpt2exp.devices import resolve_device, resolve_precision
+    from gpt2exp.resume import find_resume_point
+    from gpt2exp.trainer import total_steps
+
+    cfg.model.check_fits_in_memory()
+    resolved = asdict(cfg)
+    device = resolve_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    own_folder = run_folder.claimed(ctx.run_dir)
+    # A folder that already holds a run can only be continued: from its own checkpoints.
+    resume_from = str(ctx.run_dir) if own_folder and own_folder.held_run else cfg.trainer.resume
+    resume = find_resume_point(resume_from, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
+    data = build_data(cfg.data, context_length=cfg.model.context_length, seed=cfg.seed,
+                      pin_memory=device.type == "cuda")
+    grad_accum = cfg.trainer.grad_accum
+    if len(data.train_loader) < grad_accum:
+        raise UserError(
+            f"trainer.grad_accum={grad_accum} is more than the {len(data.train_loader)} "
+            "training batches of an epoch; lower it or data.batch_size"
+        )
+    steps = total_steps(cfg.trainer, len(data.train_loader))
+    if resume is not None and resume.checkpoint["step"] >= steps:
+        summary = _read_summary(resume.run_dir)
+        raise AlreadyComplete(
+            f"run {resume.run_dir} is already complete (step {resume.checkpoint['step']} of {steps}); "
+            f"its checkpoint: {resume.run_dir / 'checkpoints' / 'last.pt'}; nothing new written",
+            result=summary.get("final/val_loss", resume.checkpoint["extra"]["train_state"]["best_val_loss"]),
+        )
+    return RunPlan(resolved, device, precision, data, steps, resume, _test_text(cfg))
+
+
+def _test_text(cfg: TrainConfig) -> str | None:
+    """WikiText's test split when `trainer.test` is on (null: on for WikiText when its test split
+    can be read, off otherwise)."""
+    from gpt2exp.data import load_eval_text
+
+    test, data = cfg.trainer.test, cfg.data
+    if test is False or (test is None and data.source != "wikitext"):
+        return None
+    if data.source != "wikitext":
+        raise UserError(f"trainer.test=true needs a test split: data.source={data.source!r} has none (use "
+                        "data=wikitext2, or python -m gpt2exp.eval data=text data.path=... on a held-out file)")
+    try:
+        return load_eval_text(data, split="test")
+    except UserError as err:
+        if test:
+            raise
+        log.warning("trainer.test: no test split (%s); the run ends without it", err)
+        return None
+
+
+def _read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_group: str | None) -> dict:
+    """The tutorial's run (model, AdamW, the loop, the loss plot, checkpoints), from the plan's
+    resume point if any; returns its summary. SIGINT/SIGTERM save a checkpoint and exit 130/143
+    saying how to resume; a non-finite loss exits 1 naming the step (a multirun fails that job only)."""
+    import torch
+
+    from gpt2exp.checkpoint import format_bytes
+    from gpt2exp.interrupt import GracefulStop
+    from gpt2exp.model import GPTModel
+    from gpt2exp.rng import restore_rng_state
+    from gpt2exp.trainer import NonFiniteLoss, TrainState, lr_multiplier, make_optimizer, train_model
+
+    model = GPTModel(cfg.model, activation_checkpointing=cfg.trainer.activation_checkpointing).to(plan.device)
+    optimizer = make_optimizer(model, cfg.optimizer)
+    if plan.resume is None and cfg.model.init is not None:
+        from gpt2exp.hf_format import load_hf_weights
+
+        model.load_state_dict(load_hf_weights(Path(cfg.model.init), model.cfg))
+        log.info("model.init: weights from %s", cfg.model.init)
+    data = plan.data
+    log.info(
+        "model %s parameters on %s (%s) | data %s: %d train / %d val tokens | %d steps | run folder %s",
+        f"{model.num_parameters():,}", plan.device, plan.precision.name, cfg.data.source, data.train_tokens,
+        data.val_tokens, plan.total_steps, ctx.run_dir,
+    )
+    # Shares model's weights; static shapes, so that eval's batches add graphs of their own
+    # instead of recompiling the training graph for dynamic shapes.
+    train_forward = torch.compile(model, dynamic=False) if cfg.trainer.compile else model
+    state = TrainState()
+    if plan.resume is not None:
+        state = _restore(cfg, plan.resume, model, optimizer, len(data.train_loader))
+        tracker.carry_over(plan.resume.run_dir, state.step)
+    sampler = Sampler(cfg.decoding, cfg.trainer.start_context, model, tracker, plan.total_steps)
+    with GracefulStop() as stop:
+        hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, ctx.run_dir, sampler=sampler, stop=stop,
+                         wandb_group=wandb_group, resumed_from=plan.resume)
+        if plan.resume is not None:
+            restore_rng_state(plan.resume.checkpoint["extra"]["rng"])
+        trainer_cfg = cfg.trainer if ctx.progress else replace(cfg.trainer, progress=False)
+        try:
+            state = train_model(train_forward, optimizer, data, trainer_cfg, hooks, device=plan.device, state=state,
+                                lr_at=lambda step: lr_multiplier(step, plan.total_steps, cfg.optimizer),
+                                precision=plan.precision)
+        except NonFiniteLoss as err:
+            _fail(tracker, ctx, f"{err}; last good checkpoint: {hooks.last_checkpoint or 'none yet'}; lower "
+                  "optimizer.lr, or set trainer.skip_nonfinite=true to skip such steps")
+        except KeyboardInterrupt:  # a second signal: stop now, from the last checkpoint written
+            stop.signum = stop.signum or signal.SIGINT
+        except OSError as err:
+            if not err.filename:
+                raise
+            _fail(tracker, ctx, f"cannot write {err.filename} ({err.strerror}); the last good checkpoint is "
+                  f"{hooks.last_checkpoint or 'none yet'}; resume with: {ctx.resume_command}")
+    if stop.requested():
+        _exit_stopped(tracker, ctx, stop, hooks, state)
+    hooks.plot(state)
+    hooks.log_models(state)
+    final = state.final
+    test = _score_test(plan.test_text, model, plan.precision, tracker, state.step)
+    checkpoint_bytes = hooks.checkpoint_bytes()
+    log.info("done: val loss %.3f (first %.3f) | checkpoint %s | checkpoints take %s", final.val_loss,
+             state.history[0].val_loss, hooks.last_checkpoint, format_bytes(checkpoint_bytes))
+    return {
+        "final/train_loss": final.train_loss,
+        "final/val_loss": final.val_loss,
+        "final/val_perplexity": perplexity(final.val_loss),
+        "best/val_loss": state.best_val_loss,
+        "steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "skipped_nonfinite": state.skipped_nonfinite,
+        "checkpoint_bytes": checkpoint_bytes,
+        **sampler.metrics,
+        **test,
+    }
+
+
+def _fail(tracker, ctx: RunContext, message: str) -> None:
+    """End the W&B run as failed; a single run exits 1 with `message`, a multirun job fails."""
+    tracker.finish(exit_code=1)
+    if ctx.multirun:
+        raise RuntimeError(message)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _exit_stopped(tracker, ctx: RunContext, stop, hooks: RunHooks, state) -> None:
+    """A signal stopped training: say how to resume (from the last checkpoint) and exit 130/143."""
+    tracker.finish(exit_code=stop.exit_code)
+    if hooks.last_step is None:
+        print(f"interrupted at step {state.step}, before the run's first checkpoint: nothing to resume",
+              file=sys.stderr)
+    else:
+        at = f"step {state.step}" if hooks.last_step == state.step else (
+            f"step {state.step} (its last checkpoint is step {hooks.last_step})")
+        print(f"interrupted at {at}; resume with: {ctx.resume_command}", file=sys.stderr)
+    sys.exit(stop.exit_code)
+
+
+def _score_test(text: str | None, model, precision, tracker, step: int) -> dict:
+    """`trainer.test`: the test split's loss and perplexity as `gpt2exp.eval` scores them
+    (stride min(512, context)), logged at the last step; {} when off."""
+    if text is None:
+        return {}
+    import torch
+
+    from gpt2exp.perplexity import score_text
+    from gpt2exp.tokenizer import get_encoding
+
+    stride = min(512, model.cfg.context_length)
+    score = score_text(model, torch.tensor(get_encoding().encode(text, allowed_special="all")), stride=stride,
+                       precision=precision)
+    metrics = {"test/loss": score.mean_nll, "test/perplexity": score.perplexity}
+    tracker.log_metrics(metrics, step=step)
+    log.info("test: %s tokens | loss %.4f | perplexity %.3f (stride %d)", f"{score.tokens:,}", score.mean_nll,
+             score.perplexity, stride)
+    return {**metrics, "test/tokens": score.tokens, "test/stride": stride}
+
+
+def reuse_run(cfg: TrainConfig, plan: RunPlan, trained, ctx: RunContext, tracker) -> dict:
+    """Another job of this sweep trained this very model: adopt its files into this run and
+    only sample with this job's decoding settings."""
+    from gpt2exp import reuse
+    from gpt2exp.checkpoint import load_checkpoint
+    from gpt2exp.model import GPTModel
+
+    log.info("reusing the model trained by job %s (config hash %s, %s)", trained.owner["job"], trained.key,
+             trained.owner["run_dir"])
+    summary = reuse.adopt(trained, ctx.run_dir, tracker)
+    checkpoint = load_checkpoint(ctx.run_dir / "checkpoints" / "last.pt", map_location=plan.device)
+    model = GPTModel(cfg.model).to(plan.device)
+    model.load_state_dict(checkpoint["model"])
+    sampler = Sampler(cfg.decoding, cfg.trainer.start_context, model, tracker)
+    sampler(checkpoint["step"], None, final=True)
+    return {**summary, **sampler.metrics}
+
+
+def _restore(cfg: TrainConfig, resume, model, optimizer, train_batches: int):
+    """Load the checkpoint's model and optimizer (with this run's optimizer settings); returns
+    its training state, realigned to this run's batches."""
+    from gpt2exp.trainer import TrainState
+
+    model.load_state_dict(resume.checkpoint["model"])
+    if resume.checkpoint["optimizer"] is None:
+        log.warning("%s holds no optimizer state (trainer.save_optimizer=false): AdamW's moments start afresh",
+                    resume.path)
+    else:
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        optimizer.load_state_dict(resume.checkpoint["optimizer"])
+        for group, settings in zip(optimizer.param_groups, configured):  # this run's optimizer.* settings
+            group.update(settings, initial_lr=settings["lr"])
+    state = TrainState.from_dict(resume.checkpoint["extra"]["train_state"])
+    grad_accum = cfg.trainer.grad_accum
+    state.realign(batch_size_before=resume.checkpoint["config"]["data"]["batch_size"], batch_size=cfg.data.batch_size,
+                  grad_accum=grad_accum, batches_per_epoch=train_batches // grad_accum * grad_accum)
+    log.info("resuming %s from %s (step %d, epoch %d)", resume.run_dir, resume.path, state.step, state.epoch)
+    return state
