@@ -398,8 +398,12 @@ SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "benc
 
 
 def register_configs() -> None:
+    """The schemas in Hydra's ConfigStore, and the experiments/ folders as the experiment group."""
+    from gpt2exp import presets
+
     for name, schema in SCHEMAS.items():
         ConfigStore.instance().store(name=name, node=schema)
+    presets.register()
 
 
 def without_keys(resolved: dict, keys: Iterable[str]) -> dict:

@@ -7,7 +7,16 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from gpt2exp.cli import typed
-from gpt2exp.config import GenerateConfig, TrainConfig
+from gpt2exp.config import (
+    SCHEMAS,
+    DataConfig,
+    DecodingConfig,
+    GenerateConfig,
+    LoggerConfig,
+    ModelConfig,
+    OptimizerConfig,
+    TrainConfig,
+)
 from gpt2exp.errors import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -92,3 +101,46 @@ def test_generate_composes_with_every_decoding_preset(compose_generate, option):
 def test_generate_out_of_range_values_name_the_key(compose_generate, override, key):
     with pytest.raises(UserError, match=rf"^{key}="):
         typed(compose_generate(override), GenerateConfig)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig, "decoding": DecodingConfig,
+            "logger": LoggerConfig}
+NAMES_THE_OPTION = {"data.source", "data.name", "optimizer.name", "logger.backend"}
+
+
+def dataclass_defaults(schema: type) -> dict:
+    from dataclasses import MISSING, fields
+
+    return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(schema)
+            if f.default is not MISSING or f.default_factory is not MISSING}
+
+
+@pytest.mark.parametrize("group", sorted(SECTIONS))
+def test_group_options_hold_only_what_they_change(group):
+    """Each default lives in gpt2exp/config.py alone: no option restates one (besides the keys
+    that name the option, e.g. data.source)."""
+    defaults = dataclass_defaults(SECTIONS[group])
+    for option in options(group):
+        values = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")) or {}
+        restated = [key for key, value in values.items()
+                    if f"{group}.{key}" not in NAMES_THE_OPTION and key in defaults and defaults[key] == value]
+        assert not restated, f"{group}/{option}.yaml restates the defaults of {restated}"
+
+
+@pytest.mark.parametrize("primary", sorted(name.removesuffix("_schema") for name in SCHEMAS))
+def test_primary_configs_only_compose(primary):
+    """train.yaml, generate.yaml, ... pick group options and Hydra settings; no values of their own."""
+    assert set(OmegaConf.load(CONF / f"{primary}.yaml")) <= {"defaults", "hydra"}
+
+
+def test_an_experiment_preset_in_the_working_folder_is_found_and_wins(compose_train, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "my_run.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: small\ntrainer:\n  max_steps: 7\n")
+    (tmp_path / "experiments" / "article.yaml").write_text("# @package _global_\nseed: 5\n")
+    cfg = typed(compose_train("experiment=my_run"), TrainConfig)
+    assert (cfg.trainer.max_steps, cfg.model.emb_dim) == (7, 768)
+    assert compose_train("experiment=article").seed == 5
+    monkeypatch.chdir(tmp_path / "experiments")  # elsewhere: the shipped article preset
+    assert compose_train("experiment=article", "data.path=a.txt").trainer.epochs == 10

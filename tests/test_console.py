@@ -43,3 +43,8 @@ def test_tab_completion_installs_and_completes_groups_and_keys(tmp_path):
     keys = run("gpt2exp-generate", "-sc", "query=bash", cwd=tmp_path, COMP_LINE="gpt2exp-generate decoding.t")
     assert keys.stdout.split() == ["decoding.temperature=", "decoding.top_k=", "decoding.top_p="]
     assert not list(tmp_path.iterdir()), "completion writes nothing"
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")
+    presets = run("gpt2exp-train", "-sc", "query=bash", cwd=tmp_path, COMP_LINE="gpt2exp-train experiment=")
+    assert presets.stdout.split() == [f"experiment={name}" for name in
+                                      ("article", "context_sweep", "decoding_sweep", "finetune", "mine")]

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from gpt2exp.config import ModelConfig
 from gpt2exp.model import GPTModel, KVCache

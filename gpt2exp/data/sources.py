@@ -73,7 +73,7 @@ def load_eval_text(cfg: DataConfig, *, split: str) -> str:
         suffixes = (".raw", ".tokens") if "raw" in cfg.name else (".tokens", ".raw")
         file = next((folder / f"wiki.{split}{s}" for s in suffixes if (folder / f"wiki.{split}{s}").is_file()), None)
         if file is None:
-            raise UserError(f"data.local_dir: no wiki.{split}.tokens (or .raw) in '{folder}'")
+            raise UserError(f"data.local_dir: no wiki.{split}.tokens (or .raw) in {str(folder)!r}")
         return file.read_text(encoding="utf-8")
     import datasets
 
@@ -180,12 +180,12 @@ def _read_text(path: str | None) -> str:
             try:
                 texts.append(file.read_text(encoding="utf-8"))
             except UnicodeDecodeError:
-                raise UserError(f"data.path: '{file}' is not UTF-8 text") from None
+                raise UserError(f"data.path: {str(file)!r} is not UTF-8 text") from None
     except OSError as err:
-        raise UserError(f"data.path: cannot read '{path}' ({err.strerror})") from None
+        raise UserError(f"data.path: cannot read {str(path)!r} ({err.strerror})") from None
     text = "\n".join(line for line in "\n".join(texts).splitlines() if line.strip())
     if not text:
-        raise UserError(f"data.path: '{path}' holds no text (only blank lines)")
+        raise UserError(f"data.path: {str(path)!r} holds no text (only blank lines)")
     return text
 
 
@@ -203,7 +203,7 @@ def _text_files(path: str) -> list[Path]:
             problem = "not a regular file or folder (a device, pipe or socket):"
         else:
             problem = "no such file or folder:"
-        raise UserError(f"data.path: {problem} '{path}'")
+        raise UserError(f"data.path: {problem} {str(path)!r}")
     return files
 
 
@@ -214,7 +214,7 @@ def _read_wikitext_folder(folder: Path, *, raw: bool) -> Splits:
     train_file, val_file = folder / f"wiki.train{suffix}", folder / f"wiki.valid{suffix}"
     for file in (train_file, val_file):
         if not file.is_file():
-            raise UserError(f"data.local_dir: no {file.name} in '{folder}' (it needs the official WikiText files: "
+            raise UserError(f"data.local_dir: no {file.name} in {str(folder)!r} (it needs the official WikiText files: "
                             "wiki.train.tokens and wiki.valid.tokens, or wiki.train.raw and wiki.valid.raw)")
     return Splits(train_file.read_text(encoding="utf-8"), val_file.read_text(encoding="utf-8"))
 
