@@ -35,21 +35,22 @@ log = logging.getLogger(__name__)
 def save_checkpoint(
     path: str | Path,
     *,
-    model_state: dict,
-    optimizer_state: dict | None,
+    model: dict,
+    optimizer: dict | None,
     step: int,
     config: dict,
     extra: dict | None = None,
 ) -> Path:
     """Writes the checkpoint so that `path` holds either the old file or the whole new one, never a part.
 
+    `model` and `optimizer` are state dicts, read back under the same keys (see `load_checkpoint`);
     `config` and `extra` must be plain data (dicts, lists, str, numbers, bool, None) or tensors.
     """
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "model": model_state,
-        "optimizer": optimizer_state,
+        "model": model,
+        "optimizer": optimizer,
         "step": step,
         "config": config,
         "extra": extra or {},

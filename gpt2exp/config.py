@@ -129,7 +129,7 @@ class DataConfig:
     shuffle: bool = True
     drop_last: bool = True
     num_workers: int = 0
-    cache_dir: str = "${oc.env:GPT2EXP_CACHE_DIR,'~/.cache/gpt2exp'}"  # tokenized corpora
+    cache_dir: Optional[str] = None  # tokenized corpora; null: $GPT2EXP_CACHE_DIR, else ~/.cache/gpt2exp
 
     def __post_init__(self) -> None:
         _one_of(self.source, "data.source", SOURCES)

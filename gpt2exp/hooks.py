@@ -106,7 +106,7 @@ class RunHooks(Hooks):
 
         trainer_cfg = self.cfg.trainer
         payload = {
-            "model_state": self.model.state_dict(),
+            "model": self.model.state_dict(),
             "config": self.resolved,
             "extra": {
                 "train_state": state.to_dict(),
@@ -118,11 +118,11 @@ class RunHooks(Hooks):
             optimizer_state = self.optimizer.state_dict() if trainer_cfg.save_optimizer else None
             self.last_checkpoint = save_step_checkpoint(
                 self.checkpoint_dir, step=state.step, keep_last=trainer_cfg.keep_last,
-                optimizer_state=optimizer_state, **payload,
+                optimizer=optimizer_state, **payload,
             )
             self.last_step = state.step
         if is_best and trainer_cfg.keep_best:
-            save_checkpoint(self.checkpoint_dir / "best.pt", step=state.step, optimizer_state=None, **payload)
+            save_checkpoint(self.checkpoint_dir / "best.pt", step=state.step, optimizer=None, **payload)
 
     def log_models(self, state: TrainState) -> None:
         """`logger.log_model`: best (best.pt, alias "best"), last (the final checkpoint, alias

@@ -227,15 +227,13 @@ def reuse_run(cfg: TrainConfig, plan: RunPlan, trained, ctx: RunContext, tracker
     """Another job of this sweep trained this very model: adopt its files into this run and
     only sample with this job's decoding settings."""
     from gpt2exp import reuse
-    from gpt2exp.checkpoint import load_checkpoint
-    from gpt2exp.model import GPTModel
+    from gpt2exp.checkpoint import load_trained_model
 
     log.info("reusing the model trained by job %s (config hash %s, %s)", trained.owner["job"], trained.key,
              trained.owner["run_dir"])
     summary = reuse.adopt(trained, ctx.run_dir, tracker)
-    checkpoint = load_checkpoint(ctx.run_dir / "checkpoints" / "last.pt", map_location=plan.device)
-    model = GPTModel(cfg.model).to(plan.device)
-    model.load_state_dict(checkpoint["model"])
+    model, checkpoint = load_trained_model(ctx.run_dir / "checkpoints" / "last.pt")
+    model = model.to(plan.device)
     sampler = Sampler(cfg.decoding, cfg.trainer.start_context, model, tracker)
     sampler(checkpoint["step"], None, final=True)
     return {**summary, **sampler.metrics}

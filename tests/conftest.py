@@ -99,6 +99,6 @@ def train_run(tmp_path) -> Path:
 
     torch.manual_seed(0)
     run_dir = tmp_path / "outputs" / "2025-01-31" / "12-00-00"
-    save_checkpoint(run_dir / "checkpoints" / "last.pt", model_state=GPTModel(ModelConfig(**TINY_MODEL)).state_dict(),
-                    optimizer_state=None, step=40, config={"model": TINY_MODEL})
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", model=GPTModel(ModelConfig(**TINY_MODEL)).state_dict(),
+                    optimizer=None, step=40, config={"model": TINY_MODEL})
     return run_dir

@@ -30,8 +30,8 @@ def test_round_trip_restores_model_and_optimizer(tmp_path):
     config = {"model": {"emb_dim": 4}, "optimizer": {"lr": 1e-3}, "tags": ["a"], "note": None}
     path = save_checkpoint(
         tmp_path / "checkpoints" / "last.pt",
-        model_state=model.state_dict(),
-        optimizer_state=optimizer.state_dict(),
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
         step=7,
         config=config,
         extra={"tokens_seen": 512, "rng": torch.get_rng_state()},
@@ -56,7 +56,7 @@ def test_round_trip_restores_model_and_optimizer(tmp_path):
 def test_save_replaces_an_existing_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
     for step in (1, 2):
-        save_checkpoint(path, model_state={}, optimizer_state=None, step=step, config={})
+        save_checkpoint(path, model={}, optimizer=None, step=step, config={})
     assert load_checkpoint(path)["step"] == 2
     assert os.listdir(tmp_path) == ["last.pt"]
 
@@ -64,7 +64,7 @@ def test_save_replaces_an_existing_checkpoint(tmp_path):
 def test_truncated_file_is_reported_as_corrupt(tmp_path):
     model_state = torch.nn.Linear(4, 3).state_dict()
     path = save_checkpoint(
-        tmp_path / "last.pt", model_state=model_state, optimizer_state=None, step=1, config={}
+        tmp_path / "last.pt", model=model_state, optimizer=None, step=1, config={}
     )
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(UserError, match=re.escape(f"ckpt: '{path}' is corrupt or truncated")):
@@ -110,8 +110,8 @@ def test_pickle_that_runs_code_is_refused(tmp_path, dump):
 
 def _save_steps(folder, steps, keep_last=2):
     for step in steps:
-        save_step_checkpoint(folder, step=step, keep_last=keep_last, model_state={"w": torch.full((2,), float(step))},
-                             optimizer_state=None, config={})
+        save_step_checkpoint(folder, step=step, keep_last=keep_last, model={"w": torch.full((2,), float(step))},
+                             optimizer=None, config={})
 
 
 def test_keep_last_keeps_the_newest_step_files_and_last_pt_is_the_newest(tmp_path):

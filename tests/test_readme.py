@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY, TINY_BENCH, generate_runs, read_jsonl, run_folders
 from helpers.wandb_reader import find_wandb_file, read_run
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -27,9 +28,10 @@ def readme_commands() -> list[str]:
 
 
 def train_commands() -> list[list[str]]:
-    """The train lines, but those that start from Hugging Face weights (their own test runs them)."""
+    """The train lines, but those that start from Hugging Face weights or a preset the README
+    writes first (their own tests run them)."""
     return [shlex.split(c)[3:] for c in readme_commands() if c.startswith("python -m gpt2exp.train")
-            and "model.init=" not in c]
+            and "model.init=" not in c and "experiment=my_run" not in c]
 
 
 def bench_commands() -> list[list[str]]:
@@ -64,6 +66,21 @@ def test_readme_train_command_runs(args, run_module, tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
     for run_dir in run_folders(tmp_path):
         assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_readme_user_preset_runs_from_the_working_folder(run_module, tmp_path):
+    """The README's own experiments/my_run.yaml, written where the user runs, and its command."""
+    preset = re.search(r"cat > experiments/my_run.yaml <<'YAML'\n(.*?)\nYAML\n", README, re.S).group(1)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "my_run.yaml").write_text(preset)
+    [command] = [shlex.split(c)[3:] for c in readme_commands() if "experiment=my_run" in c]
+    result = run_module("gpt2exp.train", *command, *SHRINK)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_folders(tmp_path)
+    choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    assert (choices.experiment, choices.model) == ("my_run", "small")  # the preset's own group choice
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ def make_run(root: Path, name: str, config: dict, steps=(4,), mtime: float | Non
     run_dir = root / name
     for step in steps:
         path = save_step_checkpoint(
-            run_dir / "checkpoints", step=step, keep_last=2, model_state={}, optimizer_state={}, config=config,
+            run_dir / "checkpoints", step=step, keep_last=2, model={}, optimizer={}, config=config,
             extra={"train_state": TrainState(step=step).to_dict(), "rng": {}},
         )
         if mtime is not None:

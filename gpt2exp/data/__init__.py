@@ -1,5 +1,6 @@
 """Corpora -> token arrays (cached) -> batches of the tutorial's sliding windows."""
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memor
     takes the sliding windows in order and keeps its last, partial batch. Raises UserError, naming
     the config key, when a split is too short for one window or one batch.
     """
-    source, batch_size, cache_dir = cfg.source, cfg.batch_size, Path(cfg.cache_dir).expanduser()
+    source, batch_size = cfg.source, cfg.batch_size
+    cache_dir = Path(cfg.cache_dir or os.environ.get("GPT2EXP_CACHE_DIR") or "~/.cache/gpt2exp").expanduser()
     stride = cfg.stride or context_length
     splits = load_splits(cfg)
     try:
