@@ -160,6 +160,8 @@ class OwnRunFolders(Callback):
 
     @staticmethod
     def _claim(config: DictConfig, key: str) -> None:
+        if os.environ.get("RANK", "0") != "0":  # a distributed job's folder is rank 0's
+            return
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the folder's pattern
         path = os.path.abspath(str(OmegaConf.select(config, key)))  # `now` is cached: Hydra gets this name
         resume = OmegaConf.select(config, "trainer.resume", default=None)

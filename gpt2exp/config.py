@@ -8,6 +8,7 @@ then turns the composed config into its dataclass once (`cli.typed`), which runs
 torch-free, so that the model, the entrypoints and the tests share it cheaply.
 """
 
+import datetime
 import hashlib
 import json
 import math
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import VOCAB_SIZE
@@ -397,13 +398,22 @@ SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "benc
            "eval_schema": EvalConfig}
 
 
+def launch_time(pattern: str) -> str:
+    """``${launch_time:%H-%M}`` in run-folder names: when the job was launched, the same on every
+    rank of a distributed job ($GPT2EXP_LAUNCH_TIME, set by `distributed.start`), else now."""
+    shared = os.environ.get("GPT2EXP_LAUNCH_TIME")
+    return (datetime.datetime.fromisoformat(shared) if shared else datetime.datetime.now()).strftime(pattern)
+
+
 def register_configs() -> None:
-    """The schemas in Hydra's ConfigStore, and the experiments/ folders as the experiment group."""
+    """The schemas in Hydra's ConfigStore, the experiments/ folders as the experiment group,
+    and the launch_time resolver of the run-folder names."""
     from gpt2exp import presets
 
     for name, schema in SCHEMAS.items():
         ConfigStore.instance().store(name=name, node=schema)
     presets.register()
+    OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
 
 
 def without_keys(resolved: dict, keys: Iterable[str]) -> dict:

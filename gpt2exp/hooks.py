@@ -7,6 +7,7 @@ import math
 import time
 from pathlib import Path
 
+from gpt2exp import distributed
 from gpt2exp.config import DecodingConfig, TrainConfig
 from gpt2exp.interrupt import GracefulStop
 from gpt2exp.trainer import EvalPoint, Hooks, TrainState
@@ -51,6 +52,19 @@ class Sampler:
             log.info(" | ".join(f"{key} {value:.4g}" for key, value in self.metrics.items()))
 
 
+class ReplicaHooks(Hooks):
+    """The hooks of a distributed job's ranks besides 0: they only take part in the decision
+    to stop (rank 0 logs, checkpoints and samples for the job)."""
+
+    last_checkpoint = last_step = None  # rank 0's to say
+
+    def __init__(self, stop: GracefulStop):
+        self.stop = stop
+
+    def should_stop(self) -> bool:
+        return distributed.any_rank(self.stop.requested())
+
+
 class RunHooks(Hooks):
     """A training run's hooks: metrics to the tracker and the console, checkpoints into
     ``<run_dir>/checkpoints``, samples through `sampler`, and a stop on SIGINT/SIGTERM (`stop`)."""
@@ -92,7 +106,7 @@ class RunHooks(Hooks):
         self.sampler(step, epoch)
 
     def should_stop(self) -> bool:
-        return self.stop.requested()
+        return distributed.any_rank(self.stop.requested())
 
     def on_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
         """`checkpoints/step-<step>.pt` (and last.pt) when periodic, with AdamW's state unless
@@ -112,6 +126,7 @@ class RunHooks(Hooks):
                 "train_state": state.to_dict(),
                 "rng": capture_rng_state(),
                 "wandb": {"run_id": self.tracker.run_id, "group": self.wandb_group},
+                "world_size": distributed.world().world_size,  # data.batch_size is per process
             },
         }
         if periodic:

@@ -12,7 +12,7 @@ from typing import Any
 
 from gpt2exp.config import TrainConfig
 from gpt2exp.errors import AlreadyComplete, UserError
-from gpt2exp.hooks import RunHooks, Sampler, perplexity
+from gpt2exp.hooks import ReplicaHooks, RunHooks, Sampler, perplexity
 
 log = logging.getLogger("gpt2exp.train")
 
@@ -45,7 +45,9 @@ class RunPlan:
 def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     """Check everything a user can get wrong (resume folder, data, model size) before a model
     is built or a file is written; raises UserError naming the key."""
-    from gpt2exp import run_folder
+    import torch
+
+    from gpt2exp import distributed, run_folder
     from gpt2exp.data import build_data
     from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.resume import find_resume_point
@@ -53,14 +55,25 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
 
     cfg.model.check_fits_in_memory()
     resolved = asdict(cfg)
+    place = distributed.world()
     device = resolve_device(cfg.trainer.device)
+    if place.distributed and device.type == "cuda":
+        device = torch.device("cuda", place.local_rank)
     precision = resolve_precision(cfg.trainer.precision, device)
     own_folder = run_folder.claimed(ctx.run_dir)
     # A folder that already holds a run can only be continued: from its own checkpoints.
     resume_from = str(ctx.run_dir) if own_folder and own_folder.held_run else cfg.trainer.resume
-    resume = find_resume_point(resume_from, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
+    # In a distributed job rank 0 (which owns the folder) finds the run to resume; the others follow.
+    resume = find_resume_point(resume_from, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root) if place.main else None
+    resume_dir = distributed.broadcast(str(resume.run_dir) if resume else None)
+    if not place.main and resume_dir is not None:
+        resume = find_resume_point(resume_dir, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
+    if not place.main:
+        distributed.barrier()  # rank 0 tokenizes into the shared cache first
     data = build_data(cfg.data, context_length=cfg.model.context_length, seed=cfg.seed,
-                      pin_memory=device.type == "cuda")
+                      pin_memory=device.type == "cuda", rank=place.rank, world_size=place.world_size)
+    if place.main:
+        distributed.barrier()
     grad_accum = cfg.trainer.grad_accum
     if len(data.train_loader) < grad_accum:
         raise UserError(
@@ -111,12 +124,14 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
     saying how to resume; a non-finite loss exits 1 naming the step (a multirun fails that job only)."""
     import torch
 
+    from gpt2exp import distributed
     from gpt2exp.checkpoint import format_bytes
     from gpt2exp.interrupt import GracefulStop
     from gpt2exp.model import GPTModel
     from gpt2exp.rng import restore_rng_state
     from gpt2exp.trainer import NonFiniteLoss, TrainState, lr_multiplier, make_optimizer, train_model
 
+    place = distributed.world()
     model = GPTModel(cfg.model, activation_checkpointing=cfg.trainer.activation_checkpointing).to(plan.device)
     optimizer = make_optimizer(model, cfg.optimizer)
     if plan.resume is None and cfg.model.init is not None:
@@ -130,9 +145,16 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
         f"{model.num_parameters():,}", plan.device, plan.precision.name, cfg.data.source, data.train_tokens,
         data.val_tokens, plan.total_steps, ctx.run_dir,
     )
-    # Shares model's weights; static shapes, so that eval's batches add graphs of their own
-    # instead of recompiling the training graph for dynamic shapes.
-    train_forward = torch.compile(model, dynamic=False) if cfg.trainer.compile else model
+    train_forward = model
+    if place.distributed:  # gradients all-reduced in backward; rank 0's weights broadcast now
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_forward = DistributedDataParallel(model, device_ids=[plan.device] if plan.device.type == "cuda" else None,
+                                                forward_sync_buffers=False)
+    if cfg.trainer.compile:
+        # Shares model's weights; static shapes, so that eval's batches add graphs of their own
+        # instead of recompiling the training graph for dynamic shapes.
+        train_forward = torch.compile(train_forward, dynamic=False)
     state = TrainState()
     if plan.resume is not None:
         state = _restore(cfg, plan.resume, model, optimizer, len(data.train_loader))
@@ -140,10 +162,10 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
     sampler = Sampler(cfg.decoding, cfg.trainer.start_context, model, tracker, plan.total_steps)
     with GracefulStop() as stop:
         hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, ctx.run_dir, sampler=sampler, stop=stop,
-                         wandb_group=wandb_group, resumed_from=plan.resume)
+                         wandb_group=wandb_group, resumed_from=plan.resume) if place.main else ReplicaHooks(stop)
         if plan.resume is not None:
             restore_rng_state(plan.resume.checkpoint["extra"]["rng"])
-        trainer_cfg = cfg.trainer if ctx.progress else replace(cfg.trainer, progress=False)
+        trainer_cfg = cfg.trainer if ctx.progress and place.main else replace(cfg.trainer, progress=False)
         try:
             state = train_model(train_forward, optimizer, data, trainer_cfg, hooks, device=plan.device, state=state,
                                 lr_at=lambda step: lr_multiplier(step, plan.total_steps, cfg.optimizer),
@@ -160,6 +182,8 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
                   f"{hooks.last_checkpoint or 'none yet'}; resume with: {ctx.resume_command}")
     if stop.requested():
         _exit_stopped(tracker, ctx, stop, hooks, state)
+    if not place.main:
+        return {"final/val_loss": state.final.val_loss}
     hooks.plot(state)
     hooks.log_models(state)
     final = state.final
@@ -193,6 +217,8 @@ def _fail(tracker, ctx: RunContext, message: str) -> None:
 def _exit_stopped(tracker, ctx: RunContext, stop, hooks: RunHooks, state) -> None:
     """A signal stopped training: say how to resume (from the last checkpoint) and exit 130/143."""
     tracker.finish(exit_code=stop.exit_code)
+    if not isinstance(hooks, RunHooks):  # another rank: rank 0 says it
+        sys.exit(stop.exit_code)
     if hooks.last_step is None:
         print(f"interrupted at step {state.step}, before the run's first checkpoint: nothing to resume",
               file=sys.stderr)
@@ -242,6 +268,7 @@ def reuse_run(cfg: TrainConfig, plan: RunPlan, trained, ctx: RunContext, tracker
 def _restore(cfg: TrainConfig, resume, model, optimizer, train_batches: int):
     """Load the checkpoint's model and optimizer (with this run's optimizer settings); returns
     its training state, realigned to this run's batches."""
+    from gpt2exp import distributed
     from gpt2exp.trainer import TrainState
 
     model.load_state_dict(resume.checkpoint["model"])
@@ -254,8 +281,10 @@ def _restore(cfg: TrainConfig, resume, model, optimizer, train_batches: int):
         for group, settings in zip(optimizer.param_groups, configured):  # this run's optimizer.* settings
             group.update(settings, initial_lr=settings["lr"])
     state = TrainState.from_dict(resume.checkpoint["extra"]["train_state"])
-    grad_accum = cfg.trainer.grad_accum
-    state.realign(batch_size_before=resume.checkpoint["config"]["data"]["batch_size"], batch_size=cfg.data.batch_size,
+    grad_accum, world_size = cfg.trainer.grad_accum, distributed.world().world_size
+    # The job's batches (each process's times the processes): a run may resume on another number of them.
+    before = resume.checkpoint["config"]["data"]["batch_size"] * resume.checkpoint["extra"].get("world_size", 1)
+    state.realign(batch_size_before=before, batch_size=cfg.data.batch_size * world_size,
                   grad_accum=grad_accum, batches_per_epoch=train_batches // grad_accum * grad_accum)
     log.info("resuming %s from %s (step %d, epoch %d)", resume.run_dir, resume.path, state.step, state.epoch)
     return state

@@ -323,3 +323,36 @@ class Tracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.finish(exit_code=1 if exc_type else 0)
+
+
+class NullTracker:
+    """What the ranks besides 0 of a distributed job log to: nothing (rank 0 logs for the job)."""
+
+    run_id = None
+
+    def carry_over(self, previous_run_dir: str | Path, up_to_step: int) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_sample(self, *, step: int, prompt: str, text: str, settings: dict) -> None:
+        pass
+
+    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
+        pass
+
+    def log_model(self, path: str | Path, *, aliases: list[str], metadata: dict) -> None:
+        pass
+
+    def summary(self, values: dict) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        pass

@@ -6,6 +6,7 @@ trained model: the first trains it, the others reuse it and only sample (see `re
 
 import contextlib
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt2exp import cli, reuse
 from gpt2exp.config import ModelConfig, TrainConfig, register_configs
+from gpt2exp.errors import UserError
 
 log = logging.getLogger("gpt2exp.train")
 register_configs()
@@ -26,10 +28,15 @@ def train(composed: DictConfig) -> float:
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from gpt2exp import distributed
     from gpt2exp.run import plan_run, reuse_run, train_run
-    from gpt2exp.tracking import Tracker
+    from gpt2exp.tracking import NullTracker, Tracker
 
     hydra_cfg = HydraConfig.get()
+    place = distributed.world()
+    if place.distributed and hydra_cfg.mode == RunMode.MULTIRUN:
+        raise UserError("a multirun (-m) under torchrun: launch the sweep without torchrun, one job per "
+                        "torchrun (e.g. hydra/launcher=slurm), or one torchrun per setting")
     cfg = cli.typed(composed, TrainConfig)
     if cfg.model.init is not None:
         cfg.model = _hf_architecture(cfg.model, hydra_cfg)
@@ -41,9 +48,9 @@ def train(composed: DictConfig) -> float:
     if wandb_run.get("run_id"):  # continue that W&B run; offline, its group links the parts too
         options["group"] = options["group"] or wandb_run.get("group") or wandb_run["run_id"]
 
-    with _model_slot(hydra_cfg, plan.resolved, ctx.run_dir) as slot, logging_redirect_tqdm(), Tracker(
-        ctx.run_dir, config=plan.resolved, run_id=wandb_run.get("run_id"), **options
-    ) as tracker:
+    tracker = Tracker(ctx.run_dir, config=plan.resolved, run_id=wandb_run.get("run_id"), **options) if (
+        place.main) else NullTracker()
+    with _model_slot(hydra_cfg, plan.resolved, ctx.run_dir) as slot, logging_redirect_tqdm(), tracker:
         if slot and slot.trained:
             summary = reuse_run(cfg, plan, slot.trained, ctx, tracker)
         else:
@@ -100,8 +107,17 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """The ``gpt2exp-train`` console command (``python -m gpt2exp.train``)."""
-    cli.run(_hydra_main)
+    """The ``gpt2exp-train`` console command (``python -m gpt2exp.train``, or under ``torchrun``:
+    one process per device, rank 0 owning the run folder, the console and W&B)."""
+    from gpt2exp import distributed
+
+    if not distributed.start().main:  # no .hydra/ files, log file or info lines of its own
+        sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
+                     "hydra.job_logging.root.level=WARNING"]
+    try:
+        cli.run(_hydra_main)
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

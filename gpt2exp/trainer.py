@@ -2,6 +2,7 @@
 ``eval_freq`` steps over ``eval_iter`` batches; a sample now and then) with gradient
 accumulation, clipping and a warmup + cosine learning-rate schedule."""
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from gpt2exp import distributed
 from gpt2exp.config import OptimizerConfig, TrainerConfig
 from gpt2exp.data import DataBundle, epoch_batches, eval_batches
 from gpt2exp.devices import Precision
@@ -57,13 +59,16 @@ def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) ->
 def evaluate(
     model: nn.Module, batches: Sequence[Batch], device: torch.device, precision: Precision = FP32
 ) -> float:
-    """Mean loss over fixed batches, in eval mode."""
+    """Mean loss over fixed batches, in eval mode; in a distributed job each rank takes its
+    share of the batches and the mean is the whole set's."""
+    place = distributed.world()
     was_training = model.training
     model.eval()
     with precision.autocast():
-        losses = [batch_loss(model, x.to(device), y.to(device)).item() for x, y in batches]
+        losses = [batch_loss(model, x.to(device), y.to(device)).item() for x, y in batches[place.rank :: place.world_size]]
     model.train(was_training)
-    return sum(losses) / len(losses)
+    total, count = distributed.all_sum([sum(losses), len(losses)])
+    return total / count
 
 
 @dataclass
@@ -166,7 +171,9 @@ def train_model(
     included. ``lr_at(step)`` scales each parameter group's initial learning rate.
 
     The train loader's sampler must be an ``EpochSampler``: a resumed run starts inside its
-    epoch without replaying batches.
+    epoch without replaying batches. In a distributed job ``model`` is the DistributedDataParallel
+    module and each rank's loader holds its share of the batches; losses, evaluations and token
+    counts are the whole job's.
     Raises ``NonFiniteLoss`` for a NaN/inf loss or gradient norm unless ``cfg.skip_nonfinite``,
     which skips the update instead and counts it in ``state.skipped_nonfinite``. The forward passes
     run under ``precision``'s autocast; with fp16 the loss is scaled and overflowing steps are skipped.
@@ -174,11 +181,12 @@ def train_model(
     from tqdm.auto import tqdm
 
     state, hooks, train_loader, grad_accum = state or TrainState(), hooks or Hooks(), data.train_loader, cfg.grad_accum
+    world_size = distributed.world().world_size
     steps = total_steps(cfg, len(train_loader))
     batches_per_epoch = len(train_loader) // grad_accum * grad_accum
     steps_per_epoch = batches_per_epoch // grad_accum
-    train_eval_batches, val_eval_batches = (
-        eval_batches(loader.dataset, num_batches=cfg.eval_iter, batch_size=train_loader.batch_size)
+    train_eval_batches, val_eval_batches = (  # of the job's batch size: the same set for any number of ranks
+        eval_batches(loader.dataset, num_batches=cfg.eval_iter, batch_size=train_loader.batch_size * world_size)
         for loader in (train_loader, data.val_loader))
     for group in optimizer.param_groups:  # saved with the optimizer, so a resumed run keeps it
         group.setdefault("initial_lr", group["lr"])
@@ -208,15 +216,19 @@ def train_model(
             group["lr"] = group["initial_lr"] * lr_at(state.step)
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
-        for _ in range(grad_accum):
+        for micro_step in range(grad_accum):
             inputs, targets = next(batches)
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with precision.autocast():
-                loss = batch_loss(model, inputs, targets) / grad_accum
-            scaler.scale(loss).backward()
+            # DistributedDataParallel: all-reduce the gradients once, on the step's last backward.
+            last = micro_step == grad_accum - 1
+            with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+                with precision.autocast():
+                    loss = batch_loss(model, inputs, targets) / grad_accum
+                scaler.scale(loss).backward()
             step_loss += loss.item()
-            state.tokens_seen += inputs.numel()
-            interval_tokens += inputs.numel()
+            state.tokens_seen += inputs.numel() * world_size
+            interval_tokens += inputs.numel() * world_size
+        step_loss = distributed.mean(step_loss)
         state.batch_in_epoch += grad_accum
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf).item()

@@ -28,13 +28,15 @@ class DataBundle:
     val_tokens: int
 
 
-def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memory: bool = False) -> DataBundle:
+def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memory: bool = False, rank: int = 0,
+               world_size: int = 1) -> DataBundle:
     """Load `cfg.source`, tokenize it (cached in `cfg.cache_dir`) and wrap both splits in loaders
     of `context_length`-token windows.
 
     The train loader draws its windows with `cfg.sampler` (see `create_dataloader`); the val loader
-    takes the sliding windows in order and keeps its last, partial batch. Raises UserError, naming
-    the config key, when a split is too short for one window or one batch.
+    takes the sliding windows in order and keeps its last, partial batch. In a job of `world_size`
+    processes, the train loader of `rank` takes its share of each epoch (see `EpochSampler`).
+    Raises UserError, naming the config key, when a split is too short for one window or one batch.
     """
     source, batch_size = cfg.source, cfg.batch_size
     cache_dir = Path(cfg.cache_dir or os.environ.get("GPT2EXP_CACHE_DIR") or "~/.cache/gpt2exp").expanduser()
@@ -57,7 +59,7 @@ def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memor
     train_loader = create_dataloader(
         train_tokens, batch_size=batch_size, context_length=context_length, stride=stride,
         shuffle=cfg.shuffle, drop_last=cfg.drop_last, num_workers=cfg.num_workers, seed=seed, sampler=cfg.sampler,
-        pin_memory=pin_memory,
+        pin_memory=pin_memory, rank=rank, world_size=world_size,
     )
     if len(train_loader) == 0:
         raise UserError(

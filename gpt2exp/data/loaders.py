@@ -33,36 +33,47 @@ class SlidingWindowDataset(Dataset):
 class EpochSampler(Sampler[int]):
     """Window indices of one epoch: a permutation fixed by (`seed`, epoch) when shuffling, else
     in order. `set_epoch(epoch, start)` picks the epoch and skips its first `start` indices, so a
-    resumed run sees exactly the windows the interrupted one had left, without loading the others."""
+    resumed run sees exactly the windows the interrupted one had left, without loading the others.
 
-    def __init__(self, length: int, *, shuffle: bool, seed: int):
+    In a job of `world_size` processes, rank r takes every world_size-th index from the r-th on
+    (the tail that does not divide evenly is dropped): the ranks' i-th batches together hold the
+    windows of a single process's i-th batch world_size times as large."""
+
+    def __init__(self, length: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
         self.length, self.shuffle, self.seed = length, shuffle, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def order(self, epoch: int) -> list[int]:
+    def job_order(self, epoch: int) -> list[int]:
+        """The whole job's indices of `epoch`, before they are dealt to the ranks."""
         if not self.shuffle:
             return list(range(self.length))
         return torch.randperm(self.length, generator=_epoch_generator(self.seed, epoch)).tolist()
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's indices of `epoch`."""
+        end = self.length // self.world_size * self.world_size
+        return self.job_order(epoch)[self.rank : end : self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order(self.epoch)[self.start :])
 
     def __len__(self) -> int:
-        return max(0, self.length - self.start)
+        return max(0, self.length // self.world_size - self.start)
 
 
 class RandomOffsetSampler(EpochSampler):
     """`samples` window indices per epoch drawn uniformly, with replacement, from `0..offsets-1`;
-    fixed by (`seed`, epoch) and resumable like `EpochSampler`."""
+    fixed by (`seed`, epoch), resumable and dealt to ranks like `EpochSampler`."""
 
-    def __init__(self, offsets: int, *, samples: int, seed: int):
-        super().__init__(samples, shuffle=True, seed=seed)
+    def __init__(self, offsets: int, *, samples: int, seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(samples, shuffle=True, seed=seed, rank=rank, world_size=world_size)
         self.offsets = offsets
 
-    def order(self, epoch: int) -> list[int]:
+    def job_order(self, epoch: int) -> list[int]:
         return torch.randint(self.offsets, (self.length,), generator=_epoch_generator(self.seed, epoch)).tolist()
 
 
@@ -89,6 +100,8 @@ def create_dataloader(
     seed: int = 0,
     sampler: str = "windows",
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """Batches of windows over `tokens`; each epoch's order is fixed by `seed` and the epoch.
 
@@ -96,14 +109,15 @@ def create_dataloader(
     `EpochSampler`). sampler "random": as many windows per epoch, each at an offset drawn
     uniformly from every offset where a window fits (see `RandomOffsetSampler`). The loader's
     own generator (worker seeds) keeps it off torch's global RNG; `pin_memory` speeds up
-    copies to CUDA.
+    copies to CUDA. `rank` and `world_size` deal each epoch's windows to a job's processes.
     """
     windows = SlidingWindowDataset(tokens, context_length, stride)
     if sampler == "windows":
-        dataset, order = windows, EpochSampler(len(windows), shuffle=shuffle, seed=seed)
+        dataset, order = windows, EpochSampler(len(windows), shuffle=shuffle, seed=seed, rank=rank,
+                                               world_size=world_size)
     else:
         dataset = SlidingWindowDataset(tokens, context_length, stride=1)
-        order = RandomOffsetSampler(len(dataset), samples=len(windows), seed=seed)
+        order = RandomOffsetSampler(len(dataset), samples=len(windows), seed=seed, rank=rank, world_size=world_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,0 +1,90 @@
+"""Data-parallel training on PyTorch's own engine. ``torchrun`` (or SLURM through submitit)
+describes the job in RANK, WORLD_SIZE and LOCAL_RANK; the process group runs gloo for CPU
+tensors and, where CUDA and NCCL are present, NCCL for CUDA ones. Rank 0 owns the run folder,
+the console, W&B, samples and checkpoints; every helper here is a no-op in a single process."""
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def world() -> World:
+    """From torchrun's environment (a single process without it)."""
+    env = os.environ
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def start() -> World:
+    """Join the job's process group (when there is more than one process) and agree on the
+    launch time, so that every rank names the same run folder (`config.launch_time`); returns
+    this process's place."""
+    place = world()
+    if place.distributed and not dist.is_initialized():
+        cuda = torch.cuda.is_available() and dist.is_nccl_available()
+        if cuda:
+            torch.cuda.set_device(place.local_rank)
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
+        os.environ["GPT2EXP_LAUNCH_TIME"] = broadcast(datetime.datetime.now().isoformat())
+    return place
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def broadcast(value):
+    """Rank 0's `value` on every rank (any picklable object)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """The element-wise sum over ranks (in float64, on the CPU)."""
+    if not active():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def mean(value: float) -> float:
+    """The mean of `value` over ranks."""
+    return all_sum([value])[0] / dist.get_world_size() if active() else value
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on one (a stop request seen by one rank stops all)."""
+    return all_sum([float(flag)])[0] > 0
+
+
+def stop() -> None:
+    if active():
+        dist.destroy_process_group()

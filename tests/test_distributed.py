@@ -1,0 +1,115 @@
+"""Data-parallel training through torchrun (2 CPU processes, gloo): the same losses as one process
+with the whole batch, one run folder and one W&B run, a killed rank ends the job and resume
+continues it, also on another number of processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import read_jsonl, run_folders
+
+from gpt2exp.checkpoint import load_checkpoint
+
+SMALL = ["model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
+         "trainer.progress=false", "trainer.precision=fp32", "trainer.eval_freq=5", "optimizer.schedule=constant",
+         "optimizer.warmup_steps=0"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2exp.train"]
+SINGLE = [sys.executable, "-m", "gpt2exp.train"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def train(text_file, tmp_path):
+    def _train(launcher: list[str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        command = [*launcher, *SMALL, "data=text", f"data.path={text_file}", *args]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return _train
+
+
+def losses(run_dir: Path) -> tuple[list[float], list[float]]:
+    """(each step's batch loss, each evaluation's val loss) from the run's metrics.jsonl."""
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    return ([m["train/batch_loss"] for m in metrics if "train/batch_loss" in m],
+            [m["val/loss"] for m in metrics if "val/loss" in m])
+
+
+def assert_close(first: list[float], second: list[float], tolerance: float = 1e-5) -> None:
+    assert len(first) == len(second) and max(abs(a - b) for a, b in zip(first, second)) < tolerance, (first, second)
+
+
+def test_two_processes_train_as_one_with_twice_the_batch(train, tmp_path):
+    two = train(TORCHRUN, "data.batch_size=4", "trainer.max_steps=20", "logger.mode=offline")
+    assert two.returncode == 0, two.stderr
+    [two_dir] = run_folders(tmp_path)  # one timestamped folder: the ranks agreed on its name
+    one = train(SINGLE, "data.batch_size=8", "trainer.max_steps=20", "logger=none", "hydra.run.dir=one")
+    assert one.returncode == 0, one.stderr
+    (steps_two, evals_two), (steps_one, evals_one) = losses(two_dir), losses(tmp_path / "one")
+    assert len(steps_two) == 20 and len(evals_two) == 5
+    assert_close(steps_two, steps_one)
+    assert_close(evals_two, evals_one)
+    tokens = [m["tokens_seen"] for m in read_jsonl(two_dir / "metrics.jsonl") if "tokens_seen" in m]
+    assert tokens[-1] == 20 * 8 * 32  # the job's tokens, not rank 0's
+    assert len(list(tmp_path.rglob("offline-run-*"))) == 1  # one W&B run, in the run folder
+    assert list(two_dir.glob("wandb/offline-run-*"))
+    assert two.stdout.count("done: val loss") == 1  # rank 0 alone speaks
+
+
+def test_a_killed_rank_ends_the_job_and_resume_continues_it(train, text_file, tmp_path):
+    command = [*TORCHRUN, *SMALL, "data=text", f"data.path={text_file}", "data.batch_size=4", "logger=none",
+               "trainer.max_steps=100000", "trainer.checkpoint_freq=10", "hydra.run.dir=run"]
+    job = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        last = tmp_path / "run" / "checkpoints" / "last.pt"
+        deadline = time.monotonic() + 120
+        while not last.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert last.exists(), "no checkpoint within 2 minutes"
+        os.kill(rank_pid(str(text_file), rank=1), signal.SIGKILL)
+        killed = time.monotonic()
+        job.wait(timeout=60)
+        assert time.monotonic() - killed < 15 and job.returncode != 0
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    step = load_checkpoint(last)["step"]
+    assert step >= 10 and step % 10 == 0
+    resumed = train(TORCHRUN, "data.batch_size=4", "logger=none", f"trainer.max_steps={step + 10}",
+                    "trainer.checkpoint_freq=10", "hydra.run.dir=run", "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"(step {step}," in resumed.stdout
+    assert load_checkpoint(last)["step"] == step + 10
+
+
+def test_resume_on_another_number_of_processes_continues_the_same_run(train, tmp_path):
+    """Ten steps on two processes, ten more on one with the same job batch: the curve of twenty
+    steps on one process."""
+    first = train(TORCHRUN, "data.batch_size=4", "trainer.max_steps=10", "logger=none", "hydra.run.dir=split")
+    assert first.returncode == 0, first.stderr
+    rest = train(SINGLE, "data.batch_size=8", "trainer.max_steps=20", "logger=none", "hydra.run.dir=split",
+                 "trainer.resume=auto")
+    assert rest.returncode == 0, rest.stderr
+    whole = train(SINGLE, "data.batch_size=8", "trainer.max_steps=20", "logger=none", "hydra.run.dir=whole")
+    assert whole.returncode == 0, whole.stderr
+    assert_close(losses(tmp_path / "split")[0], losses(tmp_path / "whole")[0])
+    assert_close(losses(tmp_path / "split")[1], losses(tmp_path / "whole")[1])
+
+
+def rank_pid(marker: str, rank: int) -> int:
+    """The pid of the worker with this RANK whose command line holds `marker` (torchrun starts
+    its workers in sessions of their own)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if marker in proc.joinpath("cmdline").read_text() and \
+                    f"RANK={rank}".encode() in proc.joinpath("environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    raise AssertionError(f"no rank {rank} worker")
