@@ -56,7 +56,7 @@ def bench(cfg: BenchConfig) -> list[Row]:
     if "generate" in sections:
         rows += _generate_rows(model, settings.new_tokens, settings.num_samples, precision)
     if "data" in sections:
-        rows += _data_rows(settings.text_path)
+        rows += _data_rows(settings.text_path) + _corpus_rows(settings.corpus_mb)
     rows += _memory_rows(device)
     return rows
 
@@ -204,6 +204,21 @@ def _data_rows(text_path: str | None) -> list[Row]:
         ("data", f"tokenize + cache ({corpus})", result["tokenize_s"], "s"),
         ("data", "load from cache", result["reload_s"], "s"),
     ]
+
+
+def _corpus_rows(megabytes: float) -> list[Row]:
+    """A generated corpus into a token file: data=hf's way beside `datasets.map`, each in a process
+    of its own (throughput, and peak memory: flat in the corpus's size for data=hf)."""
+    from gpt2exp.benchmarks.corpus import measure_large_corpus
+
+    results = measure_large_corpus(megabytes)
+    rows: list[Row] = []
+    for way, result in results.items():
+        rows += [("data", f"{way} tokenize {megabytes:g} MB", result["mb_per_s"], "MB/s"),
+                 ("data", f"{way} peak RSS", result["peak_rss_mb"], "MB")]
+    rows.append(("data", "data=hf / datasets.map", results["gpt2exp"]["mb_per_s"] / results["datasets.map"]["mb_per_s"],
+                 "x"))
+    return rows
 
 
 def _memory_rows(device) -> list[Row]:

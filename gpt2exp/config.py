@@ -24,13 +24,14 @@ from omegaconf import MISSING, OmegaConf
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import VOCAB_SIZE
 
-SOURCES = ("pydocs", "text", "wikitext")
+SOURCES = ("pydocs", "text", "wikitext", "hf")
 WIKITEXT_NAMES = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
 SAMPLERS = ("windows", "random")
 WEIGHT_INITS = ("gpt2", "torch_default")
 SCHEDULES = ("constant", "cosine")
 DECAY_TARGETS = ("matrices", "all")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STRATEGIES = ("ddp",)  # the place for "fsdp" (torch.distributed.fsdp.fully_shard) when a model needs it
 BACKENDS = ("wandb", "none")
 MODES = ("auto", "online", "offline", "disabled")
 LOG_MODEL = ("false", "best", "last", "all")
@@ -119,10 +120,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "pydocs"  # pydocs | text | wikitext
-    path: Optional[str] = None  # data=text: a file, a folder of *.txt files, or a glob
-    name: str = "wikitext-2-raw-v1"  # data=wikitext*: the WikiText config
-    local_dir: Optional[str] = None  # data=wikitext*: a folder with the released wiki.*.tokens (or .raw) files
+    source: str = "pydocs"  # pydocs | text | wikitext | hf
+    path: Optional[str] = None  # text: a file, a folder of *.txt files, or a glob; hf: a dataset or local files
+    name: Optional[str] = None  # wikitext: the WikiText config; hf: the dataset's config, if it has several
+    local_dir: Optional[str] = None  # wikitext: a folder with the released wiki.*.tokens (or .raw) files
+    text_column: str = "text"  # hf: the column that holds the text
+    split_train: str = "train"  # hf: the hub dataset's splits (local files: one, cut at train_ratio)
+    split_val: Optional[str] = "validation"  # null: the last 1 - train_ratio of split_train's tokens
+    streaming: bool = False  # hf: read the hub dataset as it downloads, never whole on disk
+    separator: str = "<|endoftext|>"  # hf: between rows (documents); "" joins them as they are
     train_ratio: float = 0.9
     batch_size: int = 8
     stride: Optional[int] = None  # tokens between window starts; null: model.context_length (no overlap)
@@ -136,6 +142,8 @@ class DataConfig:
         _one_of(self.source, "data.source", SOURCES)
         if self.source == "wikitext":
             _one_of(self.name, "data.name", WIKITEXT_NAMES)
+        if self.source in ("text", "hf"):
+            _require(bool(self.path), "data.path", self.path, f"data={self.source} needs one")
         _at_least_one(self, "data", "batch_size")
         if self.stride is not None:
             _at_least_one(self, "data", "stride")
@@ -256,6 +264,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA)
     compile: bool = False
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    strategy: str = "ddp"  # with several processes (torchrun): ddp, DistributedDataParallel (FSDP: not yet)
     progress: bool = True
     checkpoint_freq: Optional[int] = None  # steps between checkpoints; null: by time only
     checkpoint_minutes: Optional[float] = 30.0  # wall minutes between checkpoints; null: by steps only
@@ -281,6 +290,7 @@ class TrainerConfig:
         _require(self.start_context != "", "trainer.start_context", self.start_context, "must not be empty")
         check_device(self.device, "trainer.device")
         _one_of(self.precision, "trainer.precision", PRECISIONS)
+        _one_of(self.strategy, "trainer.strategy", STRATEGIES)
         if self.resume is not None:
             _require(self.resume.strip() != "", "trainer.resume", self.resume, "a run folder, auto, or null")
 
@@ -336,11 +346,13 @@ class BenchSettings:
     new_tokens: int = 32  # generation section: new tokens per run (greedy at batch 1, then sampled)
     num_samples: int = 8  # generation section: continuations sampled at once (batch num_samples)
     text_path: Optional[str] = None  # data section: a UTF-8 file to tokenize; null: the pydocs corpus
+    corpus_mb: float = 200.0  # data section: the generated corpus that data=hf and datasets.map tokenize
     sections: list[str] = field(default_factory=lambda: list(BENCH_SECTIONS))
 
     def __post_init__(self) -> None:
         _at_least_one(self, "bench", "batch_size", "steps", "new_tokens", "num_samples")
         _require(self.warmup >= 0, "bench.warmup", self.warmup, "must be an integer >= 0")
+        _require(0 < self.corpus_mb < math.inf, "bench.corpus_mb", self.corpus_mb, "must be > 0")
         if self.threads is not None:
             _require(self.threads >= 1, "bench.threads", self.threads, "must be an integer >= 1 or null")
         check_device(self.device, "bench.device")

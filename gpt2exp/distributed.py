@@ -1,5 +1,5 @@
-"""Data-parallel training on PyTorch's own engine. ``torchrun`` (or SLURM through submitit)
-describes the job in RANK, WORLD_SIZE and LOCAL_RANK; the process group runs gloo for CPU
+"""Data-parallel training on PyTorch's own engine. ``torchrun`` (or submitit's SLURM tasks,
+translated) describes the job in RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT; the process group runs gloo for CPU
 tensors and, where CUDA and NCCL are present, NCCL for CUDA ones. Rank 0 owns the run folder,
 the console, W&B, samples and checkpoints; every helper here is a no-op in a single process."""
 
@@ -34,10 +34,22 @@ def world() -> World:
     return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
+def _from_submitit() -> None:
+    """A task of a multi-task submitit job (``hydra/launcher=slurm`` or ``submitit_local`` with
+    tasks_per_node > 1): torchrun's variables from SLURM's (the first node as the rendezvous)."""
+    if "RANK" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if TorchDistributedEnvironment().world_size > 1:
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def start() -> World:
     """Join the job's process group (when there is more than one process) and agree on the
     launch time, so that every rank names the same run folder (`config.launch_time`); returns
     this process's place."""
+    _from_submitit()
     place = world()
     if place.distributed and not dist.is_initialized():
         cuda = torch.cuda.is_available() and dist.is_nccl_available()

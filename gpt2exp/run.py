@@ -145,12 +145,7 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
         f"{model.num_parameters():,}", plan.device, plan.precision.name, cfg.data.source, data.train_tokens,
         data.val_tokens, plan.total_steps, ctx.run_dir,
     )
-    train_forward = model
-    if place.distributed:  # gradients all-reduced in backward; rank 0's weights broadcast now
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_forward = DistributedDataParallel(model, device_ids=[plan.device] if plan.device.type == "cuda" else None,
-                                                forward_sync_buffers=False)
+    train_forward = STRATEGIES[cfg.trainer.strategy](model, plan.device) if place.distributed else model
     if cfg.trainer.compile:
         # Shares model's weights; static shapes, so that eval's batches add graphs of their own
         # instead of recompiling the training graph for dynamic shapes.
@@ -203,6 +198,19 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
         **sampler.metrics,
         **test,
     }
+
+
+def _ddp(model, device):
+    """A whole replica per process; gradients all-reduced in backward; rank 0's weights broadcast now."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False)
+
+
+# `trainer.strategy`: how a distributed job wraps the model for training. FSDP (weights, gradients
+# and optimizer state sharded over the ranks: torch.distributed.fsdp.fully_shard) goes here.
+STRATEGIES = {"ddp": _ddp}
 
 
 def _fail(tracker, ctx: RunContext, message: str) -> None:

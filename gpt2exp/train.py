@@ -6,6 +6,7 @@ trained model: the first trains it, the others reuse it and only sample (see `re
 
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -33,10 +34,12 @@ def train(composed: DictConfig) -> float:
     from gpt2exp.tracking import NullTracker, Tracker
 
     hydra_cfg = HydraConfig.get()
-    place = distributed.world()
-    if place.distributed and hydra_cfg.mode == RunMode.MULTIRUN:
-        raise UserError("a multirun (-m) under torchrun: launch the sweep without torchrun, one job per "
-                        "torchrun (e.g. hydra/launcher=slurm), or one torchrun per setting")
+    place = distributed.start()  # under torchrun: started by main already; a submitit task: here
+    if "TORCHELASTIC_RUN_ID" in os.environ and hydra_cfg.mode == RunMode.MULTIRUN:
+        raise UserError("a multirun (-m) under torchrun: launch the sweep without torchrun (hydra/launcher=slurm "
+                        "runs each job on its own GPUs), or one torchrun per setting")
+    if not place.main:
+        logging.getLogger().setLevel(logging.WARNING)
     cfg = cli.typed(composed, TrainConfig)
     if cfg.model.init is not None:
         cfg.model = _hf_architecture(cfg.model, hydra_cfg)
@@ -51,8 +54,8 @@ def train(composed: DictConfig) -> float:
     tracker = Tracker(ctx.run_dir, config=plan.resolved, run_id=wandb_run.get("run_id"), **options) if (
         place.main) else NullTracker()
     with _model_slot(hydra_cfg, plan.resolved, ctx.run_dir) as slot, logging_redirect_tqdm(), tracker:
-        if slot and slot.trained:
-            summary = reuse_run(cfg, plan, slot.trained, ctx, tracker)
+        if distributed.broadcast(bool(slot and slot.trained)):  # every rank follows rank 0's store entry
+            summary = distributed.broadcast(reuse_run(cfg, plan, slot.trained, ctx, tracker) if place.main else None)
         else:
             summary = train_run(cfg, plan, ctx, tracker, options["group"])
             if slot:
@@ -94,8 +97,11 @@ def _run_context(hydra_cfg):
 
 
 def _model_slot(hydra_cfg, resolved: dict, run_dir: Path):
-    """In a multirun, the sweep's model store entry for this training config; else nothing."""
-    if hydra_cfg.mode != RunMode.MULTIRUN:
+    """In a multirun, the sweep's model store entry for this training config (rank 0's, in a
+    distributed job); else nothing."""
+    from gpt2exp import distributed
+
+    if hydra_cfg.mode != RunMode.MULTIRUN or not distributed.world().main:
         return contextlib.nullcontext()
     owner = {"job": hydra_cfg.job.num, "run_dir": str(run_dir)}
     return reuse.claim(Path(hydra_cfg.sweep.dir) / ".trained", reuse.training_key(resolved), owner)

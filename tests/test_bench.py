@@ -48,8 +48,8 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
     assert lines[1].split() == ["section", "measure", "value", "unit"]
     table = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
     measures = [(row[0], row[1]) for row in table]
-    assert re.fullmatch(rf"tokenize \+ cache \({text_file.name}, [\d,]+ tokens\)", measures[-3][1])
-    assert measures[:-3] + measures[-2:] == [
+    assert re.fullmatch(rf"tokenize \+ cache \({text_file.name}, [\d,]+ tokens\)", measures[-8][1])
+    assert measures[:-8] + measures[-7:] == [
         ("peak", "matmul fp32"), *[("peak", "matmul bf16")] * BF16,
         ("train", "gpt2exp"), ("train", "gpt2exp MFU"), ("train", "transformers"), ("train", "transformers MFU"),
         *[("train", "gpt2exp bf16 autocast"), ("train", "gpt2exp bf16 autocast MFU")] * BF16,
@@ -61,6 +61,8 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
         ("generate", "transformers, 8 samples at once"), ("generate", "KV cache / recompute"),
         ("generate", "KV cache / transformers"),
         ("data", "load from cache"),
+        ("data", "gpt2exp tokenize 0.5 MB"), ("data", "gpt2exp peak RSS"), ("data", "datasets.map tokenize 0.5 MB"),
+        ("data", "datasets.map peak RSS"), ("data", "data=hf / datasets.map"),
         ("memory", "peak process RSS"),
     ]
     assert all(float(row[2].replace(",", "")) > 0 for row in table)

@@ -16,6 +16,7 @@ from gpt2exp.config import (
     ModelConfig,
     OptimizerConfig,
     TrainConfig,
+    TrainerConfig,
 )
 from gpt2exp.errors import UserError
 
@@ -144,3 +145,12 @@ def test_an_experiment_preset_in_the_working_folder_is_found_and_wins(compose_tr
     assert compose_train("experiment=article").seed == 5
     monkeypatch.chdir(tmp_path / "experiments")  # elsewhere: the shipped article preset
     assert compose_train("experiment=article", "data.path=a.txt").trainer.epochs == 10
+
+
+def test_every_allowed_strategy_has_a_wrapper():
+    from gpt2exp.config import STRATEGIES
+    from gpt2exp.run import STRATEGIES as WRAPPERS
+
+    assert set(WRAPPERS) == set(STRATEGIES)
+    with pytest.raises(UserError, match="^trainer.strategy='fsdp' is not allowed: one of ddp"):
+        TrainerConfig(strategy="fsdp")

@@ -1,5 +1,6 @@
 """Tests of gpt2exp.data: corpora, the token cache and the sliding-window loaders."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from gpt2exp.data import (
     pydocs_documents,
     tokenize,
 )
+from gpt2exp.data.hf import split_tokens
+from gpt2exp.data.loaders import RandomOffsetSampler
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import EOT_TOKEN, get_encoding
 
@@ -253,7 +256,7 @@ def test_text_source_reads_a_folder_or_a_glob_in_sorted_order(tmp_path):
 @pytest.mark.parametrize(
     "path, message",
     [
-        (None, "data.path is required for data=text"),
+        (None, "data.path=None is not allowed: data=text needs one"),
         ("missing.txt", "data.path: no such file or folder: '{tmp}/missing.txt'"),
         ("*.nothing", "data.path: no such file or folder"),
         ("binary.txt", "data.path: '{tmp}/binary.txt' is not UTF-8 text"),
@@ -423,3 +426,91 @@ def test_build_data_rejects_settings_that_give_no_batches(tmp_path, overrides, m
     with pytest.raises(UserError, match=message):
         build(tmp_path, **overrides)
 
+
+
+# --- Hugging Face datasets and local data files (data=hf) -------------------------------------
+
+
+def write_documents(folder: Path, kind: str, documents: list[str]) -> Path:
+    """`documents` as one data file of `kind` (parquet, jsonl or txt) in `folder`."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"docs.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.table({"text": documents, "id": list(range(len(documents)))}), path)
+    elif kind == "jsonl":
+        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    else:
+        path.write_text("\n".join(documents) + "\n")
+    return path
+
+
+DOCUMENTS = [f"Document {i}: the quick brown fox jumps over the lazy dog, {i * 7} times." for i in range(200)]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl", "txt"])
+def test_hf_local_files_become_one_token_file_with_eot_between_documents(tmp_path, kind):
+    path = write_documents(tmp_path / "data", kind, DOCUMENTS)
+    cfg = DataConfig(source="hf", path=str(path), train_ratio=0.75)
+    train, val = split_tokens(cfg, tmp_path / "cache")
+    encoding = get_encoding()
+    expected = [t for d in DOCUMENTS for t in [*encoding.encode_ordinary(d), encoding.eot_token]]
+    assert np.concatenate([train, val]).tolist() == expected
+    assert len(train) == int(0.75 * len(expected))
+    [file] = (tmp_path / "cache").glob("hf-train-*.bin")
+    written = file.stat().st_mtime_ns
+    split_tokens(cfg, tmp_path / "cache")  # a second run reuses the file
+    assert file.stat().st_mtime_ns == written and isinstance(train, np.memmap)
+
+
+def test_hf_separator_and_text_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"body": ["one two", "three"]}), tmp_path / "data" / "a.parquet")
+    cfg = DataConfig(source="hf", path=str(tmp_path / "data"), text_column="body", separator="", train_ratio=0.5)
+    train, val = split_tokens(cfg, tmp_path / "cache")
+    assert np.concatenate([train, val]).tolist() == [*get_encoding().encode("one two"), *get_encoding().encode("three")]
+    with pytest.raises(UserError, match="data.text_column='text' is not a column of .*its columns: body"):
+        split_tokens(DataConfig(source="hf", path=str(tmp_path / "data")), tmp_path / "cache")
+
+
+def test_hf_refuses_mixed_files_and_missing_datasets_in_one_line(tmp_path):
+    write_documents(tmp_path / "mixed", "jsonl", DOCUMENTS)
+    write_documents(tmp_path / "mixed", "txt", DOCUMENTS)
+    with pytest.raises(UserError, match="must hold files of one kind"):
+        split_tokens(DataConfig(source="hf", path=str(tmp_path / "mixed")), tmp_path / "cache")
+    with pytest.raises(UserError, match="data.path") as error:
+        split_tokens(DataConfig(source="hf", path=str(tmp_path / "nothing-here")), tmp_path / "cache")
+    assert "\n" not in str(error.value)
+
+
+def test_random_offsets_are_drawn_lazily_and_dealt_to_ranks():
+    """A corpus's epoch is drawn a chunk at a time; the ranks' shares interleave into one
+    process's order, and a resumed sampler continues it."""
+    one = RandomOffsetSampler(10**9, samples=3_000_000, seed=1)
+    first = list(itertools.islice(iter(one), 5))
+    ranks = [RandomOffsetSampler(10**9, samples=3_000_000, seed=1, rank=r, world_size=2) for r in range(2)]
+    assert [next(iter(ranks[0])), next(iter(ranks[1]))] == first[:2]
+    ranks[1].set_epoch(0, start=2)
+    assert next(iter(ranks[1])) == list(itertools.islice(iter(one), 6))[5]  # rank 1's third: the job's sixth
+    assert len(ranks[1]) == 1_500_000 - 2
+
+
+@pytest.mark.slow
+def test_hf_tokenizing_memory_stays_flat_as_the_corpus_grows(tmp_path):
+    """Peak RSS of a process tokenizing a 4x larger corpus (5 MB, then 20 MB: 1.2M, then 4.8M
+    tokens, 10 MB as uint16 and 39 MB as int64) grows by less than the larger one's tokens take."""
+    from gpt2exp.benchmarks.corpus import tokenize_in_process, write_corpus
+
+    peaks = []
+    for megabytes in (5, 20):
+        folder = tmp_path / f"{megabytes}mb"
+        folder.mkdir()
+        peaks.append(tokenize_in_process("gpt2exp", write_corpus(folder, megabytes), folder / "out")[2])
+    assert peaks[1] - peaks[0] < 8, peaks

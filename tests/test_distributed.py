@@ -102,6 +102,18 @@ def test_resume_on_another_number_of_processes_continues_the_same_run(train, tmp
     assert_close(losses(tmp_path / "split")[1], losses(tmp_path / "whole")[1])
 
 
+def test_a_slurm_style_job_of_two_tasks_trains_as_one_process(train, tmp_path):
+    """hydra/launcher=submitit_local with two tasks: the tasks form the process group from
+    submitit's variables, as SLURM tasks do, and train as one process with the whole batch."""
+    job = train([*SINGLE, "-m"], "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "data.batch_size=4",
+                "trainer.max_steps=10", "logger=none", "hydra.sweep.dir=sweep")
+    assert job.returncode == 0, job.stderr
+    one = train(SINGLE, "data.batch_size=8", "trainer.max_steps=10", "logger=none", "hydra.run.dir=one")
+    assert one.returncode == 0, one.stderr
+    assert_close(losses(tmp_path / "sweep" / "0")[0], losses(tmp_path / "one")[0])
+    assert_close(losses(tmp_path / "sweep" / "0")[1], losses(tmp_path / "one")[1])
+
+
 def rank_pid(marker: str, rank: int) -> int:
     """The pid of the worker with this RANK whose command line holds `marker` (torchrun starts
     its workers in sessions of their own)."""

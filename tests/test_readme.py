@@ -62,6 +62,8 @@ def test_readme_train_command_runs(args, run_module, tmp_path, monkeypatch):
         extra.append(f"data.local_dir={fake_wikitext(tmp_path / 'wikitext-2')}")
     if "data=text" in args or "data.path=article.txt" in args:
         (tmp_path / "article.txt").write_text("A short article about foxes and dogs.\n" * 200)
+    if "data.path=docs.jsonl" in args:
+        (tmp_path / "docs.jsonl").write_text('{"text": "A short document about foxes and dogs."}\n' * 400)
     result = run_module("gpt2exp.train", *args, *SHRINK, *extra)
     assert result.returncode == 0, result.stderr
     for run_dir in run_folders(tmp_path):

@@ -78,3 +78,19 @@ def test_text_shorter_than_one_window_exits_2(run_module, tmp_path):
     assert result.returncode == 2 and "context_length" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_hf_data_files_train_from_a_memory_mapped_token_file(run_module, tmp_path):
+    """`data=hf` on a local JSON-lines file: tokenized into the token cache, windows drawn at
+    random offsets, and the loss falls."""
+    import json
+
+    documents = [f"Document {i}: the quick brown fox jumps over the lazy dog near the river." for i in range(600)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(documents)))
+    result = run_module("gpt2exp.train", *TINY, "data=hf", "data.path=docs.jsonl", "trainer.max_steps=30",
+                        "trainer.eval_freq=10", "optimizer.lr=3e-3", "logger=none")
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_folders(tmp_path)
+    evals = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "val/loss" in m]
+    assert evals[-1]["val/loss"] < evals[0]["val/loss"] - 2
+    assert "data hf:" in result.stdout and (run_dir / ".hydra" / "config.yaml").read_text().count("sampler: random")

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from gpt2exp.config import DataConfig
 from gpt2exp.data.cache import cached_tokens, tokenize
+from gpt2exp.data.hf import split_tokens
 from gpt2exp.data.loaders import EpochSampler, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
 from gpt2exp.data.sources import Splits, load_eval_text, load_splits, pydocs_documents
 from gpt2exp.errors import UserError
@@ -30,8 +31,8 @@ class DataBundle:
 
 def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memory: bool = False, rank: int = 0,
                world_size: int = 1) -> DataBundle:
-    """Load `cfg.source`, tokenize it (cached in `cfg.cache_dir`) and wrap both splits in loaders
-    of `context_length`-token windows.
+    """Load `cfg.source`, tokenize it (cached in `cfg.cache_dir`; `hf` datasets batch by batch into
+    a token file, see `data.hf`) and wrap both splits in loaders of `context_length`-token windows.
 
     The train loader draws its windows with `cfg.sampler` (see `create_dataloader`); the val loader
     takes the sliding windows in order and keeps its last, partial batch. In a job of `world_size`
@@ -41,10 +42,13 @@ def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memor
     source, batch_size = cfg.source, cfg.batch_size
     cache_dir = Path(cfg.cache_dir or os.environ.get("GPT2EXP_CACHE_DIR") or "~/.cache/gpt2exp").expanduser()
     stride = cfg.stride or context_length
-    splits = load_splits(cfg)
     try:
-        train_tokens = cached_tokens(splits.train, cache_dir=cache_dir, label=f"{source}-train")
-        val_tokens = cached_tokens(splits.val, cache_dir=cache_dir, label=f"{source}-val")
+        if source == "hf":
+            train_tokens, val_tokens = split_tokens(cfg, cache_dir)
+        else:
+            splits = load_splits(cfg)
+            train_tokens = cached_tokens(splits.train, cache_dir=cache_dir, label=f"{source}-train")
+            val_tokens = cached_tokens(splits.val, cache_dir=cache_dir, label=f"{source}-val")
     except OSError as err:
         raise UserError(f"data.cache_dir: cannot keep the token cache in '{cache_dir}' ({err.strerror or err})") from None
     ratio_hint = {"train": "a larger data.train_ratio, ", "val": "a smaller data.train_ratio, "}

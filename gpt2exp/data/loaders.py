@@ -47,19 +47,23 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def job_order(self, epoch: int) -> list[int]:
-        """The whole job's indices of `epoch`, before they are dealt to the ranks."""
+    def _rank_indices(self, epoch: int) -> Tensor:
+        end = self.length // self.world_size * self.world_size
         if not self.shuffle:
-            return list(range(self.length))
-        return torch.randperm(self.length, generator=_epoch_generator(self.seed, epoch)).tolist()
+            return torch.arange(self.rank, end, self.world_size)
+        return torch.randperm(self.length, generator=_epoch_generator(self.seed, epoch))[self.rank : end : self.world_size]
 
     def order(self, epoch: int) -> list[int]:
         """This rank's indices of `epoch`."""
-        end = self.length // self.world_size * self.world_size
-        return self.job_order(epoch)[self.rank : end : self.world_size]
+        return list(self._iter_from(epoch, 0))
+
+    def _iter_from(self, epoch: int, start: int) -> Iterator[int]:
+        indices = self._rank_indices(epoch)[start:]
+        for first in range(0, len(indices), _CHUNK):  # as Python ints a chunk at a time
+            yield from indices[first : first + _CHUNK].tolist()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.epoch)[self.start :])
+        return self._iter_from(self.epoch, self.start)
 
     def __len__(self) -> int:
         return max(0, self.length // self.world_size - self.start)
@@ -67,18 +71,30 @@ class EpochSampler(Sampler[int]):
 
 class RandomOffsetSampler(EpochSampler):
     """`samples` window indices per epoch drawn uniformly, with replacement, from `0..offsets-1`;
-    fixed by (`seed`, epoch), resumable and dealt to ranks like `EpochSampler`."""
+    fixed by (`seed`, epoch), resumable and dealt to ranks like `EpochSampler`. Drawn a chunk at a
+    time, so that an epoch of a corpus of billions of tokens never sits in memory."""
 
     def __init__(self, offsets: int, *, samples: int, seed: int, rank: int = 0, world_size: int = 1):
         super().__init__(samples, shuffle=True, seed=seed, rank=rank, world_size=world_size)
         self.offsets = offsets
 
-    def job_order(self, epoch: int) -> list[int]:
-        return torch.randint(self.offsets, (self.length,), generator=_epoch_generator(self.seed, epoch)).tolist()
+    def _iter_from(self, epoch: int, start: int) -> Iterator[int]:
+        end = self.length // self.world_size * self.world_size
+        job_index = self.rank + start * self.world_size  # this rank's next index in the job's order
+        while job_index < end:
+            chunk = job_index // _CHUNK
+            size = min(_CHUNK, self.length - chunk * _CHUNK)
+            offsets = torch.randint(self.offsets, (size,), generator=_epoch_generator(self.seed, epoch, chunk))
+            stop = min(end, chunk * _CHUNK + size)
+            yield from offsets[job_index - chunk * _CHUNK : stop - chunk * _CHUNK : self.world_size].tolist()
+            job_index += -(-(stop - job_index) // self.world_size) * self.world_size
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+_CHUNK = 1 << 20
+
+
+def _epoch_generator(seed: int, epoch: int, *chunk: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, *chunk]).generate_state(1)[0]))
 
 
 def epoch_batches(loader: DataLoader, epoch: int, skip_batches: int = 0) -> Iterator:

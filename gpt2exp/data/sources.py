@@ -169,10 +169,8 @@ def _split_characters(text: str, train_ratio: float) -> Splits:
     return Splits(text[:split_index], text[split_index:])
 
 
-def _read_text(path: str | None) -> str:
+def _read_text(path: str) -> str:
     """Read a UTF-8 file, all *.txt files of a folder or a glob's files; drop blank lines."""
-    if not path:
-        raise UserError("data.path is required for data=text (a file, folder or glob)")
     try:
         files = _text_files(path)
         texts = []

@@ -27,7 +27,7 @@ TINY = [
 # A benchmark that takes seconds: the same tiny model, two timed steps, four new tokens.
 TINY_BENCH = [
     "model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
-    "bench.batch_size=2", "bench.steps=2", "bench.warmup=1", "bench.new_tokens=4",
+    "bench.batch_size=2", "bench.steps=2", "bench.warmup=1", "bench.new_tokens=4", "bench.corpus_mb=0.5",
 ]
 
 TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
