@@ -32,7 +32,7 @@ def load_model(cfg: EvalConfig):
     return model
 
 
-def evaluate(composed: DictConfig) -> float:
+def score_checkpoint(composed: DictConfig) -> float:
     """Score the split; returns its perplexity (for sweepers)."""
     import torch
 
@@ -78,7 +78,7 @@ def evaluate(composed: DictConfig) -> float:
 
 @hydra.main(config_path=cli.CONFIG_DIR, config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float:
-    return cli.reports_user_errors(evaluate)(cfg)
+    return cli.reports_user_errors(score_checkpoint)(cfg)
 
 
 def main() -> None:
