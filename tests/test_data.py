@@ -297,7 +297,7 @@ def write_wikitext(folder, suffix, splits=("train", "valid", "test")):
 @pytest.mark.parametrize("suffix", [".tokens", ".raw"])
 def test_wikitext_reads_the_official_files_from_local_dir(tmp_path, suffix):
     folder = write_wikitext(tmp_path / "wikitext-2", suffix)
-    splits = load_splits(DataConfig(source="wikitext", local_dir=str(folder)))
+    splits = load_splits(DataConfig(source="wikitext", name="wikitext-2-raw-v1", local_dir=str(folder)))
     assert splits.train == " = train = \n \n The train text . \n"
     assert splits.val == " = valid = \n \n The valid text . \n"
 
@@ -323,7 +323,7 @@ def test_wikitext_without_cache_or_hub_fails_fast_in_one_line(tmp_path, monkeypa
     environment = dict(os.environ)
     started = time.monotonic()
     with pytest.raises(UserError) as error:
-        load_splits(DataConfig(source="wikitext"))
+        load_splits(DataConfig(source="wikitext", name="wikitext-2-raw-v1"))
     assert time.monotonic() - started < 30
     message = str(error.value)
     assert "\n" not in message
@@ -361,10 +361,10 @@ def test_wikitext_is_downloaded_when_the_hub_answers(monkeypatch, download_works
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setattr(sources, "_hub_reachable", lambda: True)
     if download_works:
-        assert load_splits(DataConfig(source="wikitext")) == Splits(train=" a .\n", val=" b .\n")
+        assert load_splits(DataConfig(source="wikitext", name="wikitext-2-raw-v1")) == Splits(train=" a .\n", val=" b .\n")
     else:
         with pytest.raises(UserError, match="the download failed .*Couldn't reach the hub second line.*data.local_dir"):
-            load_splits(DataConfig(source="wikitext"))
+            load_splits(DataConfig(source="wikitext", name="wikitext-2-raw-v1"))
 
 
 # --- pydocs --------------------------------------------------------------------------------------

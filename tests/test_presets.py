@@ -27,7 +27,7 @@ def test_article_model_is_the_tutorials_gptmodel(compose_train):
     no q/k/v bias), as the book counts them; built and counted without allocating its weights."""
     from gpt2exp.model import GPTModel
 
-    model_cfg = typed(compose_train("experiment=article", "model.context_length=1024"), TrainConfig).model
+    model_cfg = typed(compose_train("experiment=article", "data.path=a.txt", "model.context_length=1024"), TrainConfig).model
     with torch.device("meta"):
         model = GPTModel(model_cfg)
     assert model.num_parameters() == model_cfg.num_parameters() == 163_009_536
