@@ -1,6 +1,6 @@
 """Data-parallel training through torchrun (2 CPU processes, gloo): the same losses as one process
 with the whole batch, one run folder and one W&B run, a killed rank ends the job and resume
-continues it, also on another number of processes."""
+continues it bit for bit, also on another number of processes."""
 
 import os
 import signal
@@ -86,6 +86,10 @@ def test_a_killed_rank_ends_the_job_and_resume_continues_it(train, text_file, tm
     assert resumed.returncode == 0, resumed.stderr
     assert f"(step {step}," in resumed.stdout
     assert load_checkpoint(last)["step"] == step + 10
+    straight = train(TORCHRUN, "data.batch_size=4", "logger=none", f"trainer.max_steps={step + 10}",
+                     "hydra.run.dir=straight")
+    assert straight.returncode == 0, straight.stderr
+    assert losses(tmp_path / "run")[0][-10:] == losses(tmp_path / "straight")[0][-10:]  # bit for bit
 
 
 def test_resume_on_another_number_of_processes_continues_the_same_run(train, tmp_path):
