@@ -3,7 +3,7 @@
 #   ../shared/tools/gpu-kit                # here, once: packs .gpu/
 #   device run, carry [".gpu"]:  bash gpt2exp/benchmarks/gpu_check.sh [part]
 # part: a (default: CUDA tests, loss chunking, eager and compiled bench) or b (compiled training
-# runs, twice for the compile cache; xl with activation checkpointing).
+# runs, twice for the compile cache; the same under torchrun; xl with activation checkpointing).
 set -u
 OUT=${OUT:-outputs/gpu-check}
 mkdir -p "$OUT"
@@ -56,7 +56,7 @@ case ${1:-a} in
 a)
   step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py tests/test_model.py tests/test_fast_paths.py
   step loss 90 bash -c loss_chunks
-  step bench-eager 170 python3 -m gpt2exp.bench "${SMALL[@]}" bench.new_tokens=256
+  step bench-eager 170 python3 -m gpt2exp.bench "${SMALL[@]}" bench.new_tokens=256 bench.sections=[peak,train,generate]
   step bench-compiled 240 python3 -m gpt2exp.bench "${SMALL[@]}" bench.compile=true bench.sections=[peak,train]
   ;;
 b)
@@ -65,6 +65,7 @@ b)
          trainer.progress=false logger=none)
   step train-compiled-1 150 python3 -m gpt2exp.train "${TRAIN[@]}"
   step train-compiled-2 120 python3 -m gpt2exp.train "${TRAIN[@]}"
+  step torchrun-1gpu 120 torchrun --standalone --nproc_per_node=1 -m gpt2exp.train "${TRAIN[@]}" trainer.compile=false
   step bench-xl 150 python3 -m gpt2exp.bench model=xl model.pad_vocab_to=64 bench.precision=bf16 \
     bench.sections=[train] bench.transformers=false bench.activation_checkpointing=true bench.batch_size=16 \
     bench.steps=3 bench.warmup=1
