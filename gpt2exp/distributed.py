@@ -5,10 +5,16 @@ the console, W&B, samples and checkpoints; every helper here is a no-op in a sin
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from gpt2exp.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,32 @@ def broadcast(value):
     return box[0]
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
+def main_decides(decide: Callable[[], T]) -> T:
+    """Rank 0's ``decide()``, on every rank; a UserError it raises is raised on every rank (each
+    then exits 2 with the same line, instead of waiting on a rank that is gone)."""
+    if not active():
+        return decide()
+    if world().main:
+        try:
+            value = decide()
+        except UserError as err:
+            broadcast(("error", str(err)))
+            raise
+        broadcast(("ok", value))
+        return value
+    outcome, value = broadcast(None)
+    if outcome == "error":
+        raise UserError(value)
+    return value
+
+
+def main_first(run: Callable[[], T]) -> T:
+    """``run()`` on rank 0, then on the other ranks (to read what rank 0 cached); a UserError on
+    rank 0 is raised on every rank."""
+    if not active():
+        return run()
+    result = main_decides(run if world().main else lambda: None)
+    return result if world().main else run()
 
 
 def all_sum(values: list[float]) -> list[float]:

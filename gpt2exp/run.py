@@ -64,16 +64,19 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     # A folder that already holds a run can only be continued: from its own checkpoints.
     resume_from = str(ctx.run_dir) if own_folder and own_folder.held_run else cfg.trainer.resume
     # In a distributed job rank 0 (which owns the folder) finds the run to resume; the others follow.
-    resume = find_resume_point(resume_from, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root) if place.main else None
-    resume_dir = distributed.broadcast(str(resume.run_dir) if resume else None)
+    found = {}
+
+    def resume_folder() -> str | None:
+        found["point"] = find_resume_point(resume_from, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
+        return str(found["point"].run_dir) if found["point"] else None
+
+    resume_dir = distributed.main_decides(resume_folder)
+    resume = found.get("point")
     if not place.main and resume_dir is not None:
         resume = find_resume_point(resume_dir, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
-    if not place.main:
-        distributed.barrier()  # rank 0 tokenizes into the shared cache first
-    data = build_data(cfg.data, context_length=cfg.model.context_length, seed=cfg.seed,
-                      pin_memory=device.type == "cuda", rank=place.rank, world_size=place.world_size)
-    if place.main:
-        distributed.barrier()
+    data = distributed.main_first(lambda: build_data(  # rank 0 tokenizes into the shared cache first
+        cfg.data, context_length=cfg.model.context_length, seed=cfg.seed, pin_memory=device.type == "cuda",
+        rank=place.rank, world_size=place.world_size))
     grad_accum = cfg.trainer.grad_accum
     if len(data.train_loader) < grad_accum:
         raise UserError(

@@ -61,6 +61,16 @@ def test_two_processes_train_as_one_with_twice_the_batch(train, tmp_path):
     assert two.stdout.count("done: val loss") == 1  # rank 0 alone speaks
 
 
+def test_a_user_error_on_rank_0_ends_every_rank_with_its_line(train, tmp_path):
+    """Rank 0 finds the mistake (here while reading the data); the other rank, waiting for it,
+    exits with the same line instead of a traceback, and nothing is left behind."""
+    result = train(TORCHRUN, "data.path=/nowhere/corpus.txt", "logger=none")
+    assert result.returncode != 0
+    assert result.stderr.count("error: data.path: no such file or folder: '/nowhere/corpus.txt'") == 2
+    assert "Traceback" not in result.stderr.split("failed (exitcode")[0]
+    assert not run_folders(tmp_path)
+
+
 def test_a_killed_rank_ends_the_job_and_resume_continues_it(train, text_file, tmp_path):
     command = [*TORCHRUN, *SMALL, "data=text", f"data.path={text_file}", "data.batch_size=4", "logger=none",
                "trainer.max_steps=100000", "trainer.checkpoint_freq=10", "hydra.run.dir=run"]
