@@ -84,27 +84,39 @@ def main_decides(decide: Callable[[], T]) -> T:
     then exits 2 with the same line, instead of waiting on a rank that is gone)."""
     if not active():
         return decide()
-    if world().main:
-        try:
-            value = decide()
-        except UserError as err:
-            broadcast(("error", str(err)))
-            raise
-        broadcast(("ok", value))
-        return value
-    outcome, value = broadcast(None)
-    if outcome == "error":
-        raise UserError(value)
-    return value
+    return _tell(decide) if world().main else _told()
 
 
 def main_first(run: Callable[[], T]) -> T:
     """``run()`` on rank 0, then on the other ranks (to read what rank 0 cached); a UserError on
-    rank 0 is raised on every rank."""
+    rank 0 is raised on every rank. Only the outcome travels, never the result."""
     if not active():
         return run()
-    result = main_decides(run if world().main else lambda: None)
-    return result if world().main else run()
+    if world().main:
+        result = []
+        _tell(lambda: result.append(run()))
+        return result[0]
+    _told()
+    return run()
+
+
+def _tell(decide: Callable[[], T]) -> T:
+    """Rank 0: ``decide()``, and its value or its UserError to the other ranks."""
+    try:
+        value = decide()
+    except UserError as err:
+        broadcast(("error", str(err)))
+        raise
+    broadcast(("ok", value))
+    return value
+
+
+def _told():
+    """The other ranks: rank 0's value, or its UserError raised here."""
+    outcome, value = broadcast(None)
+    if outcome == "error":
+        raise UserError(value)
+    return value
 
 
 def all_sum(values: list[float]) -> list[float]:

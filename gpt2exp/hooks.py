@@ -54,7 +54,7 @@ class Sampler:
 
 class ReplicaHooks(Hooks):
     """The hooks of a distributed job's ranks besides 0: they only take part in the decision
-    to stop (rank 0 logs, checkpoints and samples for the job)."""
+    to stop (rank 0 logs, checkpoints and samples for the job: `RunHooks`)."""
 
     last_checkpoint = last_step = None  # rank 0's to say
 
@@ -65,15 +65,17 @@ class ReplicaHooks(Hooks):
         return distributed.any_rank(self.stop.requested())
 
 
-class RunHooks(Hooks):
-    """A training run's hooks: metrics to the tracker and the console, checkpoints into
-    ``<run_dir>/checkpoints``, samples through `sampler`, and a stop on SIGINT/SIGTERM (`stop`)."""
+class RunHooks(ReplicaHooks):
+    """A training run's hooks (rank 0's, in a distributed job): metrics to the tracker and the
+    console, checkpoints into ``<run_dir>/checkpoints``, samples through `sampler`, and the stop
+    on SIGINT/SIGTERM (`stop`) that every rank takes part in."""
 
     def __init__(self, cfg: TrainConfig, resolved: dict, model, optimizer, tracker, run_dir: Path, *,
                  sampler: Sampler, stop: GracefulStop, wandb_group: str | None = None, resumed_from=None):
+        super().__init__(stop)
         self.cfg, self.resolved, self.model, self.optimizer, self.tracker = cfg, resolved, model, optimizer, tracker
         self.run_dir, self.checkpoint_dir, self.wandb_group = run_dir, run_dir / "checkpoints", wandb_group
-        self.sampler, self.stop = sampler, stop
+        self.sampler = sampler
         self.last_checkpoint = resumed_from.path if resumed_from else None
         self.last_step = resumed_from.checkpoint["step"] if resumed_from else None
         self.started, self.stepped = time.perf_counter(), False
@@ -104,9 +106,6 @@ class RunHooks(Hooks):
 
     def on_sample(self, step: int, epoch: int) -> None:
         self.sampler(step, epoch)
-
-    def should_stop(self) -> bool:
-        return distributed.any_rank(self.stop.requested())
 
     def on_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
         """`checkpoints/step-<step>.pt` (and last.pt) when periodic, with AdamW's state unless

@@ -39,7 +39,7 @@ class RunPlan:
     data: Any
     total_steps: int
     resume: Any
-    test_text: str | None = None  # the held-out split scored at the end (`trainer.test`)
+    test_text: str | None = None  # the held-out split rank 0 scores at the end (`trainer.test`)
 
 
 def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
@@ -91,7 +91,9 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
             f"its checkpoint: {resume.run_dir / 'checkpoints' / 'last.pt'}; nothing new written",
             result=summary.get("final/val_loss", resume.checkpoint["extra"]["train_state"]["best_val_loss"]),
         )
-    return RunPlan(resolved, device, precision, data, steps, resume, _test_text(cfg))
+    test_text = []  # rank 0 scores it: the others hear only whether reading it worked
+    distributed.main_decides(lambda: test_text.append(_test_text(cfg)))
+    return RunPlan(resolved, device, precision, data, steps, resume, test_text[0] if test_text else None)
 
 
 def _test_text(cfg: TrainConfig) -> str | None:
