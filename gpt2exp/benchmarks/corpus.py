@@ -86,9 +86,9 @@ def pq_text_bytes(path: Path) -> int:
 
 def _tokenize_gpt2exp(corpus: str, out: str) -> int:
     from gpt2exp.config import DataConfig
-    from gpt2exp.data.hf import token_file
+    from gpt2exp.data.hf import split_tokens
 
-    return len(token_file(DataConfig(source="hf", path=corpus), "train", Path(out)))
+    return sum(map(len, split_tokens(DataConfig(source="hf", path=corpus), Path(out))))
 
 
 def _tokenize_with_map(corpus: str, out: str) -> int:

@@ -24,22 +24,23 @@ ROWS_PER_BATCH = 1024
 def split_tokens(cfg: DataConfig, cache_dir: Path) -> tuple[np.memmap, np.memmap]:
     """(train, val) token ids: `data.split_train` and `data.split_val` of a hub dataset, or, for
     local files (or `split_val: null`), the first `train_ratio` of the tokens and the rest."""
-    local = bool(_local_files(cfg.path))
-    train = token_file(cfg, "train" if local else cfg.split_train, cache_dir)
-    if cfg.split_val and not local:
-        return train, token_file(cfg, cfg.split_val, cache_dir)
+    files = _local_files(cfg.path)
+    train = token_file(cfg, "train" if files else cfg.split_train, cache_dir, files)
+    if cfg.split_val and not files:
+        return train, token_file(cfg, cfg.split_val, cache_dir, files)
     cut = int(len(train) * cfg.train_ratio)
     return train[:cut], train[cut:]
 
 
-def token_file(cfg: DataConfig, split: str, cache_dir: Path) -> np.memmap:
-    """The token ids of `split` of `cfg`'s dataset, rows joined by `cfg.separator`, as a read-only
-    uint16 memmap: `cache_dir/hf-<split>-<hash>.bin`, tokenized only on a miss, written atomically."""
-    source = _source_identity(cfg, split)
+def token_file(cfg: DataConfig, split: str, cache_dir: Path, files: list[Path]) -> np.memmap:
+    """The token ids of `split` of `cfg`'s dataset (`files`, or the hub dataset when there are
+    none), rows joined by `cfg.separator`, as a read-only uint16 memmap:
+    `cache_dir/hf-<split>-<hash>.bin`, tokenized only on a miss, written atomically."""
+    source = _source_identity(cfg, split, files)
     digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"hf-{split}-{digest}.bin"
     if not path.is_file():
-        rows = _rows(cfg, split)
+        rows = _rows(cfg, split, files)
         write_atomic(path, lambda file: tokenize_rows(rows, cfg.text_column, cfg.separator, file,
                                                       label=f"tokenizing {cfg.path} {split}"))
     if path.stat().st_size == 0:
@@ -67,11 +68,10 @@ def tokenize_rows(rows: Iterator[list[str]], column: str, separator: str, file, 
     return count
 
 
-def _rows(cfg: DataConfig, split: str) -> Iterator[list[str]]:
-    """Batches of `cfg.text_column` texts of `split`: local files read in place a batch at a time
-    (pyarrow for parquet and csv, line by line for json lines and text), a hub dataset through
-    `datasets`."""
-    files = _local_files(cfg.path)
+def _rows(cfg: DataConfig, split: str, files: list[Path]) -> Iterator[list[str]]:
+    """Batches of `cfg.text_column` texts of `split`: local `files` read in place a batch at a time
+    (pyarrow for parquet and csv, line by line for json lines and text), else the hub dataset
+    through `datasets`."""
     batches = _local_rows(files, cfg.text_column) if files else _hub_rows(cfg, split)
     for batch in batches:
         yield [text for text in batch if text]
@@ -159,10 +159,9 @@ def _local_files(path: str) -> list[Path]:
     return files
 
 
-def _source_identity(cfg: DataConfig, split: str) -> dict:
+def _source_identity(cfg: DataConfig, split: str, files: list[Path]) -> dict:
     """What the token file depends on: the dataset (local files by name, size and time), the split,
     the column, the separator and the encoding."""
-    files = _local_files(cfg.path)
     dataset = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files] if files else (
         [cfg.path, cfg.name])
     return {"dataset": dataset, "split": split, "column": cfg.text_column, "separator": cfg.separator,
