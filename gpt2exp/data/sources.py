@@ -56,7 +56,8 @@ def load_splits(cfg: DataConfig) -> Splits:
         return _split_characters(_read_text(cfg.path), cfg.train_ratio)
     if cfg.local_dir:
         return _read_wikitext_folder(Path(cfg.local_dir).expanduser(), raw="raw" in cfg.name)
-    return _load_wikitext_from_hugging_face(cfg.name)
+    dataset = _wikitext_from_hugging_face(cfg.name)
+    return Splits("".join(dataset["train"]["text"]), "".join(dataset["validation"]["text"]))
 
 
 def load_eval_text(cfg: DataConfig, *, split: str) -> str:
@@ -75,14 +76,7 @@ def load_eval_text(cfg: DataConfig, *, split: str) -> str:
         if file is None:
             raise UserError(f"data.local_dir: no wiki.{split}.tokens (or .raw) in {str(folder)!r}")
         return file.read_text(encoding="utf-8")
-    import datasets
-
-    try:
-        with _hugging_face_offline():
-            dataset = datasets.load_dataset(WIKITEXT_REPO, cfg.name)
-    except OSError:
-        dataset = _download_wikitext(cfg.name)
-    return "".join(dataset["validation" if split == "valid" else "test"]["text"])
+    return "".join(_wikitext_from_hugging_face(cfg.name)["validation" if split == "valid" else "test"]["text"])
 
 
 @lru_cache(maxsize=1)
@@ -217,16 +211,16 @@ def _read_wikitext_folder(folder: Path, *, raw: bool) -> Splits:
     return Splits(train_file.read_text(encoding="utf-8"), val_file.read_text(encoding="utf-8"))
 
 
-def _load_wikitext_from_hugging_face(name: str) -> Splits:
-    """Load from the Hugging Face cache, else from the hub; fail in seconds when neither works."""
+def _wikitext_from_hugging_face(name: str):
+    """The WikiText config's splits from the Hugging Face cache, else from the hub; fail in
+    seconds when neither works."""
     import datasets  # slow to import, and only this source needs it
 
     try:
         with _hugging_face_offline():
-            dataset = datasets.load_dataset(WIKITEXT_REPO, name)
+            return datasets.load_dataset(WIKITEXT_REPO, name)
     except OSError:  # not in the cache
-        dataset = _download_wikitext(name)
-    return Splits("".join(dataset["train"]["text"]), "".join(dataset["validation"]["text"]))
+        return _download_wikitext(name)
 
 
 def _download_wikitext(name: str):
