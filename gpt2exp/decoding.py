@@ -1,13 +1,13 @@
 """Next-token selection (greedy, temperature, top-k, top-p) and KV-cached generation."""
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from gpt2exp.config import DecodingConfig
+from gpt2exp.decoding_layout import PackedLinear
 from gpt2exp.model import GPTModel, KVCache
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -60,17 +60,6 @@ def next_token(
     if generator is None or isinstance(generator, torch.Generator):
         return torch.multinomial(probs, num_samples=1, generator=generator)
     return torch.cat([torch.multinomial(row[None], num_samples=1, generator=g) for row, g in zip(probs, generator)])
-
-
-def to_decoding_layout(model: GPTModel) -> GPTModel:
-    """Store every Linear weight transposed in memory (same values, same shape): on the CPU,
-    the one-token matmuls of generation read that layout up to twice as fast. For a model
-    that only generates; training keeps the default layout."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.data = module.weight.data.t().contiguous().t()
-    return model
 
 
 @dataclass
@@ -127,9 +116,7 @@ def generate(
     cache_dtype = torch.get_autocast_dtype(device.type) if autocast else model.tok_emb.weight.dtype
     cache = KVCache(model.cfg, batch, device=device, dtype=cache_dtype) if use_cache else None
 
-    head_t = model.out_head.weight[: model.cfg.vocab_size].t().contiguous()  # [emb_dim, vocab_size] (no padding)
-    if autocast:  # cast once here, not at every step
-        head_t = head_t.to(cache_dtype)
+    head = _output_head(model, cache_dtype if autocast else None)
     graphed, window_start = None, 0
     cuda_graph = cuda_graph and device.type == "cuda"
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -141,7 +128,7 @@ def generate(
             end = width + steps
             if cache is not None and 0 < cache.length < model.cfg.context_length and cuda_graph:
                 # Only before the window first slides: the window starts at column 0.
-                graphed = graphed or _GraphedDecodeStep(model, cache, head_t, pad)
+                graphed = graphed or _GraphedDecodeStep(model, cache, head, pad)
                 logits = graphed(token_ids[:, end - 1 : end], cache.length)
                 cache.length += 1
             else:
@@ -153,7 +140,7 @@ def generate(
                         cache.length = 0
                     hidden = model.hidden_states(token_ids[:, window_start:end], cache,
                                                  _window_pad(pad, window_start))
-                logits = (hidden[:, -1] @ head_t).float()
+                logits = head(hidden[:, -1])
             new_token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             token_ids[:, end] = new_token[:, 0]
             logprobs[:, steps] = torch.log_softmax(logits, dim=-1).gather(1, new_token)[:, 0]
@@ -187,6 +174,17 @@ def sample_continuations(
     return out, time.perf_counter() - start
 
 
+def _output_head(model: GPTModel, dtype: torch.dtype | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Final-norm outputs [batch, emb_dim] -> fp32 logits over the vocabulary (no padding rows),
+    the head's weight laid out once for all steps (and cast to ``dtype`` under autocast)."""
+    if isinstance(model.out_head, PackedLinear):  # already holds just the vocabulary rows, laid out
+        return model.out_head
+    head_t = model.out_head.weight[: model.cfg.vocab_size].t().contiguous()  # [emb_dim, vocab_size]
+    if dtype is not None:
+        head_t = head_t.to(dtype)
+    return lambda hidden: (hidden @ head_t).float()
+
+
 def _window_pad(pad: torch.Tensor | None, window_start: int) -> torch.Tensor | None:
     """Left-padding tokens still inside a window that starts at column ``window_start``."""
     return None if pad is None else (pad - window_start).clamp(min=0)
@@ -204,16 +202,17 @@ class _GraphedDecodeStep:
     again at every token.
     """
 
-    def __init__(self, model: GPTModel, cache: KVCache, head_t: torch.Tensor, pad: torch.Tensor | None):
+    def __init__(self, model: GPTModel, cache: KVCache, head: Callable[[torch.Tensor], torch.Tensor],
+                 pad: torch.Tensor | None):
         batch, device = cache.kv.size(2), cache.kv.device
         # Every tensor the graph reads must outlive it, at the same address: hence attributes.
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.slot = torch.full((), cache.length, dtype=torch.long, device=device)
         self.pad = torch.zeros(batch, dtype=torch.long, device=device) if pad is None else pad.clone()
-        self.cache, self.head_t = cache, head_t
+        self.cache = cache
 
         def step() -> torch.Tensor:
-            return (model.decode_hidden(self.token, self.slot, self.cache, self.pad)[:, -1] @ self.head_t).float()
+            return head(model.decode_hidden(self.token, self.slot, self.cache, self.pad)[:, -1])
 
         with torch.cuda.device(device):
             # Warm up on a side stream (CUDA libraries initialise lazily), as capturing requires.

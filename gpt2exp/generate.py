@@ -89,7 +89,8 @@ def generate_samples(composed: DictConfig) -> None:
     plan = plan_generation(composed)
     import torch
 
-    from gpt2exp.decoding import sample_continuations, to_decoding_layout
+    from gpt2exp.decoding import sample_continuations
+    from gpt2exp.decoding_layout import to_decoding_layout
     from gpt2exp.plots import plot_next_token_probs
     from gpt2exp.text_metrics import generation_metrics
     from gpt2exp.tokenizer import get_encoding

@@ -5,7 +5,9 @@ import torch
 from helpers import requires_cuda
 
 from gpt2exp.config import ModelConfig
-from gpt2exp.decoding import filter_logits, generate, next_token, to_decoding_layout
+from gpt2exp.decoding import filter_logits, generate, next_token
+from gpt2exp import decoding_layout
+from gpt2exp.decoding_layout import PackedLinear, to_decoding_layout
 from gpt2exp.model import GPTModel
 
 TINY = ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
@@ -112,13 +114,38 @@ def test_logprobs_are_the_models_at_temperature_one(model):
     torch.testing.assert_close(torch.tensor(out.logprobs[0]), logprobs, atol=1e-4, rtol=0)
 
 
-def test_decoding_layout_changes_no_token(model):
+@pytest.mark.parametrize("packed", [True, False], ids=["onednn-packed", "transposed"])
+def test_decoding_layout_changes_no_token(packed, monkeypatch):
+    """Either layout (oneDNN-packed Linears on this CPU, or transposed weights where oneDNN is
+    missing) generates what the training layout does: padded rows, sampling, and past the context."""
+    monkeypatch.setattr(decoding_layout, "_packing_works", lambda: packed)
+    model = GPTModel(TINY).eval()
+    with torch.no_grad():  # biases too (they start at zero)
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
     fast = GPTModel(TINY).eval()
     fast.load_state_dict(model.state_dict())
     to_decoding_layout(fast)
-    assert fast.out_head.weight.t().is_contiguous() and fast.out_head.weight is fast.tok_emb.weight
-    prompts = [[1, 2, 3, 4]]
-    assert generate(fast, prompts, max_new_tokens=20).new_tokens == generate(model, prompts, max_new_tokens=20).new_tokens
+    assert isinstance(fast.out_head, PackedLinear) == packed
+    if not packed:
+        assert fast.out_head.weight.t().is_contiguous() and fast.out_head.weight is fast.tok_emb.weight
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    for settings in ({}, SAMPLED):
+        for use_cache in (True, False):
+            run = lambda m: generate(m, prompts, max_new_tokens=20, use_cache=use_cache,
+                                     generator=seeded(1, 2) if settings else None, **settings)
+            ours, reference = run(fast), run(model)
+            assert ours.new_tokens == reference.new_tokens
+            torch.testing.assert_close(torch.tensor(ours.logprobs), torch.tensor(reference.logprobs), atol=1e-4, rtol=0)
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(tokens), model(tokens), atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+def test_packing_works_where_onednn_is_built_in():
+    """The fast layout must not fall back silently (a PyTorch upgrade may change its internal ops)."""
+    assert decoding_layout._packing_works()
 
 
 def test_empty_prompt_is_refused(model):

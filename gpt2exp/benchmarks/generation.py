@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gpt2exp.decoding import generate, to_decoding_layout
+from gpt2exp.decoding import generate
+from gpt2exp.decoding_layout import to_decoding_layout
 from gpt2exp.model import GPTModel
 
 # "Every effort moves you", the tutorial's start context, as GPT-2 tokens.
