@@ -127,7 +127,6 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
     """The tutorial's run (model, AdamW, the loop, the loss plot, checkpoints), from the plan's
     resume point if any; returns its summary. SIGINT/SIGTERM save a checkpoint and exit 130/143
     saying how to resume; a non-finite loss exits 1 naming the step (a multirun fails that job only)."""
-    import torch
 
     from gpt2exp import distributed
     from gpt2exp.checkpoint import format_bytes
@@ -151,10 +150,6 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
         data.val_tokens, plan.total_steps, ctx.run_dir,
     )
     train_forward = STRATEGIES[cfg.trainer.strategy](model, plan.device) if place.distributed else model
-    if cfg.trainer.compile:
-        # Shares model's weights; static shapes, so that eval's batches add graphs of their own
-        # instead of recompiling the training graph for dynamic shapes.
-        train_forward = torch.compile(train_forward, dynamic=False)
     state = TrainState()
     if plan.resume is not None:
         state = _restore(cfg, plan.resume, model, optimizer, len(data.train_loader))

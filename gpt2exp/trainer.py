@@ -177,6 +177,7 @@ def train_model(
     Raises ``NonFiniteLoss`` for a NaN/inf loss or gradient norm unless ``cfg.skip_nonfinite``,
     which skips the update instead and counts it in ``state.skipped_nonfinite``. The forward passes
     run under ``precision``'s autocast; with fp16 the loss is scaled and overflowing steps are skipped.
+    With ``cfg.compile`` the training step's forward runs through ``torch.compile``; evaluation does not.
     """
     from tqdm.auto import tqdm
 
@@ -192,6 +193,9 @@ def train_model(
         group.setdefault("initial_lr", group["lr"])
     interval_tokens, interval_start = 0, time.perf_counter()
     scaler = precision.grad_scaler()
+    # Only the training step is compiled, for static shapes: evaluation runs the model as it is, so
+    # it adds no compile before the first step and no graph for a split's last, partial batch.
+    forward = torch.compile(model, dynamic=False) if cfg.compile else model
 
     def run_eval() -> bool:
         nonlocal interval_tokens, interval_start
@@ -223,7 +227,7 @@ def train_model(
             last = micro_step == grad_accum - 1
             with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
                 with precision.autocast():
-                    loss = batch_loss(model, inputs, targets) / grad_accum
+                    loss = batch_loss(forward, inputs, targets) / grad_accum
                 scaler.scale(loss).backward()
             step_loss += loss.item()
             state.tokens_seen += inputs.numel() * world_size

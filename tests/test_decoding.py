@@ -4,9 +4,9 @@ import pytest
 import torch
 from helpers import requires_cuda
 
+from gpt2exp import decoding_layout
 from gpt2exp.config import ModelConfig
 from gpt2exp.decoding import filter_logits, generate, next_token
-from gpt2exp import decoding_layout
 from gpt2exp.decoding_layout import PackedLinear, to_decoding_layout
 from gpt2exp.model import GPTModel
 
@@ -132,9 +132,8 @@ def test_decoding_layout_changes_no_token(packed, monkeypatch):
     prompts = [[1, 2, 3, 4], [5, 6]]
     for settings in ({}, SAMPLED):
         for use_cache in (True, False):
-            run = lambda m: generate(m, prompts, max_new_tokens=20, use_cache=use_cache,
-                                     generator=seeded(1, 2) if settings else None, **settings)
-            ours, reference = run(fast), run(model)
+            ours, reference = [generate(m, prompts, max_new_tokens=20, use_cache=use_cache,
+                                        generator=seeded(1, 2) if settings else None, **settings) for m in (fast, model)]
             assert ours.new_tokens == reference.new_tokens
             torch.testing.assert_close(torch.tensor(ours.logprobs), torch.tensor(reference.logprobs), atol=1e-4, rtol=0)
     tokens = torch.tensor([[1, 2, 3, 4, 5]])

@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 import gpt2exp.loss
-from gpt2exp.config import ModelConfig, OptimizerConfig
+from gpt2exp.config import DataConfig, ModelConfig, OptimizerConfig, TrainerConfig
+from gpt2exp.data import build_data
 from gpt2exp.decoding import generate
 from gpt2exp.devices import Precision, bf16_supported, resolve_precision
 from gpt2exp.errors import UserError
 from gpt2exp.model import GPTModel
-from gpt2exp.trainer import make_optimizer
+from gpt2exp.trainer import make_optimizer, train_model
 
 TINY = ModelConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
 
@@ -148,3 +149,34 @@ def test_compiled_model_gives_the_same_loss_and_gradients():
     torch.testing.assert_close(loss, expected_loss)
     for name, grad in grads(model, loss).items():
         torch.testing.assert_close(grad, expected[name], msg=name)
+
+
+def test_compiled_training_compiles_the_step_once(tmp_path, monkeypatch):
+    """trainer.compile: the training step is compiled once; evaluation (every step here, with a
+    partial last val batch) adds no graph, and the losses are the eager run's."""
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **options: real_compile(model, backend=counting_backend,
+                                                                                 **options))
+    (tmp_path / "story.txt").write_text(" ".join(f"word{i % 97}" for i in range(3000)), encoding="utf-8")
+    data_cfg = DataConfig(source="text", path=str(tmp_path / "story.txt"), train_ratio=0.9, batch_size=4,
+                          cache_dir=str(tmp_path / "cache"))
+
+    def run(compile_: bool) -> tuple[list[float], int]:
+        torch.manual_seed(0)
+        model = GPTModel(TINY)
+        data = build_data(data_cfg, context_length=TINY.context_length, seed=0)
+        assert len(data.val_loader.dataset) % 4, "the val split must end in a partial batch"
+        cfg = TrainerConfig(max_steps=6, eval_freq=1, eval_iter=100, compile=compile_, progress=False)
+        state = train_model(model, make_optimizer(model, OptimizerConfig()), data, cfg, device=torch.device("cpu"))
+        return [point.val_loss for point in state.history], len(graphs)
+
+    eager_losses, _ = run(False)
+    compiled_losses, compiled_graphs = run(True)
+    assert compiled_graphs == 1
+    assert compiled_losses == pytest.approx(eager_losses, abs=1e-5)
