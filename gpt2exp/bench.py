@@ -182,6 +182,7 @@ def _generate_rows(model, new_tokens: int, num_samples: int, precision) -> list[
     rows.append(("generate", "KV cache / recompute", result["cached_vs_recompute"], "x"))
     if "cached_vs_hf" in result:
         rows.append(("generate", "KV cache / transformers", result["cached_vs_hf"], "x"))
+        rows.append(("generate", "same greedy tokens as transformers", float(result["hf_same_tokens"]), "1 = yes"))
     return rows
 
 

@@ -209,10 +209,10 @@ class _GraphedDecodeStep:
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.slot = torch.full((), cache.length, dtype=torch.long, device=device)
         self.pad = torch.zeros(batch, dtype=torch.long, device=device) if pad is None else pad.clone()
-        self.cache = cache
+        self.cache, self.head = cache, head  # the head holds its laid-out weight
 
         def step() -> torch.Tensor:
-            return head(model.decode_hidden(self.token, self.slot, self.cache, self.pad)[:, -1])
+            return self.head(model.decode_hidden(self.token, self.slot, self.cache, self.pad)[:, -1])
 
         with torch.cuda.device(device):
             # Warm up on a side stream (CUDA libraries initialise lazily), as capturing requires.

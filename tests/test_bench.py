@@ -59,7 +59,7 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
         ("generate", "gpt2exp, KV cache"), ("generate", "gpt2exp, no cache (recompute)"),
         ("generate", "transformers generate"), ("generate", "gpt2exp, 8 samples at once"),
         ("generate", "transformers, 8 samples at once"), ("generate", "KV cache / recompute"),
-        ("generate", "KV cache / transformers"),
+        ("generate", "KV cache / transformers"), ("generate", "same greedy tokens as transformers"),
         ("data", "load from cache"),
         ("data", "gpt2exp tokenize 0.5 MB"), ("data", "gpt2exp peak RSS"), ("data", "datasets.map tokenize 0.5 MB"),
         ("data", "datasets.map peak RSS"), ("data", "data=hf / datasets.map"),
