@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Issue 11's GPU measurements as one run on a lent GPU machine; logs under $OUT.
+# Issue 11's GPU measurements for a lent GPU machine; logs under $OUT. A session has 15 minutes of
+# device time in all, machine start included, so the parts go by priority and each fits one call:
 #   ../shared/tools/gpu-kit                # here, once: packs .gpu/
-#   device run, carry [".gpu"]:  bash gpt2exp/benchmarks/gpu_check.sh [part]
-# part: a (default: CUDA tests, loss chunking, eager and compiled bench) or b (compiled training
-# runs, twice for the compile cache; the same under torchrun; xl with activation checkpointing).
+#   device run, carry [".gpu"], timeout_s 600:  bash gpt2exp/benchmarks/gpu_check.sh [part]
+# a (default, <= 8 min): the CUDA tests, then the eager and the compiled bench (training, decoding).
+# b (<= 5 min): two identical compiled training runs (time to first step, cold and from the
+#    compile cache), then xl training with activation checkpointing at batch 16.
+# c (<= 4 min): the fused loss's chunk sizes, and a one-GPU torchrun training run.
 set -u
 OUT=${OUT:-outputs/gpu-check}
 mkdir -p "$OUT"
@@ -52,22 +55,24 @@ PY
 }
 export -f loss_chunks
 
+TRAIN=(model=small model.pad_vocab_to=64 data=text data.path=../shared/data/wikitext-2/wiki.valid.tokens
+       data.batch_size=16 trainer.precision=bf16 trainer.compile=true trainer.max_steps=40 trainer.eval_freq=20
+       trainer.progress=false logger=none)
 case ${1:-a} in
 a)
-  step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py tests/test_model.py tests/test_fast_paths.py
-  step loss 90 bash -c loss_chunks
-  step bench-eager 170 python3 -m gpt2exp.bench "${SMALL[@]}" bench.new_tokens=256 bench.sections=[peak,train,generate]
-  step bench-compiled 240 python3 -m gpt2exp.bench "${SMALL[@]}" bench.compile=true bench.sections=[peak,train]
+  step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py tests/test_model.py tests/test_fast_paths.py
+  step bench-eager 150 python3 -m gpt2exp.bench "${SMALL[@]}" bench.new_tokens=256 bench.sections=[peak,train,generate]
+  step bench-compiled 230 python3 -m gpt2exp.bench "${SMALL[@]}" bench.compile=true bench.sections=[peak,train]
   ;;
 b)
-  TRAIN=(model=small model.pad_vocab_to=64 data=text data.path=../shared/data/wikitext-2/wiki.valid.tokens
-         data.batch_size=16 trainer.precision=bf16 trainer.compile=true trainer.max_steps=40 trainer.eval_freq=20
-         trainer.progress=false logger=none)
-  step train-compiled-1 150 python3 -m gpt2exp.train "${TRAIN[@]}"
-  step train-compiled-2 120 python3 -m gpt2exp.train "${TRAIN[@]}"
-  step torchrun-1gpu 120 torchrun --standalone --nproc_per_node=1 -m gpt2exp.train "${TRAIN[@]}" trainer.compile=false
-  step bench-xl 150 python3 -m gpt2exp.bench model=xl model.pad_vocab_to=64 bench.precision=bf16 \
+  step train-compiled-1 120 python3 -m gpt2exp.train "${TRAIN[@]}"
+  step train-compiled-2 60 python3 -m gpt2exp.train "${TRAIN[@]}"
+  step bench-xl 120 python3 -m gpt2exp.bench model=xl model.pad_vocab_to=64 bench.precision=bf16 \
     bench.sections=[train] bench.transformers=false bench.activation_checkpointing=true bench.batch_size=16 \
     bench.steps=3 bench.warmup=1
+  ;;
+c)
+  step loss 90 bash -c loss_chunks
+  step torchrun-1gpu 120 torchrun --standalone --nproc_per_node=1 -m gpt2exp.train "${TRAIN[@]}" trainer.compile=false
   ;;
 esac
