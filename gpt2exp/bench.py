@@ -171,8 +171,7 @@ def _training_peak(module, optimizer, step) -> int:
 def _generate_rows(model, new_tokens: int, num_samples: int, precision) -> list[Row]:
     from gpt2exp.benchmarks.generation import measure_generation
 
-    with precision.autocast():
-        result = measure_generation(model, new_tokens=new_tokens, num_samples=num_samples)
+    result = measure_generation(model, new_tokens=new_tokens, num_samples=num_samples, precision=precision)
     labels = {"cached": "gpt2exp, KV cache", "cached_no_graph": "gpt2exp, KV cache without CUDA graph",
               "recompute": "gpt2exp, no cache (recompute)", "hf": "transformers generate",
               "sampled_batch": f"gpt2exp, {num_samples} samples at once",

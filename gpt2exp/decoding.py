@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt2exp.config import DecodingConfig
-from gpt2exp.decoding_layout import PackedLinear
+from gpt2exp.inference_layout import PackedLinear
 from gpt2exp.model import GPTModel, KVCache
 
 Generators = torch.Generator | Sequence[torch.Generator] | None

@@ -42,6 +42,9 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
+FP32 = Precision()  # the default: no autocast
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
     import torch

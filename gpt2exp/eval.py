@@ -39,6 +39,7 @@ def score_checkpoint(composed: DictConfig) -> float:
     from gpt2exp.atomic import write_json_atomic
     from gpt2exp.data import load_eval_text
     from gpt2exp.devices import resolve_device, resolve_precision
+    from gpt2exp.inference_layout import to_inference_layout
     from gpt2exp.perplexity import score_text
     from gpt2exp.tokenizer import get_encoding
     from gpt2exp.tracking import Tracker
@@ -55,9 +56,10 @@ def score_checkpoint(composed: DictConfig) -> float:
     token_ids = torch.tensor(get_encoding().encode(text, allowed_special="all"))
     if len(token_ids) < 2:
         raise UserError(f"eval.split={settings.split}: the text has fewer than 2 tokens")
+    model = to_inference_layout(model.to(device).eval(), precision)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with Tracker(run_dir, config=asdict(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
-        score = score_text(model.to(device), token_ids, stride=settings.stride, batch_size=settings.batch_size,
+        score = score_text(model, token_ids, stride=settings.stride, batch_size=settings.batch_size,
                            precision=precision)
         result = {
             "split": settings.split if data.source != "text" else "text",

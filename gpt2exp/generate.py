@@ -90,7 +90,7 @@ def generate_samples(composed: DictConfig) -> None:
     import torch
 
     from gpt2exp.decoding import sample_continuations
-    from gpt2exp.decoding_layout import to_decoding_layout
+    from gpt2exp.inference_layout import to_inference_layout
     from gpt2exp.plots import plot_next_token_probs
     from gpt2exp.text_metrics import generation_metrics
     from gpt2exp.tokenizer import get_encoding
@@ -98,7 +98,7 @@ def generate_samples(composed: DictConfig) -> None:
 
     cfg, device, dec = plan.cfg, plan.device, plan.cfg.decoding
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    model = to_decoding_layout(plan.model.to(device).eval())
+    model = to_inference_layout(plan.model.to(device).eval())
     context_length = model.cfg.context_length
 
     encoding = get_encoding()

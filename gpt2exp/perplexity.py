@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gpt2exp.devices import Precision
+from gpt2exp.devices import FP32, Precision
 from gpt2exp.model import GPTModel
 
 
@@ -49,12 +49,12 @@ def windows(n_tokens: int, context_length: int, stride: int) -> list[tuple[int, 
 
 @torch.inference_mode()
 def score_text(
-    model: GPTModel, token_ids: torch.Tensor, *, stride: int, batch_size: int = 4, precision: Precision | None = None
+    model: GPTModel, token_ids: torch.Tensor, *, stride: int, batch_size: int = 4, precision: Precision = FP32
 ) -> Score:
     """The summed NLL of 1-D `token_ids` under `model`, by `windows` (stride <= context_length)."""
     if not 1 <= stride <= model.cfg.context_length:
         raise ValueError(f"stride {stride} must be in [1, context_length={model.cfg.context_length}]")
-    device, precision = model.tok_emb.weight.device, precision or Precision()
+    device = model.tok_emb.weight.device
     was_training = model.training
     model.eval()
     nll_sum, tokens = 0.0, 0

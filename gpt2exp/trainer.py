@@ -14,10 +14,9 @@ from torch import nn
 from gpt2exp import distributed
 from gpt2exp.config import OptimizerConfig, TrainerConfig
 from gpt2exp.data import DataBundle, epoch_batches, eval_batches
-from gpt2exp.devices import Precision
+from gpt2exp.devices import FP32, Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-FP32 = Precision()  # the default: no autocast
 
 
 def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:

@@ -1,14 +1,17 @@
-"""Decoding: the tutorial's numbers, top-p, batches of different lengths, eos, seeds, KV cache."""
+"""Decoding: the tutorial's numbers, top-p, batches of different lengths, eos, seeds, KV cache, the
+inference layout."""
 
 import pytest
 import torch
 from helpers import requires_cuda
 
-from gpt2exp import decoding_layout
+from gpt2exp import inference_layout
 from gpt2exp.config import ModelConfig
 from gpt2exp.decoding import filter_logits, generate, next_token
-from gpt2exp.decoding_layout import PackedLinear, to_decoding_layout
+from gpt2exp.devices import Precision
+from gpt2exp.inference_layout import PackedLinear, to_inference_layout
 from gpt2exp.model import GPTModel
+from gpt2exp.perplexity import score_text
 
 TINY = ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
 SAMPLED = {"temperature": 1.5, "top_k": 50}
@@ -115,17 +118,18 @@ def test_logprobs_are_the_models_at_temperature_one(model):
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["onednn-packed", "transposed"])
-def test_decoding_layout_changes_no_token(packed, monkeypatch):
+def test_inference_layout_changes_no_token_or_score(packed, monkeypatch):
     """Either layout (oneDNN-packed Linears on this CPU, or transposed weights where oneDNN is
-    missing) generates what the training layout does: padded rows, sampling, and past the context."""
-    monkeypatch.setattr(decoding_layout, "_packing_works", lambda: packed)
+    missing) generates what the training layout does (padded rows, sampling, past the context)
+    and scores text alike."""
+    monkeypatch.setattr(inference_layout, "_packing_works", lambda: packed)
     model = GPTModel(TINY).eval()
     with torch.no_grad():  # biases too (they start at zero)
         for param in model.parameters():
             param.add_(0.05 * torch.randn_like(param))
     fast = GPTModel(TINY).eval()
     fast.load_state_dict(model.state_dict())
-    to_decoding_layout(fast)
+    to_inference_layout(fast)
     assert isinstance(fast.out_head, PackedLinear) == packed
     if not packed:
         assert fast.out_head.weight.t().is_contiguous() and fast.out_head.weight is fast.tok_emb.weight
@@ -139,12 +143,20 @@ def test_decoding_layout_changes_no_token(packed, monkeypatch):
     tokens = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
         torch.testing.assert_close(fast(tokens), model(tokens), atol=1e-4, rtol=0)
+    text = torch.randint(0, TINY.vocab_size, (100,))
+    assert score_text(fast, text, stride=8).mean_nll == pytest.approx(score_text(model, text, stride=8).mean_nll, rel=1e-6)
+
+
+def test_inference_under_autocast_keeps_linear_layers_for_autocast_to_cast():
+    model = to_inference_layout(GPTModel(TINY).eval(), Precision("bf16"))
+    assert all(not isinstance(module, PackedLinear) for module in model.modules())
+    assert model.blocks[0].ff.fc.weight.t().is_contiguous()
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
 def test_packing_works_where_onednn_is_built_in():
     """The fast layout must not fall back silently (a PyTorch upgrade may change its internal ops)."""
-    assert decoding_layout._packing_works()
+    assert inference_layout._packing_works()
 
 
 def test_empty_prompt_is_refused(model):

@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from gpt2exp.decoding import generate
-from gpt2exp.decoding_layout import to_decoding_layout
+from gpt2exp.devices import FP32, Precision
+from gpt2exp.inference_layout import to_inference_layout
 from gpt2exp.model import GPTModel
 
 # "Every effort moves you", the tutorial's start context, as GPT-2 tokens.
@@ -16,19 +17,19 @@ PROMPT = (6109, 3626, 6100, 345)
 
 def measure_generation(
     model: GPTModel, *, new_tokens: int = 256, prompt: Sequence[int] = PROMPT, repeats: int = 3, hf: bool = True,
-    num_samples: int = 8,
+    num_samples: int = 8, precision: Precision = FP32,
 ) -> dict:
     """Greedy tokens/s for one prompt (batch 1) with gpt2exp's KV-cached ``generate`` (on CUDA
     also without its CUDA graph), with it recomputing the whole context each step (the
     tutorial's method, ``use_cache=False``), and with ``transformers.GPT2LMHeadModel.generate``
     on the same weights; then sampling ``num_samples`` continuations at once (temperature 1,
-    top-k 50), whose tokens/s count every row.
+    top-k 50), whose tokens/s count every row. Everything runs in ``precision``.
 
     The runs take turns ``repeats`` times after a warm-up; each figure is the best run.
     ``hf_same_tokens`` says whether HF generated the same tokens as gpt2exp. HF is left out
     when the prompt plus ``new_tokens`` exceeds ``context_length`` (it cannot slide the window).
     """
-    ours = to_decoding_layout(copy.deepcopy(model).eval())
+    ours = to_inference_layout(copy.deepcopy(model).eval(), precision)
     prompts = [list(prompt)]
     device = model.tok_emb.weight.device
     batch = [list(prompt)] * num_samples
@@ -50,15 +51,16 @@ def measure_generation(
         runs["hf_sampled_batch"] = _hf_generate(model, prompts, do_sample=True, temperature=1.0, top_k=50,
                                                 num_return_sequences=num_samples)
 
-    for run in runs.values():
-        run(2)
-    best = dict.fromkeys(runs, float("inf"))
-    tokens = {}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            tokens[name] = run(new_tokens)
-            best[name] = min(best[name], time.perf_counter() - start)
+    with precision.autocast():
+        for run in runs.values():
+            run(2)
+        best = dict.fromkeys(runs, float("inf"))
+        tokens = {}
+        for _ in range(repeats):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                tokens[name] = run(new_tokens)
+                best[name] = min(best[name], time.perf_counter() - start)
 
     result = {"new_tokens": new_tokens, "threads": torch.get_num_threads(), "num_samples": num_samples}
     rows = {"sampled_batch": num_samples, "hf_sampled_batch": num_samples}
