@@ -41,13 +41,15 @@ def to_inference_layout(model: GPTModel, precision: Precision = FP32) -> GPTMode
     """Lay ``model``'s weights out for inference in ``precision``, in place, and return it; for a
     model that only infers from now on (it can no longer train, nor move to another device).
 
-    For fp32 inference of fp32 weights on the CPU, each Linear becomes a ``PackedLinear`` (the
-    tied output head a packed copy of the vocabulary rows; the embedding keeps its own).
-    Otherwise (autocast's precisions, other devices, a PyTorch build without oneDNN) each Linear
-    weight is stored transposed in memory, which the CPU's one-token matmuls read faster too."""
+    On the CPU, for fp32 inference of fp32 weights, each Linear becomes a ``PackedLinear`` (the
+    tied output head a packed copy of the vocabulary rows; the embedding keeps its own);
+    otherwise (under autocast, or a PyTorch build without oneDNN) each Linear weight is stored
+    transposed in memory, which one-token matmuls read faster too. Other devices keep the model
+    as it is."""
     weight = model.tok_emb.weight
-    pack = precision.name == "fp32" and weight.device.type == "cpu" and weight.dtype == torch.float32
-    pack = pack and _packing_works()
+    if weight.device.type != "cpu":
+        return model
+    pack = precision.name == "fp32" and weight.dtype == torch.float32 and _packing_works()
     with torch.no_grad():
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
