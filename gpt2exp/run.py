@@ -127,7 +127,6 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
     """The tutorial's run (model, AdamW, the loop, the loss plot, checkpoints), from the plan's
     resume point if any; returns its summary. SIGINT/SIGTERM save a checkpoint and exit 130/143
     saying how to resume; a non-finite loss exits 1 naming the step (a multirun fails that job only)."""
-
     from gpt2exp import distributed
     from gpt2exp.checkpoint import format_bytes
     from gpt2exp.interrupt import GracefulStop
