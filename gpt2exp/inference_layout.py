@@ -49,7 +49,7 @@ def to_inference_layout(model: GPTModel, precision: Precision = FP32) -> GPTMode
     weight = model.tok_emb.weight
     if weight.device.type != "cpu":
         return model
-    pack = precision.name == "fp32" and weight.dtype == torch.float32 and _packing_works()
+    pack = precision.name == "fp32" and weight.dtype == torch.float32 and packing_works()
     with torch.no_grad():
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
@@ -64,7 +64,7 @@ def to_inference_layout(model: GPTModel, precision: Precision = FP32) -> GPTMode
 
 
 @functools.cache
-def _packing_works() -> bool:
+def packing_works() -> bool:
     """Whether this PyTorch build has oneDNN's packed Linear and it computes what F.linear does
     (the ops are internal to PyTorch, so a build may lack or change them)."""
     try:

@@ -122,7 +122,7 @@ def test_inference_layout_changes_no_token_or_score(packed, monkeypatch):
     """Either layout (oneDNN-packed Linears on this CPU, or transposed weights where oneDNN is
     missing) generates what the training layout does (padded rows, sampling, past the context)
     and scores text alike."""
-    monkeypatch.setattr(inference_layout, "_packing_works", lambda: packed)
+    monkeypatch.setattr(inference_layout, "packing_works", lambda: packed)
     model = GPTModel(TINY).eval()
     with torch.no_grad():  # biases too (they start at zero)
         for param in model.parameters():
@@ -154,9 +154,9 @@ def test_inference_under_autocast_keeps_linear_layers_for_autocast_to_cast():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
-def test_packing_works_where_onednn_is_built_in():
+def testpacking_works_where_onednn_is_built_in():
     """The fast layout must not fall back silently (a PyTorch upgrade may change its internal ops)."""
-    assert inference_layout._packing_works()
+    assert inference_layout.packing_works()
 
 
 def test_empty_prompt_is_refused(model):
