@@ -4,7 +4,7 @@ training FLOPs per token of a GPT model."""
 import torch
 
 from gpt2exp.benchmarks.timing import time_interleaved
-from gpt2exp.inference_layout import packing_works
+from gpt2exp.inference_layout import PackedLinear, packing_works
 from gpt2exp.model import GPTModel
 
 # Rated dense peaks in FLOP/s by precision; fp32 on these GPUs means TF32 matmuls (enabled by
@@ -27,8 +27,10 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, *, size: int | None =
     b = torch.randn(size, size, device=device, dtype=dtype)
     runs = {"matmul": lambda: a @ b}
     if device.type == "cpu" and dtype == torch.float32 and packing_works():
-        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), size)
-        runs["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+        linear = torch.nn.Linear(size, size, bias=False)
+        linear.weight.data = b.t()
+        packed = PackedLinear(linear)  # a @ b, as generation and evaluation compute it
+        runs["onednn"] = lambda: packed(a)
     seconds = time_interleaved(runs, repeats=repeats, warmup=1, device=device)
     return 2 * size**3 / min(seconds.values())
 

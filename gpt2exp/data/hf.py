@@ -162,7 +162,7 @@ def _local_files(path: str) -> list[Path]:
 def _source_identity(cfg: DataConfig, split: str, files: list[Path]) -> dict:
     """What the token file depends on: the dataset (local files by name, size and time), the split,
     the column, the separator and the encoding."""
-    dataset = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files] if files else (
-        [cfg.path, cfg.name])
+    stats = [(f, f.stat()) for f in files]
+    dataset = [(str(f.resolve()), s.st_size, s.st_mtime_ns) for f, s in stats] if files else [cfg.path, cfg.name]
     return {"dataset": dataset, "split": split, "column": cfg.text_column, "separator": cfg.separator,
             "encoding": get_encoding().name}
