@@ -50,7 +50,9 @@ def test_setup_and_test_commands_are_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     commands = readme_commands()
     assert 'pip install -e ".[dev]"' in commands and 'pip install --quiet -e ".[dev]"' in ci
-    assert "pytest" in commands and ci.rstrip().endswith("pytest")
+    lanes = [c for c in commands if c.startswith("pytest")]
+    assert lanes == ['pytest -m "not slow"', "pytest -m slow"]
+    assert ci.rstrip().splitlines()[-len(lanes):] == lanes
 
 
 @pytest.mark.slow
