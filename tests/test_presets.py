@@ -78,3 +78,42 @@ def test_launcher_presets_compose(compose_train, launcher, target):
 def test_slurm_preset_asks_for_a_gpu_per_job(compose_train):
     launcher = compose_train("hydra/launcher=slurm", hydra=True).hydra.launcher
     assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(  # 10 ** 10 strings once expanded
+    f"{level}: &{level} [{', '.join([f'*{prev}'] * 10)}]\n" for prev, level in zip("abcdefghi", "bcdefghij"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("broken", b"trainer: [1\n", "broken.yaml: not valid YAML: expected ',' or ']'"),
+        ("latin1", "seed: caf\xe9\n".encode("latin-1"), "latin1.yaml: not UTF-8 text"),
+        ("listed", b"- seed: 1\n", "listed.yaml: a preset must be a YAML mapping"),
+        ("bomb", BOMB.encode(), "bomb.yaml: its YAML aliases expand past 100,000 nodes"),
+        ("loop", b"trainer: &x [*x]\n", "loop.yaml: its YAML aliases expand past"),
+    ],
+)
+def test_a_bad_preset_file_exits_2_with_one_line_naming_it(run_module, tmp_path, name, content, message):
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / f"{name}.yaml").write_bytes(content)
+    result = run_module("gpt2exp.train", f"experiment={name}", "logger=none", timeout=120)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'experiments'}/") and message in line, line
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("name", ["../outside", "sub/outside", "{root}/outside"])
+def test_a_preset_name_that_is_a_path_is_refused(run_module, tmp_path, name):
+    """Only files in an experiments/ folder are presets: a name with a folder in it, `..` or an
+    absolute path, reaches no other YAML file."""
+    (tmp_path / "experiments" / "sub").mkdir(parents=True)
+    for folder in (tmp_path, tmp_path / "experiments" / "sub"):
+        (folder / "outside.yaml").write_text("# @package _global_\nseed: 7\ntrainer:\n  max_steps: -1\n")
+    name = name.format(root=tmp_path)
+    result = run_module("gpt2exp.train", f"experiment={name}", "logger=none", timeout=120)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: experiment={name}: not a preset name"), line
+    assert not (tmp_path / "outputs").exists()
