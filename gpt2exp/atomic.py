@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -67,18 +68,21 @@ def link_atomic(source: str | Path, target: str | Path) -> Path:
             os.link(source, temporary)
         except OSError:  # another file system, or links not supported
             shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
+        with _held(temporary):  # the name is a new file now: the lock marks it as written
+            os.replace(temporary, target)
     return target
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """Remove the temporary files in `folder` whose writer died before renaming them (kill -9):
-    those named by a process of this host that no longer runs."""
-    host = socket.gethostname()
+    """Remove the temporary files in `folder` whose writer died before renaming them (kill -9).
+
+    A writer holds an flock on its temporary file for as long as it writes it, and the kernel
+    drops the lock with the process; so a temporary no one holds a lock on is stale, whichever
+    pid namespace, container or host (on a shared file system) its writer ran in.
+    """
     for temporary in folder.glob(".*.tmp"):
-        owner = _TEMPORARY_OWNER.search(temporary.name)
-        if owner and owner["host"] == host and not process_alive(int(owner["pid"])):
-            with contextlib.suppress(OSError):
+        if _TEMPORARY_OWNER.search(temporary.name):
+            with contextlib.suppress(OSError), _held(temporary, wait=False):
                 temporary.unlink()
 
 
@@ -94,19 +98,50 @@ def process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
+def _held(path: str | Path, *, wait: bool = True) -> Iterator[None]:
+    """An exclusive flock on the file `path` names, for the block (see `_lock`)."""
+    fd = _lock(path, wait=wait)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock(path: str | Path, *, wait: bool = True) -> int:
+    """A descriptor holding an exclusive flock on the file `path` names. Raises FileNotFoundError
+    when `path` names no file, or another one once the lock is held (a clean-up removed it), and,
+    when not `wait`ing, BlockingIOError while another process holds the lock."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        locked, named = os.fstat(fd), os.stat(path, follow_symlinks=False)
+        if (locked.st_dev, locked.st_ino) != (named.st_dev, named.st_ino):
+            raise FileNotFoundError(errno.ENOENT, "removed by a clean-up", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
 def _temporary_beside(path: Path) -> Iterator[str]:
-    """A fresh temporary file name in `path`'s folder (naming this process, so that a later
-    writer can remove it should this one die), removed if the block does not rename it; the
-    folder is synced afterwards so the rename itself survives a crash."""
+    """A fresh temporary file name in `path`'s folder, locked for the block (see
+    `remove_stale_temporaries`) and named after this process for a person's eyes, removed if the
+    block does not rename it; the folder is synced afterwards so the rename itself survives a crash."""
     remove_stale_temporaries(path.parent)
     owner = f"{os.getpid()}@{socket.gethostname()}"
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner}.", suffix=".tmp")
-    os.close(fd)
+    lock = None
+    while lock is None:  # again if another writer's clean-up took the file before it was locked
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner}.", suffix=".tmp")
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            lock = _lock(temporary)
     try:
         yield temporary
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        os.close(lock)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -224,13 +224,58 @@ def test_two_processes_building_the_same_cache_both_succeed(tmp_path):
     assert cached_tokens(STORY, cache_dir=cache_dir, label="story").tolist() == encode_whole(STORY)
 
 
-def test_a_partial_temporary_file_left_by_a_killed_run_is_never_read(tmp_path):
-    path = Path(cached_tokens(STORY, cache_dir=tmp_path, label="story").filename)
-    path.unlink()
-    partial = path.with_name(f"{path.name}.k1ll3d.tmp")
-    partial.write_bytes(b"\x93NUMPY half a header")
-    assert cached_tokens(STORY, cache_dir=tmp_path, label="story").tolist() == encode_whole(STORY)
-    assert np.load(path).tolist() == encode_whole(STORY)
+# A writer that stops while it writes the cache file: it says so, then sleeps until killed. With
+# a pid given, it names its temporary file after that pid, as a writer in another pid namespace
+# (another container on the same host) does: its pid means nothing here.
+_STUCK_WRITER = """
+import os, sys, time
+from pathlib import Path
+import gpt2exp.data.cache as cache
+cache_dir, text = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
+if len(sys.argv) > 3:
+    os.getpid = lambda: int(sys.argv[3])
+def tokenize_then_stop(text):
+    (cache_dir / "writing").touch()
+    time.sleep(600)
+cache.tokenize = tokenize_then_stop
+cache.cached_tokens(text, cache_dir=cache_dir, label="story")
+"""
+
+
+def start_stuck_writer(tmp_path, cache_dir, *pid):
+    text_path = tmp_path / "story.txt"
+    text_path.write_text(STORY)
+    writer = subprocess.Popen([sys.executable, "-c", _STUCK_WRITER, str(cache_dir), str(text_path), *map(str, pid)])
+    deadline = time.monotonic() + 120
+    while not (cache_dir / "writing").exists():
+        assert writer.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    [temporary] = cache_dir.glob(".story-*.tmp")
+    return writer, temporary
+
+
+def test_a_killed_writers_temporary_file_is_removed_and_never_read(tmp_path):
+    cache_dir = tmp_path / "cache"
+    writer, temporary = start_stuck_writer(tmp_path, cache_dir)
+    writer.kill()
+    writer.wait()
+    temporary.write_bytes(b"\x93NUMPY half a header")
+    assert cached_tokens(STORY, cache_dir=cache_dir, label="story").tolist() == encode_whole(STORY)
+    assert not temporary.exists()
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(["writing", *(p.name for p in cache_dir.glob("*.npy"))])
+
+
+def test_a_live_writers_temporary_file_is_kept_whatever_its_pid_says(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    cache_dir = tmp_path / "cache"
+    writer, temporary = start_stuck_writer(tmp_path, cache_dir, int(finished.stdout))
+    try:
+        assert f".{finished.stdout.strip()}@" in temporary.name  # a pid of this host that no longer runs
+        assert cached_tokens(STORY, cache_dir=cache_dir, label="story").tolist() == encode_whole(STORY)
+        assert temporary.exists()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 # --- the text source ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 Ctrl-C while a checkpoint is written, a writer killed mid-file; and inputs that used to end in
 a traceback."""
 
+import fcntl
 import os
 import resource
 import signal
@@ -83,7 +84,9 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_writer(tmp_path)
     foreign = tmp_path / ".notes.tmp"
     for path in (stale, live, foreign):
         path.write_bytes(b"half a file")
-    write_atomic(tmp_path / "step.pt", lambda file: file.write(b"whole"))
+    with live.open("rb") as writing:
+        fcntl.flock(writing, fcntl.LOCK_EX)  # a live writer holds a lock on its temporary
+        write_atomic(tmp_path / "step.pt", lambda file: file.write(b"whole"))
     assert not stale.exists() and live.exists() and foreign.exists()
 
 
