@@ -3,7 +3,8 @@
 Reads each run folder's own files (.hydra/overrides.yaml, metrics.jsonl, summary.json,
 failure.json) and writes a table (printed, compare.csv, compare.md) with one row per run,
 an overlay of the training runs' validation loss against tokens seen (val_loss.png) and a chosen
-metric against a swept parameter (<metric>_vs_<param>.png).
+metric against a swept parameter (<metric>_vs_<param>.png). A file or line it cannot read (a
+torn or hand-edited one) is skipped with a warning naming it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -18,7 +20,6 @@ import sys
 from pathlib import Path
 
 from gpt2exp.errors import UserError
-from gpt2exp.tracking import read_jsonl
 
 FIGURES = {  # table column: metrics.jsonl key (the last value logged is the final one)
     "train_loss": "train/loss",
@@ -35,6 +36,8 @@ FIGURES = {  # table column: metrics.jsonl key (the last value logged is the fin
     "gen/nll": "gen/nll",
 }
 DEFAULT_METRICS = ("val_loss", "gen/nll", "gen/distinct_2")
+NUMBERS = (*FIGURES.values(), "tokens_per_sec")  # a metrics.jsonl record whose value of one is no number is skipped
+log = logging.getLogger(__name__)
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -57,28 +60,28 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
     incomplete), "error", "overrides" ({key: value}), the final figures of `FIGURES`,
     "tokens_per_sec" (mean over the training's evaluations), "sample" (the last one),
     "reused_from" and "curve" (tokens seen, val loss pairs)."""
-    import yaml
 
     folder = Path(folder)
-    overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
-    metrics = read_jsonl(folder / "metrics.jsonl")
+    overrides = _read_yaml(folder / ".hydra" / "overrides.yaml")
+    overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    metrics = _read_records(folder / "metrics.jsonl", lambda m: all(_is_number(m[k]) for k in NUMBERS if k in m))
     summary = _read_json(folder / "summary.json")
     failure = _read_json(folder / "failure.json")
     row = {
         "run": name or folder.name,
         "status": "failed" if failure else "ok" if summary else "incomplete",
-        "error": (failure or {}).get("error", ""),
+        "error": str((failure or {}).get("error", "")),
         "overrides": dict(_split_override(o) for o in overrides),
-        "reused_from": (summary or {}).get("reused_from", {}).get("job", ""),
+        "reused_from": _section(summary, "reused_from").get("job", ""),
     }
     for column, key in FIGURES.items():
         values = [m[key] for m in metrics if key in m]
         row[column] = values[-1] if values else None
-    samples = read_jsonl(folder / "samples.jsonl")
+    samples = _read_records(folder / "samples.jsonl", lambda s: isinstance(s.get("text"), str))
     row["sample"] = samples[-1]["text"] if samples else ""
     speeds = [m["tokens_per_sec"] for m in metrics if m.get("tokens_per_sec")]
     row["tokens_per_sec"] = sum(speeds) / len(speeds) if speeds else None
-    row["curve"] = [(m["tokens_seen"], m["val/loss"]) for m in metrics if "val/loss" in m]
+    row["curve"] = [(m["tokens_seen"], m["val/loss"]) for m in metrics if "val/loss" in m and "tokens_seen" in m]
     return row
 
 
@@ -167,7 +170,7 @@ def plot_search(rows: list[dict], metric: str, params: list[str], log_params: se
 
 def is_search(rows: list[dict], keys: list[str], spaces: dict[str, str]) -> bool:
     """Whether the runs sample their settings of `keys` (random or Optuna search) rather than lay
-    out a grid: a key searched over an interval (`spaces`, from the sweep's multirun.yaml), or
+    out a grid: a key searched over an interval (`spaces`, from the jobs' .hydra/hydra.yaml), or
     some setting of the other keys occurring once while one key took several values."""
     if any("interval(" in spaces.get(key, "") for key in keys):
         return True
@@ -179,17 +182,14 @@ def is_search(rows: list[dict], keys: list[str], spaces: dict[str, str]) -> bool
 
 
 def search_spaces(runs: list[Path]) -> dict[str, str]:
-    """The sweeper's `params` ({key: search space}) in the multirun.yaml of the runs' sweeps."""
-    import yaml
-
+    """The sweeper's `params` ({key: search space}, e.g. "tag(log, interval(1e-4, 1e-2))") that
+    each run's .hydra/hydra.yaml holds (every sweeper's jobs have one; only Hydra's basic sweeper
+    also writes a multirun.yaml)."""
     spaces: dict[str, str] = {}
-    for sweep in {run.parent for run in runs}:
-        try:
-            config = yaml.safe_load((sweep / "multirun.yaml").read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        params = ((config.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
-        spaces |= {key: str(space) for key, space in params.items()}
+    for run in runs:
+        config = _read_yaml(run / ".hydra" / "hydra.yaml") if (run / ".hydra" / "hydra.yaml").is_file() else {}
+        sweeper = _section(_section(_section(config, "hydra"), "sweeper"), "params")
+        spaces |= {str(key): str(space) for key, space in sweeper.items()}
     return spaces
 
 
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--param", help="the swept override on the x axis (default: the first one that takes "
                         "two or more values among the runs with the metric)")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     try:
         written = compare(args.paths, args.out, args.metric, args.param)
     except UserError as err:
@@ -297,7 +298,63 @@ def _natural_key(path: Path) -> list:
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """A JSON object file (summary.json, failure.json); None when it is absent or, with a
+    warning, not a JSON object."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        value = err
+    if not isinstance(value, dict):
+        problem = f": {value}" if isinstance(value, Exception) else ""
+        log.warning("%s: not a JSON object%s; skipping it", path, problem)
+        return None
+    return value
+
+
+def _read_yaml(path: Path):
+    """A YAML file's value; {} when it is absent or, with a warning, not readable YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        log.warning("%s: not readable YAML (%s); skipping it", path, " ".join(str(err).split()))
+        return {}
+
+
+def _read_records(path: Path, valid) -> list[dict]:
+    """A JSON-lines run file's records (metrics.jsonl, samples.jsonl) for which `valid(record)`
+    holds; the other lines (torn, hand-edited, not UTF-8) are skipped, with one warning naming
+    the file and their line numbers."""
+    if not path.is_file():
+        return []
+    records, skipped = [], []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and valid(record):
+            records.append(record)
+        elif line.strip():
+            skipped.append(number)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        log.warning("%s: skipping %d malformed line%s (line %s)", path, len(skipped), "s"[: len(skipped) > 1], shown)
+    return records
+
+
+def _section(config, key: str) -> dict:
+    value = config.get(key) if isinstance(config, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _common_parent(folders: list[Path]) -> Path:
