@@ -136,9 +136,23 @@ def test_submitit_local_jobs_run_in_parallel_and_share_the_model(run_module, tmp
     assert summary(reused)["reused_from"]["job"] == int(trained[0].name)
 
 
-def test_optuna_sweep_minimises_the_final_val_loss(run_module, tmp_path, corpus):
-    result, jobs = sweep(run_module, tmp_path, corpus, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                         "logger=none")
+@pytest.fixture(scope="module")
+def optuna_sweep(tmp_path_factory, corpus):
+    """Two Optuna trials of conf/hparams_search/optuna.yaml; the process and the job folders."""
+    tmp_path = tmp_path_factory.mktemp("optuna_sweep")
+    env = {**os.environ, "GPT2EXP_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "token-cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", *FAST, "data=text", f"data.path={corpus}", "hydra.sweep.dir=sweep",
+         "hparams_search=optuna", "hydra.sweeper.n_trials=2", "logger=none"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    jobs = sorted((p.parent for p in (tmp_path / "sweep").glob("*/.hydra")), key=lambda p: int(p.name))
+    return result, jobs
+
+
+def test_optuna_sweep_minimises_the_final_val_loss(optuna_sweep):
+    result, jobs = optuna_sweep
+    tmp_path = jobs[0].parent.parent
     assert result.returncode == 0, result.stderr
     assert len(jobs) == 2
     losses = [summary(job)["final/val_loss"] for job in jobs]
@@ -147,6 +161,31 @@ def test_optuna_sweep_minimises_the_final_val_loss(run_module, tmp_path, corpus)
     assert lrs[0] != lrs[1]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(losses))
+
+
+def test_compare_draws_an_optuna_sweep_on_the_scales_it_searched(optuna_sweep, monkeypatch, tmp_path):
+    """The learning rate, searched on a log scale (tag(log, ...) in hparams_search=optuna), gets a
+    log axis; the other parameters that differ between the trials get linear ones."""
+    from matplotlib.figure import Figure
+
+    from gpt2exp.compare import compare
+
+    _, jobs = optuna_sweep
+    saved, savefig = {}, Figure.savefig
+
+    def record(figure, path, *args, **kwargs):
+        saved[Path(path).name] = {ax.get_xlabel(): ax.get_xscale() for ax in figure.axes}
+        return savefig(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    written = compare([jobs[0].parent], out_dir=tmp_path)
+    assert written["metric_plot"] == tmp_path / "val_loss_vs_params.png"
+    overrides = [dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+                 for job in jobs]
+    differing = [key for key in ("optimizer.lr", "optimizer.weight_decay", "optimizer.warmup_steps")
+                 if overrides[0][key] != overrides[1][key]]
+    assert "optimizer.lr" in differing
+    assert saved["val_loss_vs_params.png"] == {key: "log" if key == "optimizer.lr" else "linear" for key in differing}
 
 
 def test_compare_on_a_generate_sweep(run_module, tmp_path, corpus):
