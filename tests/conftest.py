@@ -2,16 +2,16 @@
 compose helper, and a runner for the real ``python -m`` entrypoints."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import CONF_DIR, SAMPLE_TEXT, TINY_MODEL
+from helpers import CONF_DIR, SAMPLE_TEXT, TINY, run_folders
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from gpt2exp.checkpoint import save_checkpoint
 from gpt2exp.config import register_configs
 
 
@@ -89,16 +89,38 @@ def run_module(tmp_path):
     return _run
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A real tiny training run (``python -m gpt2exp.train``, 4 steps, no W&B), made once per session;
+    its folder is shared: read it, or take ``train_run`` (a copy) to write beside it."""
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "corpus.txt"
+    corpus.write_text(SAMPLE_TEXT, encoding="utf-8")
+    env = dict(os.environ, GPT2EXP_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "token-cache"))
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", *TINY, "data=text", f"data.path={corpus}", "trainer.max_steps=4",
+         "trainer.eval_freq=2", "logger=none"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_folders(root)
+    return run_dir
+
+
 @pytest.fixture
-def train_run(tmp_path) -> Path:
-    """A training run's folder, as ``python -m gpt2exp.train`` leaves it, with a tiny model."""
-    import torch
+def train_run(trained_run, tmp_path) -> Path:
+    """A training run's folder, as ``python -m gpt2exp.train`` leaves it (a tiny model, 4 steps),
+    copied to ``tmp_path/outputs/<date>/<time>`` with its hard links (``last.pt``) kept."""
+    run_dir = tmp_path / trained_run.relative_to(trained_run.parents[2])
+    copied: dict[int, Path] = {}
 
-    from gpt2exp.config import ModelConfig
-    from gpt2exp.model import GPTModel
+    def copy_keeping_links(src: str, dst: str) -> None:
+        inode = os.stat(src).st_ino
+        if inode in copied:
+            os.link(copied[inode], dst)
+        else:
+            shutil.copy2(src, dst)
+            copied[inode] = Path(dst)
 
-    torch.manual_seed(0)
-    run_dir = tmp_path / "outputs" / "2025-01-31" / "12-00-00"
-    save_checkpoint(run_dir / "checkpoints" / "last.pt", model=GPTModel(ModelConfig(**TINY_MODEL)).state_dict(),
-                    optimizer=None, step=40, config={"model": TINY_MODEL})
+    shutil.copytree(trained_run, run_dir, copy_function=copy_keeping_links)
     return run_dir

@@ -77,7 +77,7 @@ def test_any_override_passes_or_names_its_key_in_one_line(compose_train, base_ov
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(GENERATE_KEYS), value=VALUES)
-def test_any_generate_override_passes_or_names_its_key_in_one_line(compose_generate, train_run, tmp_path,
+def test_any_generate_override_passes_or_names_its_key_in_one_line(compose_generate, trained_run, train_run, tmp_path,
                                                                    monkeypatch, key, value):
     monkeypatch.chdir(tmp_path)
     override = f"{key}={value}"
@@ -86,7 +86,7 @@ def test_any_generate_override_passes_or_names_its_key_in_one_line(compose_gener
     except (UserError, HydraException, OmegaConfBaseException) as err:  # what the entrypoint reports
         message = cli.error_message(err)
         assert "\n" not in message and key in message, (override, message)
-    assert sorted(tmp_path.rglob("*.pt")) == [train_run / "checkpoints" / "last.pt"]
+    assert sorted(tmp_path.rglob("*.pt")) == sorted(train_run / p.relative_to(trained_run) for p in trained_run.rglob("*.pt"))
 
 
 def test_every_key_is_covered():

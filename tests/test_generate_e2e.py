@@ -1,4 +1,4 @@
-"""End-to-end runs through ``python -m gpt2exp.generate`` on a tiny saved checkpoint."""
+"""End-to-end runs through ``python -m gpt2exp.generate`` on a tiny training run's checkpoint."""
 
 import pytest
 import torch
@@ -80,7 +80,7 @@ def test_bad_input_exits_2_with_one_line(run_module, train_run, tmp_path, overri
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
-    assert not run_folders(tmp_path) and not list(tmp_path.rglob("wandb"))
+    assert run_folders(tmp_path) == [train_run] and not list(tmp_path.rglob("wandb"))
 
 
 def test_greedy_decoding_makes_one_sample_and_says_why(run_module, train_run, tmp_path):

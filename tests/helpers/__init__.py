@@ -48,5 +48,6 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def generate_runs(root: Path) -> list[Path]:
-    """Run folders of ``gpt2exp.generate`` under ``root/outputs``, oldest first."""
-    return [p for p in run_folders(root) if (p / "samples.jsonl").exists()]
+    """Run folders of ``gpt2exp.generate`` under ``root/outputs``, oldest first (a training run's
+    folder has samples too, and checkpoints)."""
+    return [p for p in run_folders(root) if (p / "samples.jsonl").exists() and not (p / "checkpoints").exists()]
