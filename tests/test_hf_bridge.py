@@ -4,15 +4,18 @@ export a checkpoint that ``transformers`` loads (``python -m gpt2exp.export``), 
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
-from helpers import TINY, read_jsonl, run_folders
+from helpers import TINY, TINY_MODEL, read_jsonl, run_folders
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from gpt2exp.checkpoint import save_checkpoint
 from gpt2exp.config import ModelConfig
 from gpt2exp.decoding import generate
 from gpt2exp.errors import UserError
+from gpt2exp.export import export
 from gpt2exp.hf_format import read_hf_folder
 from gpt2exp.model import GPTModel
 from gpt2exp.tokenizer import get_encoding
@@ -98,3 +101,22 @@ def test_export_gives_a_folder_transformers_loads_with_the_same_logits_and_text(
     again = subprocess.run([sys.executable, "-m", "gpt2exp.export", f"ckpt={train_run}", f"out={out}"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "exists and is not an empty folder" in again.stderr
+
+
+EXPORT_VARIANTS = {"untied head": {"tie_embeddings": False}, "padded vocabulary": {"pad_vocab_to": 64},
+                   "both": {"tie_embeddings": False, "pad_vocab_to": 64}}
+
+
+@pytest.mark.parametrize("variant", EXPORT_VARIANTS.values(), ids=EXPORT_VARIANTS)
+def test_export_of_an_untied_or_padded_model_gives_transformers_the_same_logits(variant, tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(**TINY_MODEL | variant)
+    model = GPTModel(cfg).eval()
+    if "pad_vocab_to" in variant:
+        assert model.tok_emb.weight.shape[0] == 50304  # 47 rows the export must leave out
+    save_checkpoint(tmp_path / "model.pt", model=model.state_dict(), optimizer=None, step=1, config={"model": asdict(cfg)})
+    hf_model = GPT2LMHeadModel.from_pretrained(export(str(tmp_path / "model.pt"), str(tmp_path / "hf"))).eval()
+    assert hf_model.config.tie_word_embeddings == cfg.tie_embeddings
+    ids = torch.randint(0, cfg.vocab_size, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(ids).logits, model(ids), atol=1e-5, rtol=1e-5)
