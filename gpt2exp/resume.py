@@ -1,5 +1,6 @@
-"""Where a run resumes from: ``trainer.resume=<run folder>`` or ``auto`` (the newest run folder
-under the same outputs root whose config matches)."""
+"""Where a run resumes from: ``trainer.resume=<run folder>`` or ``auto``: the newest run folder
+under the same outputs root whose config matches, or, for a fixed run folder, that folder only
+(afresh when it has no checkpoint yet: the re-queue of a run stopped before its first)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from gpt2exp.checkpoint import load_latest_checkpoint, step_checkpoints
 from gpt2exp.config import config_hash, without_keys
@@ -17,7 +19,7 @@ from gpt2exp.errors import UserError
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing what is trained.
-IGNORED_KEYS = ("trainer.resume", "trainer.progress", "logger", "data.cache_dir")
+IGNORED_KEYS = ("trainer.resume", "trainer.progress", "trainer.reuse_wait_minutes", "logger", "data.cache_dir")
 # Keys that say how long to train and what to do on the way (evaluate, sample, checkpoint):
 # `auto` continues a run whatever they were, so that "train longer" is a larger max_steps.
 PLAN_KEYS = (
@@ -52,31 +54,40 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-def outputs_root(run_dir_pattern: str, run_dir: Path, launch_dir: Path) -> Path:
+def outputs_root(run_dir_pattern: str, run_dir: Path, launch_dir: Path) -> Path | None:
     """The folder that all run folders of Hydra's run-dir pattern share: `outputs` for
     `outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}` (relative to `launch_dir`, where the command was
-    run), the parent of a fixed run folder."""
+    run); None for a fixed run folder, whose runs `auto` looks for in that folder only."""
     static = run_dir_pattern.split("${", 1)[0]
     if static == run_dir_pattern:
-        return run_dir.parent
+        return None
     return launch_dir / (static if static.endswith("/") else str(Path(static).parent))
 
 
-def find_resume_point(resume: str | None, config: dict, *, run_dir: Path, root: Path) -> ResumePoint | None:
+def find_resume_point(resume: str | None, config: dict, *, run_dir: Path, root: Path | None,
+                      held_configs: tuple[bytes | None, bytes | None] | None = None) -> ResumePoint | None:
     """The checkpoint that `resume` (a run folder, "auto" or None) names, checked against `config`.
 
-    A run folder without a usable checkpoint, or whose model differs, is a UserError; "auto"
-    without a matching run folder starts afresh (None).
+    A run folder without a usable checkpoint, or whose model differs, is a UserError. "auto" looks
+    under `root`, or in `run_dir` alone when `root` is None, and starts afresh (None) without a
+    match. `held_configs` is Hydra's config.yaml of `run_dir` when it was claimed and now, when it
+    held a run: "auto" starts afresh in it only when that run had this config.
     """
     if resume is None:
         return None
     if resume == "auto":
+        if root is None:
+            return _own_point(run_dir, config, held_configs)
         point = _newest_matching(root, config_fingerprint(config), prefer=run_dir)
         if point is None:
             log.info("trainer.resume=auto: no run under '%s' with this config has a checkpoint; starting afresh", root)
         else:
             _check_compatible(point, config)
         return point
+    return _named_point(resume, config)
+
+
+def _named_point(resume: str, config: dict) -> ResumePoint:
     folder = Path(resume).expanduser()
     if folder.name == "checkpoints":
         folder = folder.parent
@@ -92,6 +103,34 @@ def find_resume_point(resume: str | None, config: dict, *, run_dir: Path, root: 
     point = ResumePoint(folder, *found)
     _check_compatible(point, config)
     return point
+
+
+def _own_point(run_dir: Path, config: dict, held_configs: tuple[bytes | None, bytes | None] | None):
+    """"auto" in a fixed run folder: its own newest checkpoint; none yet, afresh (in a folder that
+    holds a run, only if that run had this config)."""
+    if step_checkpoints(run_dir / "checkpoints"):
+        return _named_point(str(run_dir), config)
+    if held_configs is None:
+        log.info("trainer.resume=auto: no checkpoint in this run's folder '%s' (a fixed run folder continues "
+                 "only its own run); starting afresh", run_dir)
+        return None
+    if changed := _changed_keys(*held_configs):
+        raise UserError(f"trainer.resume=auto: '{run_dir}' holds a run with another config ({changed[0]} "
+                        "differs) and no checkpoint; choose another folder, or give that run's settings")
+    log.info("trainer.resume=auto: '%s' holds this run's config and no checkpoint yet: starting afresh in it "
+             "(its metrics.jsonl and samples.jsonl start again; its other files stay)", run_dir)
+    return None
+
+
+def _changed_keys(before: bytes | None, now: bytes | None) -> list[str]:
+    """The keys in which two of Hydra's config.yaml differ, besides `IGNORED_KEYS` and `PLAN_KEYS`
+    (["config.yaml"] when either cannot be read)."""
+    try:
+        before_keys, now_keys = (_flat(without_keys(yaml.safe_load(text), IGNORED_KEYS + PLAN_KEYS))
+                                 for text in (before, now))
+    except (TypeError, AttributeError, yaml.YAMLError):
+        return ["config.yaml"]
+    return sorted(key for key in before_keys.keys() | now_keys.keys() if before_keys.get(key) != now_keys.get(key))
 
 
 def _newest_matching(root: Path, fingerprint: str, *, prefer: Path) -> ResumePoint | None:
@@ -161,7 +200,7 @@ def _check_compatible(point: ResumePoint, config: dict) -> None:
         log.warning("resuming with settings that differ from the checkpoint's (this run's apply): %s", ", ".join(changed))
 
 
-def resume_command(task_overrides: list[str], run_dir: Path) -> str:
-    """The command line that resumes this run."""
+def resume_command(task_overrides: list[str], run_dir: Path, launcher: list[str] | None = None) -> str:
+    """The command line that resumes this run (`launcher`: the torchrun command that started it)."""
     kept = [o for o in task_overrides if not o.lstrip("+~").startswith("trainer.resume=")]
-    return shlex.join(["python", "-m", "gpt2exp.train", *kept, f"trainer.resume={run_dir}"])
+    return shlex.join([*(launcher or ["python", "-m", "gpt2exp.train"]), *kept, f"trainer.resume={run_dir}"])

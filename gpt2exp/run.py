@@ -22,7 +22,7 @@ class RunContext:
     """What a run needs from its launcher."""
 
     run_dir: Path
-    outputs_root: Path  # where `trainer.resume=auto` looks for earlier runs
+    outputs_root: Path | None  # where `trainer.resume=auto` looks for earlier runs (None: in run_dir only)
     resume_command: str  # the command that continues this run
     multirun: bool = False  # a failure then fails this job (raises) instead of exiting
     progress: bool = True  # False when parallel jobs share the console
@@ -61,13 +61,16 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
         device = torch.device("cuda", place.local_rank)
     precision = resolve_precision(cfg.trainer.precision, device)
     own_folder = run_folder.claimed(ctx.run_dir)
-    # A folder that already holds a run can only be continued: from its own checkpoints.
-    resume_from = str(ctx.run_dir) if own_folder and own_folder.held_run else cfg.trainer.resume
+    # A folder that already holds a run can only be continued: from its own checkpoints (`auto`:
+    # or afresh, when it holds this run's config and no checkpoint yet).
+    held = own_folder.held_configs() if own_folder and own_folder.held_run else None
+    root = None if held is not None else ctx.outputs_root
     # In a distributed job rank 0 (which owns the folder) finds the run to resume; the others follow.
     found = {}
 
     def resume_folder() -> str | None:
-        found["point"] = find_resume_point(resume_from, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
+        found["point"] = find_resume_point(cfg.trainer.resume, resolved, run_dir=ctx.run_dir, root=root,
+                                           held_configs=held)
         return str(found["point"].run_dir) if found["point"] else None
 
     resume_dir = distributed.main_decides(resume_folder)
@@ -153,6 +156,8 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
     if plan.resume is not None:
         state = _restore(cfg, plan.resume, model, optimizer, len(data.train_loader))
         tracker.carry_over(plan.resume.run_dir, state.step)
+    elif (ctx.run_dir / "metrics.jsonl").exists():  # an attempt stopped before its first checkpoint: all redone
+        tracker.carry_over(ctx.run_dir, up_to_step=-1)
     sampler = Sampler(cfg.decoding, cfg.trainer.start_context, model, tracker, plan.total_steps)
     with GracefulStop() as stop:
         hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, ctx.run_dir, sampler=sampler, stop=stop,
@@ -272,6 +277,22 @@ def reuse_run(cfg: TrainConfig, plan: RunPlan, trained, ctx: RunContext, tracker
     return {**summary, **sampler.metrics}
 
 
+def _warn_job_batch(checkpoint: dict, batch_size: int, grad_accum: int, processes: int) -> None:
+    """Warn when resuming on another number of processes changes the sequences a step takes (this
+    run's apply), naming the per-process settings that would keep the checkpoint's."""
+    processes_before = checkpoint["extra"].get("world_size", 1)
+    trained = checkpoint["config"]
+    step_before = trained["data"]["batch_size"] * trained["trainer"].get("grad_accum", 1) * processes_before
+    step_now = batch_size * grad_accum * processes
+    if processes == processes_before or step_now == step_before:
+        return
+    keep = [f"{key}={step_before // (step_now // value)}" for key, value in
+            (("data.batch_size", batch_size), ("trainer.grad_accum", grad_accum)) if step_before % (step_now // value) == 0]
+    log.warning("resuming with the number of processes changed from %d to %d: a step takes %d sequences instead of %d "
+                "(this run's apply); %s", processes_before, processes, step_now, step_before,
+                f"to keep the job's, set {' or '.join(keep)}" if keep else "no whole per-process batch keeps the job's")
+
+
 def _restore(cfg: TrainConfig, resume, model, optimizer, train_batches: int):
     """Load the checkpoint's model and optimizer (with this run's optimizer settings); returns
     its training state, realigned to this run's batches."""
@@ -291,6 +312,7 @@ def _restore(cfg: TrainConfig, resume, model, optimizer, train_batches: int):
     grad_accum, world_size = cfg.trainer.grad_accum, distributed.world().world_size
     # The job's batches (each process's times the processes): a run may resume on another number of them.
     before = resume.checkpoint["config"]["data"]["batch_size"] * resume.checkpoint["extra"].get("world_size", 1)
+    _warn_job_batch(resume.checkpoint, cfg.data.batch_size, grad_accum, world_size)
     state.realign(batch_size_before=before, batch_size=cfg.data.batch_size * world_size,
                   grad_accum=grad_accum, batches_per_epoch=train_batches // grad_accum * grad_accum)
     log.info("resuming %s from %s (step %d, epoch %d)", resume.run_dir, resume.path, state.step, state.epoch)

@@ -46,6 +46,10 @@ class RunFolder:
         self._log_sizes = {p.name: p.stat().st_size for p in path.glob("*.log") if p.is_file()}
         self._lock_fd: int | None = None
 
+    def held_configs(self) -> tuple[bytes | None, bytes | None]:
+        """Hydra's .hydra/config.yaml in this folder as it was when claimed (the run it held) and now."""
+        return self._saved["config.yaml"], _read_bytes(self.path / HYDRA_DIR / "config.yaml")
+
     def undo(self) -> None:
         """Take back what this run added: the run's own entries that were not there when it
         claimed the folder, Hydra's .hydra files as they were, log files cut back to their old

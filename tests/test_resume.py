@@ -44,7 +44,41 @@ def test_outputs_root_is_the_fixed_part_of_the_run_dir_pattern(tmp_path):
     assert outputs_root(pattern, tmp_path / "x", launch_dir=tmp_path) == tmp_path / "outputs"
     assert outputs_root("runs/exp-${now:%H}", tmp_path / "x", launch_dir=tmp_path) == tmp_path / "runs"
     assert outputs_root("/abs/${now:%H}", tmp_path / "x", launch_dir=tmp_path) == Path("/abs")
-    assert outputs_root("fixed/run", tmp_path / "fixed" / "run", launch_dir=tmp_path) == tmp_path / "fixed"
+    assert outputs_root("fixed/run", tmp_path / "fixed" / "run", launch_dir=tmp_path) is None
+
+
+def test_auto_in_a_fixed_folder_looks_in_that_folder_only(tmp_path):
+    make_run(tmp_path, "sibling", CONFIG)
+    assert find_resume_point("auto", CONFIG, run_dir=tmp_path / "new", root=None) is None
+    own = make_run(tmp_path, "own", CONFIG, steps=(4, 8))
+    assert find_resume_point("auto", CONFIG, run_dir=own, root=None).checkpoint["step"] == 8
+
+
+HELD = b"model:\n  emb_dim: 32\ntrainer:\n  max_steps: 10\n  resume: auto\n"
+
+
+@pytest.mark.parametrize(("now", "afresh"), [
+    (HELD, True),
+    (HELD.replace(b"max_steps: 10", b"max_steps: 20").replace(b"auto", b"null"), True),  # plan and ignored keys
+    (HELD.replace(b"32", b"64"), False),
+    (None, False),
+])
+def test_auto_starts_afresh_in_a_folder_without_checkpoints_only_for_the_same_config(tmp_path, now, afresh):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    args = ("auto", CONFIG)
+    options = {"run_dir": tmp_path / "run", "root": None, "held_configs": (HELD, now)}
+    if afresh:
+        assert find_resume_point(*args, **options) is None
+    else:
+        with pytest.raises(UserError, match="holds a run with another config"):
+            find_resume_point(*args, **options)
+
+
+def test_auto_in_a_folder_whose_checkpoints_are_all_unusable_refuses(tmp_path):
+    run_dir = make_run(tmp_path, "run", CONFIG)
+    (run_dir / "checkpoints" / "step-00000004.pt").write_bytes(b"half a file")
+    with pytest.raises(UserError, match="no usable checkpoint in"):
+        find_resume_point("auto", CONFIG, run_dir=run_dir, root=None, held_configs=(HELD, HELD))
 
 
 def test_auto_picks_the_newest_run_with_the_same_config(tmp_path):

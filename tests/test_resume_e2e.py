@@ -193,3 +193,18 @@ def test_train_longer_is_resume_auto_with_more_steps(run_module, text_file, tmp_
     again = run_module("gpt2exp.train", *args, "trainer.max_steps=12", "trainer.resume=auto")
     assert again.returncode == 0 and "is already complete (step 12 of 12)" in again.stdout + again.stderr
     assert len(run_folders(tmp_path)) == 2
+
+
+def test_auto_in_a_new_fixed_folder_never_continues_a_sibling(run_module, text_file, tmp_path):
+    """A study of training lengths: `hydra.run.dir=runs/steps20 trainer.resume=auto` trains its
+    own run, though runs/steps10 has this config but for `max_steps` (a plan key)."""
+    args = [*TINY, "data=text", f"data.path={text_file}", "trainer.eval_freq=5", "logger=none", "trainer.resume=auto"]
+    short = run_module("gpt2exp.train", *args, "trainer.max_steps=10", "hydra.run.dir=runs/steps10")
+    assert short.returncode == 0, short.stderr
+    sibling = {p: p.read_bytes() for p in (tmp_path / "runs" / "steps10").rglob("*") if p.is_file()}
+    longer = run_module("gpt2exp.train", *args, "trainer.max_steps=20", "hydra.run.dir=runs/steps20")
+    assert longer.returncode == 0, longer.stderr
+    assert "resuming" not in longer.stdout and "starting afresh" in longer.stdout
+    evals = [m["step"] for m in read_jsonl(tmp_path / "runs" / "steps20" / "metrics.jsonl") if "val/loss" in m]
+    assert evals == [0, 5, 10, 15, 20]
+    assert {p: p.read_bytes() for p in (tmp_path / "runs" / "steps10").rglob("*") if p.is_file()} == sibling

@@ -14,6 +14,7 @@ import pytest
 from helpers import TINY, read_jsonl, run_folders
 
 from gpt2exp import run_folder
+from gpt2exp.checkpoint import load_checkpoint, step_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -160,19 +161,76 @@ def test_runs_started_at_once_get_folders_of_their_own(tmp_path, tiny):
                for folder in folders)
 
 
+def newest_step(checkpoints: Path) -> int | None:
+    found = step_checkpoints(checkpoints)
+    return int(found[-1].stem.split("-")[1]) if found else None
+
+
+def last_logged_step(metrics: Path) -> int:
+    return max((m["step"] for m in read_jsonl(metrics)), default=-1) if metrics.exists() else -1
+
+
+def kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> None:
+    """SIGKILL `process` at a moment when `condition()` holds: checked while the process is
+    stopped (SIGSTOP), so that what it checked is what the kill leaves."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the condition never held"
+        process.send_signal(signal.SIGSTOP)
+        if condition():
+            process.kill()
+            process.communicate()
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+
+
 def test_the_same_command_after_a_kill_resumes_its_own_folder(tmp_path, tiny, run_module):
     command = [*tiny, "hydra.run.dir=requeued", "trainer.resume=auto", "trainer.max_steps=120",
                "trainer.eval_freq=10", "trainer.checkpoint_freq=10"]
+    checkpoints, metrics = tmp_path / "requeued" / "checkpoints", tmp_path / "requeued" / "metrics.jsonl"
     first = start(tmp_path, "gpt2exp.train", *command)
-    wait_for(tmp_path / "requeued" / "checkpoints" / "step-00000040.pt", first)
-    time.sleep(0.3)  # past the checkpoint: some records after it that the resumed run redoes
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
+    # Past a checkpoint at step 40 or later, with records after it that the resumed run redoes.
+    kill_when(first, lambda: (newest_step(checkpoints) or 0) >= 40 and last_logged_step(metrics) > newest_step(
+        checkpoints))
+    killed_at = newest_step(checkpoints)
+    assert killed_at < 120 and last_logged_step(metrics) > killed_at
     again = run_module("gpt2exp.train", *command)
     assert again.returncode == 0, again.stderr
-    assert "resuming" in again.stdout + again.stderr
-    steps = [m["step"] for m in read_jsonl(tmp_path / "requeued" / "metrics.jsonl") if "val/loss" in m]
+    assert f"resuming {tmp_path / 'requeued'} from {checkpoints / f'step-{killed_at:08d}.pt'}" in again.stdout
+    steps = [m["step"] for m in read_jsonl(metrics) if "val/loss" in m]
     assert steps == list(range(0, 121, 10))
+    assert [m["step"] for m in read_jsonl(metrics) if "train/batch_loss" in m] == list(range(1, 121))
+
+
+def test_the_same_command_after_a_kill_before_the_first_checkpoint_starts_afresh(tmp_path, tiny, run_module):
+    """The re-queue recipe (`hydra.run.dir=X trainer.resume=auto`), killed before its first
+    checkpoint: the same command again trains, in that folder, keeping the folder's other files."""
+    folder = user_data(tmp_path / "requeued")
+    command = [*tiny, "hydra.run.dir=requeued", "trainer.resume=auto", "trainer.max_steps=60",
+               "trainer.eval_freq=20"]
+    checkpoints, metrics = folder / "checkpoints", folder / "metrics.jsonl"
+    first = start(tmp_path, "gpt2exp.train", *command)
+    kill_when(first, lambda: last_logged_step(metrics) >= 1)
+    assert not step_checkpoints(checkpoints) and last_logged_step(metrics) >= 1
+    users = {name: digest for name, digest in snapshot(folder).items() if name.startswith(("important", "notes"))}
+    (folder / run_folder.LOCK_FILE).unlink()  # the kill's stale lock: the next run takes it over and removes it
+    killed = snapshot(folder)
+
+    explicit = run_module("gpt2exp.train", *command[:-3], "trainer.resume=requeued", *command[-2:])
+    other = run_module("gpt2exp.train", *command, "model.emb_dim=64")
+    for refused, says in ((explicit, "no usable checkpoint in"), (other, "model.emb_dim")):
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and says in refused.stderr, refused.stderr
+    assert snapshot(folder) == killed
+
+    again = run_module("gpt2exp.train", *command)
+    assert again.returncode == 0, again.stderr
+    assert "holds this run's config and no checkpoint yet: starting afresh in it" in again.stdout
+    assert [m["step"] for m in read_jsonl(metrics) if "val/loss" in m] == [0, 20, 40, 60]
+    assert [m["step"] for m in read_jsonl(metrics) if "train/batch_loss" in m] == list(range(1, 61))
+    assert load_checkpoint(checkpoints / "last.pt")["step"] == 60
+    assert {name: snapshot(folder)[name] for name in users} == users
 
 
 def test_a_stale_lock_from_a_dead_run_is_taken_over(tmp_path):
