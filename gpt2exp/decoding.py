@@ -1,5 +1,6 @@
 """Next-token selection (greedy, temperature, top-k, top-p) and KV-cached generation."""
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,7 +11,10 @@ from gpt2exp.config import DecodingConfig
 from gpt2exp.inference_layout import PackedLinear
 from gpt2exp.model import GPTModel, KVCache
 
+log = logging.getLogger(__name__)
+
 Generators = torch.Generator | Sequence[torch.Generator] | None
+Step = Callable[[], torch.Tensor]
 
 
 def filter_logits(
@@ -99,7 +103,9 @@ def generate(
     every row has. With ``use_cache`` each step feeds only the newest token to a ``KVCache``;
     once the window is full it slides, which with absolute positions means recomputing it,
     so the output equals the uncached one. On CUDA, with ``cuda_graph``, the one-token steps
-    replay a CUDA graph (see ``_GraphedDecodeStep``): one launch each instead of hundreds.
+    replay a CUDA graph (see ``GraphedDecodeStep``): one launch each instead of hundreds. Should
+    capturing or replaying the graph raise, a warning names the error and generation goes on
+    without it, with the same tokens; no later call tries a graph on that device again.
     """
     prompts = prompts.tolist() if isinstance(prompts, torch.Tensor) else [list(p) for p in prompts]
     if not prompts or not all(prompts):
@@ -117,8 +123,8 @@ def generate(
     cache = KVCache(model.cfg, batch, device=device, dtype=cache_dtype) if use_cache else None
 
     head = _output_head(model, cache_dtype if autocast else None)
+    capture = GRAPH_CAPTURES.get(device.type) if cuda_graph and cache is not None else None
     graphed, window_start = None, 0
-    cuda_graph = cuda_graph and device.type == "cuda"
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     steps = 0
     was_training = model.training
@@ -126,20 +132,25 @@ def generate(
     try:
         while steps < max_new_tokens and not (eos_id is not None and bool(finished.all())):
             end = width + steps
-            if cache is not None and 0 < cache.length < model.cfg.context_length and cuda_graph:
-                # Only before the window first slides: the window starts at column 0.
-                graphed = graphed or _GraphedDecodeStep(model, cache, head, pad)
-                logits = graphed(token_ids[:, end - 1 : end], cache.length)
-                cache.length += 1
-            else:
-                if cache is not None and 0 < cache.length < model.cfg.context_length:
+            logits = None
+            # Only before the window first slides (the window starts at column 0): one new token per step.
+            if cache is not None and 0 < cache.length < model.cfg.context_length:
+                if capture is not None:
+                    try:
+                        graphed = graphed or GraphedDecodeStep(model, cache, head, pad, capture)
+                        logits = graphed(token_ids[:, end - 1 : end], cache.length)
+                        cache.length += 1
+                    except Exception as err:  # whatever it is: the eager step below computes the same
+                        _drop_graph_capture(device, err)
+                        capture = None
+                if logits is None:
                     hidden = model.hidden_states(token_ids[:, end - 1 : end], cache, _window_pad(pad, window_start))
-                else:
-                    window_start = max(0, end - model.cfg.context_length)
-                    if cache is not None:
-                        cache.length = 0
-                    hidden = model.hidden_states(token_ids[:, window_start:end], cache,
-                                                 _window_pad(pad, window_start))
+                    logits = head(hidden[:, -1])
+            else:
+                window_start = max(0, end - model.cfg.context_length)
+                if cache is not None:
+                    cache.length = 0
+                hidden = model.hidden_states(token_ids[:, window_start:end], cache, _window_pad(pad, window_start))
                 logits = head(hidden[:, -1])
             new_token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             token_ids[:, end] = new_token[:, 0]
@@ -190,20 +201,55 @@ def _window_pad(pad: torch.Tensor | None, window_start: int) -> torch.Tensor | N
     return None if pad is None else (pad - window_start).clamp(min=0)
 
 
-class _GraphedDecodeStep:
-    """One cached decoding step on CUDA (the newest token in, next-token logits out) captured
-    once as a CUDA graph and replayed for every later token, as gpt-fast does with
+def capture_cuda_graph(step: Step, device: torch.device) -> Step:
+    """Capture ``step`` as a CUDA graph on ``device``; returns its replay, which gives the output
+    tensor the capture allocated (each replay rewrites it)."""
+    with torch.cuda.device(device):
+        # Warm up on a side stream (CUDA libraries initialise lazily), as capturing requires.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = step()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return output
+
+    return replay
+
+
+# The device types whose cached decoding steps replay a captured graph, and how each captures
+# one. ``generate`` drops a device's entry when its capture or a replay raises.
+GRAPH_CAPTURES: dict[str, Callable[[Step, torch.device], Step]] = {"cuda": capture_cuda_graph}
+
+
+def _drop_graph_capture(device: torch.device, err: Exception) -> None:
+    """Decode without graphs on ``device`` from now on, and say why (once: the entry is gone)."""
+    GRAPH_CAPTURES.pop(device.type, None)
+    log.warning("%s graph decoding failed (%s: %s); decoding without it from here on: the same tokens, more slowly",
+                device.type.upper(), type(err).__name__, err)
+
+
+class GraphedDecodeStep:
+    """One cached decoding step (the newest token in, next-token logits out) captured once as a
+    graph and replayed for every later token, as gpt-fast does with
     ``torch.compile(mode="reduce-overhead")`` but without its compile time.
 
-    The graph reads a fixed-shape step (``GPTModel.decode_hidden``) from static input buffers;
-    a call copies the token and the cache position into them and replays it. Under autocast the
-    warm-up step fills autocast's weight-cast cache, so the graph reads the cast weights (alive
-    until the caller's autocast block ends, after ``generate`` returns) instead of casting them
-    again at every token.
+    The captured step is fixed-shape (``GPTModel.decode_hidden``: every layer attends over the
+    whole cache, masked by position) and reads static input buffers; a call copies the token and
+    the cache position into them and replays it. ``capture(step, device)`` returns the replay
+    (``capture_cuda_graph`` on CUDA). Under autocast its warm-up step fills autocast's
+    weight-cast cache, so the graph reads the cast weights (alive until the caller's autocast
+    block ends, after ``generate`` returns) instead of casting them again at every token; the
+    warm-up writes the cache at the first decoding position, which the first replay rewrites.
     """
 
     def __init__(self, model: GPTModel, cache: KVCache, head: Callable[[torch.Tensor], torch.Tensor],
-                 pad: torch.Tensor | None):
+                 pad: torch.Tensor | None, capture: Callable[[Step, torch.device], Step]):
         batch, device = cache.kv.size(2), cache.kv.device
         # Every tensor the graph reads must outlive it, at the same address: hence attributes.
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -214,21 +260,10 @@ class _GraphedDecodeStep:
         def step() -> torch.Tensor:
             return self.head(model.decode_hidden(self.token, self.slot, self.cache, self.pad)[:, -1])
 
-        with torch.cuda.device(device):
-            # Warm up on a side stream (CUDA libraries initialise lazily), as capturing requires.
-            # It writes the cache at the first decoding position, which the first replay rewrites.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                step()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = step()
+        self.replay = capture(step, device)
 
     def __call__(self, token: torch.Tensor, slot: int) -> torch.Tensor:
         """Logits [batch, vocab] after ``token`` [batch, 1] at cache position ``slot``."""
         self.token.copy_(token)
         self.slot.fill_(slot)
-        self.graph.replay()
-        return self.logits
+        return self.replay()

@@ -1,11 +1,12 @@
 """Decoding: the tutorial's numbers, top-p, batches of different lengths, eos, seeds, KV cache, the
-inference layout."""
+graph step's fixed-shape decoding and its fallback, the inference layout."""
+
+import logging
 
 import pytest
 import torch
-from helpers import requires_cuda
 
-from gpt2exp import inference_layout
+from gpt2exp import decoding, inference_layout
 from gpt2exp.config import ModelConfig
 from gpt2exp.decoding import filter_logits, generate, next_token
 from gpt2exp.devices import Precision
@@ -164,27 +165,92 @@ def test_empty_prompt_is_refused(model):
         generate(model, [[1], []], max_new_tokens=3)
 
 
-@requires_cuda
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_graph_decoding_equals_eager_decoding(precision):
-    """On CUDA the cached steps replay a CUDA graph; they pick what the eager cached steps
-    pick, and in fp32 what recomputing picks, also past the context and with padding."""
+class FakeCapture:
+    """A graph "capture" for the CPU: each replay runs the fixed-shape step as it is (all of the
+    graph path but the capture), counting captures and replays; it raises at ``fail_at``
+    ("capture", or the number of a replay), after the step has written the cache as a real
+    warm-up or replay would."""
+
+    def __init__(self, fail_at: str | int | None = None):
+        self.fail_at, self.captures, self.replays = fail_at, 0, 0
+
+    def __call__(self, step, device):
+        self.captures += 1
+        if self.fail_at == "capture":
+            step()
+            raise RuntimeError("capture refused")
+
+        def replay():
+            self.replays += 1
+            logits = step()
+            if self.replays == self.fail_at:
+                raise RuntimeError("replay refused")
+            return logits
+
+        return replay
+
+
+def graph_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "gpt2exp.decoding" and r.levelno == logging.WARNING]
+
+
+PADDED = [[5, 6], [7, 8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]
+
+
+@pytest.mark.parametrize("settings", [{"temperature": 0.0}, SAMPLED], ids=["greedy", "sampled"])
+def test_fixed_shape_graph_step_equals_recomputing_in_fp32(model, settings, monkeypatch, caplog):
+    """The step a CUDA graph captures (``decode_hidden`` over the whole cache, masked by
+    position), run on the CPU: the tokens and log-probs of recomputing, with padding and past
+    the context (where the window slides and the graph step hands over)."""
+    capture = FakeCapture()
+    monkeypatch.setitem(decoding.GRAPH_CAPTURES, "cpu", capture)
+    runs = {use_cache: generate(model, PADDED, max_new_tokens=20, use_cache=use_cache, generator=seeded(1, 2, 3),
+                                **settings) for use_cache in (True, False)}
+    assert capture.captures == 1 and capture.replays == 16 - 7  # every one-token step until the window is full
+    assert runs[True].new_tokens == runs[False].new_tokens
+    torch.testing.assert_close(torch.tensor(runs[True].logprobs), torch.tensor(runs[False].logprobs), atol=1e-4,
+                               rtol=0)
+    assert not graph_warnings(caplog)
+
+
+@pytest.mark.parametrize("settings", [{"temperature": 0.0}, SAMPLED], ids=["greedy", "sampled"])
+def test_fixed_shape_graph_step_under_bf16_autocast_scores_as_recomputing_does(settings, monkeypatch, caplog):
+    """Under bf16 autocast (a bf16 KV cache) the graph step's log-probs are those of the whole
+    sequence recomputed under autocast, token for token, padding included; a greedy pick is the
+    recomputed argmax or within bf16's rounding of it."""
     torch.manual_seed(0)
-    cfg = ModelConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0)
-    model = GPTModel(cfg).cuda().eval()
-    prompts = [[5, 6], [7, 8, 9, 10, 11, 12, 13]]
-    ways = {"graph": {}, "eager": {"cuda_graph": False}, "recompute": {"use_cache": False}}
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        greedy = {name: generate(model, prompts, max_new_tokens=80, **kw) for name, kw in ways.items()}
-        sampled = {name: generate(model, prompts, max_new_tokens=20, **SAMPLED, **kw, generator=[
-            torch.Generator("cuda").manual_seed(seed) for seed in (1, 2)]).new_tokens for name, kw in ways.items()}
-    assert len(greedy["graph"].new_tokens[1]) == 80
-    if precision == "bf16":  # bf16 sums in another order over the fixed-length cache: near-ties may flip
-        graph_tokens = sum(greedy["graph"].new_tokens + sampled["graph"], [])
-        eager_tokens = sum(greedy["eager"].new_tokens + sampled["eager"], [])
-        assert sum(a == b for a, b in zip(graph_tokens, eager_tokens)) >= 0.5 * len(eager_tokens)
-        return
-    for way in ("eager", "recompute"):
-        assert greedy["graph"].new_tokens == greedy[way].new_tokens and sampled["graph"] == sampled[way]
-        torch.testing.assert_close(torch.tensor(greedy["graph"].logprobs), torch.tensor(greedy[way].logprobs),
-                                   atol=1e-4, rtol=0)
+    model = GPTModel(ModelConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)).eval()
+    capture = FakeCapture()
+    monkeypatch.setitem(decoding.GRAPH_CAPTURES, "cpu", capture)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, PADDED, max_new_tokens=24, generator=seeded(1, 2, 3), **settings)
+        width = max(map(len, PADDED))
+        tokens = torch.tensor([[0] * (width - len(p)) + row for p, row in zip(PADDED, out.token_ids)])
+        pad = torch.tensor([width - len(p) for p in PADDED])
+        with torch.no_grad():
+            reference = torch.log_softmax(model(tokens[:, :-1], pad=pad).float(), dim=-1)[:, width - 1 :]
+    assert capture.replays == 23 and not graph_warnings(caplog)
+    ours = torch.tensor(out.logprobs)
+    chosen = reference.gather(2, tokens[:, width:, None])[..., 0]
+    torch.testing.assert_close(ours, chosen, atol=0.05, rtol=0)
+    if not settings["temperature"]:
+        assert bool((chosen >= reference.max(dim=-1).values - 0.05).all())
+
+
+@pytest.mark.parametrize("fail_at", ["capture", 3], ids=["capture", "third-replay"])
+def test_a_failing_graph_warns_once_and_decoding_goes_on_with_the_same_tokens(model, fail_at, monkeypatch, caplog):
+    """A graph step must not take a run down (its every sample goes through it): when capturing
+    or replaying raises, one warning names the error, the step is computed eagerly, and later
+    calls decode without the graph from the start."""
+    capture = FakeCapture(fail_at)
+    monkeypatch.setitem(decoding.GRAPH_CAPTURES, "cpu", capture)
+    runs = [generate(model, PADDED, max_new_tokens=12, generator=seeded(1, 2, 3), **SAMPLED) for _ in range(2)]
+    eager = generate(model, PADDED, max_new_tokens=12, generator=seeded(1, 2, 3), cuda_graph=False, **SAMPLED)
+    error = "RuntimeError: capture refused" if fail_at == "capture" else "RuntimeError: replay refused"
+    [warning] = graph_warnings(caplog)
+    assert error in warning and "decoding without it" in warning
+    assert capture.captures == 1 and capture.replays == (0 if fail_at == "capture" else 3)
+    for run in runs:
+        assert run.new_tokens == eager.new_tokens and all(len(row) == 12 for row in run.new_tokens)
+        torch.testing.assert_close(torch.tensor(run.logprobs), torch.tensor(eager.logprobs), atol=1e-4, rtol=0)
+    assert "cpu" not in decoding.GRAPH_CAPTURES

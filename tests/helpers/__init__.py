@@ -33,9 +33,14 @@ TINY_BENCH = [
 TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
               "drop_rate": 0.0, "qkv_bias": False}
 
-# CUDA-only paths (CUDA graphs, the fp16 scaler, TF32, CUDA RNG state, pinned memory): skipped
-# here, run on a lent GPU machine (gpt2exp/benchmarks/gpu_check.sh).
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+def requires_cuda(test):
+    """Mark ``test`` as a check of a CUDA-only path (tests/test_cuda.py: the CUDA-graph decoding
+    step, the fp16 gradient scaler, TF32, the CUDA RNG state and exact resume, pinned memory,
+    Inductor-compiled training, NCCL under torchrun): ``pytest -m cuda`` selects these tests, and
+    they run only where a CUDA GPU is present (skipped elsewhere, as in CPU-only CI). On a
+    lent GPU machine, gpt2exp/benchmarks/gpu_check.sh runs them first."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 def run_folders(root: Path) -> list[Path]:
