@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -152,15 +153,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"ckpt: '{path}' cannot be read ({err.strerror})") from None
     if not is_file:
         raise UserError(f"ckpt: '{path}' does not exist or is not a file")
-    try:
-        _check_crcs(path)
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"ckpt: '{path}' is not a gpt2exp checkpoint") from None
-    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, UnicodeDecodeError, zipfile.BadZipFile):
-        raise UserError(f"ckpt: '{path}' is corrupt or truncated") from None
-    except OSError as e:
-        raise UserError(f"ckpt: '{path}' cannot be read ({e.strerror})") from None
+    payload = read_torch_file(path, f"ckpt: '{path}'", "a gpt2exp checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"ckpt: '{path}' is not a gpt2exp checkpoint")
     if payload.get("version") != VERSION:
@@ -172,6 +165,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not all(isinstance(name, str) and isinstance(t, torch.Tensor) for name, t in payload["model"].items()):
         raise UserError(f"ckpt: '{path}' is an incomplete gpt2exp checkpoint (its 'model' is not a state dict)")
     return payload
+
+
+def read_torch_file(path: Path, name: str, kind: str, map_location: str | torch.device = "cpu") -> object:
+    """What `torch.load(weights_only=True)` reads from `path` (CRCs checked); a file that is not
+    one, or is damaged, is a UserError "`name` is not `kind`" / "is corrupt or truncated"."""
+    try:
+        _check_crcs(path)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{name} is not {kind}") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, UnicodeDecodeError, zipfile.BadZipFile):
+        raise UserError(f"{name} is corrupt or truncated") from None
+    except OSError as e:
+        raise UserError(f"{name} cannot be read ({e.strerror})") from None
 
 
 def checkpoint_path(ckpt: str) -> Path:

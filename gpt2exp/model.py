@@ -82,9 +82,9 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.emb_dim)
+        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_epsilon)
         self.attn = CausalSelfAttention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.emb_dim)
+        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_epsilon)
         self.ff = FeedForward(cfg)
 
     def forward(
@@ -111,7 +111,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = nn.LayerNorm(cfg.emb_dim)
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.layer_norm_epsilon)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight

@@ -74,7 +74,8 @@ def _hf_architecture(model: ModelConfig, hydra_cfg) -> ModelConfig:
 
     folder = find_hf_folder(model.init)
     given = any(o.lstrip("+~").startswith("model.drop_rate=") for o in hydra_cfg.overrides.task)
-    return hf_model_config(read_config(folder), drop_rate=model.drop_rate if given else 0.0, init=str(folder.resolve()))
+    return hf_model_config(read_config(folder), source=folder / "config.json", drop_rate=model.drop_rate if given else 0.0,
+                           init=str(folder.resolve()))
 
 
 def _run_context(hydra_cfg):

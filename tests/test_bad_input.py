@@ -116,7 +116,7 @@ def wikitext_without_valid(path: Path) -> str:
     [
         (lambda p: "trainer.resume='/nowhere/données'", "trainer.resume", "no such run folder '/nowhere/données'"),
         (lambda p: "logger.name='${nowhere}'", "logger.name", "Interpolation key 'nowhere' not found"),
-        (lambda p: f"model.n_layers={10**9}", "model.n_layers", "parameters need"),
+        (lambda p: f"model.emb_dim={10**6}", "model.emb_dim", "parameters need"),
         (lambda p: write_empty(p / "empty.txt"), "data.path", "holds no text"),
         (lambda p: write_binary(p / "binary.txt"), "data.path", "is not UTF-8 text"),
         (lambda p: wikitext_without_valid(p / "wikitext"), "data.local_dir",
@@ -136,3 +136,12 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(run_module, base_ove
     assert line.startswith("error: ") and key in line and message in line, line
     assert not run_folders(tmp_path) and not list(tmp_path.rglob("*.pt"))
     assert find_resume_point("auto", {}, run_dir=tmp_path / "next", root=tmp_path / "outputs") is None
+
+
+@pytest.mark.slow
+def test_a_model_too_deep_to_build_is_refused_before_it_is_built(run_module, base_overrides, tmp_path):
+    # 300,000 blocks of 2 dimensions pass the memory check (22M parameters) but take hours to build.
+    result = run_module("gpt2exp.train", *base_overrides, "model.n_layers=300000", "model.emb_dim=2")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: model.n_layers=300000 is not allowed: must be in [1, 1024]"
+    assert not run_folders(tmp_path)

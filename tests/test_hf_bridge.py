@@ -2,12 +2,15 @@
 export a checkpoint that ``transformers`` loads (``python -m gpt2exp.export``), both offline."""
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import TINY, TINY_MODEL, read_jsonl, run_folders
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -120,3 +123,109 @@ def test_export_of_an_untied_or_padded_model_gives_transformers_the_same_logits(
     ids = torch.randint(0, cfg.vocab_size, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(hf_model(ids).logits, model(ids), atol=1e-5, rtol=1e-5)
+
+
+def save_hf_folder(folder: Path, **config) -> GPT2LMHeadModel:
+    """A small random GPT2LMHeadModel with `config` changed, saved as transformers saves it."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**HF_TINY | config)).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def edit_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | changes))
+
+
+def eval_folder(run_module, folder: Path, text_file: Path) -> subprocess.CompletedProcess:
+    return run_module("gpt2exp.eval", f"model.init={folder}", "data=text", f"data.path={text_file}",
+                      "eval.stride=64", "logger=none")
+
+
+@pytest.mark.parametrize("change", [
+    {"scale_attn_weights": False}, {"scale_attn_by_inverse_layer_idx": True}, {"reorder_and_upcast_attn": True},
+    {"model_type": "gpt_neo"}, {"n_inner": 48}, {"activation_function": "relu"}, {"n_embd": "32"}, {"n_head": 4.0},
+    {"n_layer": True}, {"n_positions": None}, {"resid_pdrop": "0.1"}, {"layer_norm_epsilon": [1e-5]},
+    {"tie_word_embeddings": 1},
+])
+def test_a_config_json_key_gpt2exp_cannot_follow_is_refused_by_name(change, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(HF_TINY | change))
+    [key] = change
+    with pytest.raises(UserError, match=rf"^model.init: {tmp_path / 'config.json'} has {key}="):
+        read_hf_folder(tmp_path)
+
+
+def test_what_transformers_writes_for_gpt2_loads(tmp_path):
+    save_hf_folder(tmp_path, n_inner=4 * HF_TINY["n_embd"], activation_function="gelu_pytorch_tanh")
+    assert read_hf_folder(tmp_path)[0].emb_dim == HF_TINY["n_embd"]
+
+
+def test_a_config_json_that_is_no_object_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="config.json holds no JSON object"):
+        read_hf_folder(tmp_path)
+
+
+def test_an_hf_folder_with_another_layer_norm_epsilon_has_transformers_logits(tmp_path):
+    hf_model = save_hf_folder(tmp_path, layer_norm_epsilon=0.1, initializer_range=0.2)
+    model_cfg, weights = read_hf_folder(tmp_path, drop_rate=0.0)
+    model = GPTModel(model_cfg).eval()
+    model.load_state_dict(weights)
+    tokens = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf_model(tokens).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_eval_of_an_hf_folder_with_another_layer_norm_epsilon_equals_transformers(run_module, tmp_path, text_file):
+    text_file.write_text("\n".join(text_file.read_text().splitlines()[:30]))
+    hf_model = save_hf_folder(tmp_path / "hf", layer_norm_epsilon=0.1, initializer_range=0.2)
+    result = eval_folder(run_module, tmp_path / "hf", text_file)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = [p for p in run_folders(tmp_path) if (p / "eval.json").exists()]
+    report = json.loads((run_dir / "eval.json").read_text())
+    ids = torch.tensor(get_encoding().encode(text_file.read_text()))
+    nll = 0.0
+    with torch.no_grad():  # disjoint windows of the context's 64 tokens, as stride 64 scores them
+        for begin in range(0, len(ids) - 1, 64):
+            window = ids[begin : begin + 65]
+            logits = hf_model(window[None, :-1]).logits[0]
+            nll += F.cross_entropy(logits, window[1:], reduction="sum").item()
+    assert report["tokens"] == len(ids) - 1
+    assert report["perplexity"] == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-5)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+def append_to(path: Path) -> None:
+    path.write_bytes(path.read_bytes() * 2)
+
+
+def not_a_pickle(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"garbage, no pickle")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda f: edit_config(f, n_embd="32"), "config.json has n_embd='32'; it must be an integer"),
+    (lambda f: edit_config(f, scale_attn_by_inverse_layer_idx=True),
+     "config.json has scale_attn_by_inverse_layer_idx=True; only GPT-2's False is supported"),
+    (lambda f: edit_config(f, model_type="gpt_neo"), "config.json has model_type='gpt_neo'; only GPT-2's 'gpt2'"),
+    (lambda f: edit_config(f, n_layer=20000), "model.n_layers=20000 is not allowed: must be in [1, 1024]"),
+    (lambda f: truncate(f / "model.safetensors"), "model.safetensors is not a whole safetensors file"),
+    (lambda f: append_to(f / "model.safetensors"), "model.safetensors is not a whole safetensors file"),
+    (not_a_pickle, "pytorch_model.bin is not a PyTorch state dict"),
+], ids=["wrong-type", "inverse-layer-scaling", "model-type", "too-deep", "truncated", "oversized", "not-a-pickle"])
+def test_a_bad_hf_folder_exits_2_with_one_line_naming_it(run_module, tmp_path, text_file, damage, message):
+    folder = tmp_path / "hf"
+    save_hf_folder(folder)
+    damage(folder)
+    result = eval_folder(run_module, folder, text_file)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: model.init: {folder}") and message in line, line
+    assert not run_folders(tmp_path)
