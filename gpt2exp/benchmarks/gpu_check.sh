@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Issue 11's GPU measurements for a lent GPU machine; logs under $OUT. A session has 15 minutes of
-# device time in all, machine start included, so the parts go by priority and each fits one call:
+# Issue 23's GPU check for a lent GPU machine: the CUDA tests first, then the measurements; logs under
+# $OUT. A session has 15 minutes of device time in all, machine start included, at most 10 per call,
+# so the parts go by priority and each fits one call (run them one per call, a first):
 #   ../shared/tools/gpu-kit                # here, once: packs .gpu/
 #   device run, carry [".gpu"], timeout_s 600:  bash gpt2exp/benchmarks/gpu_check.sh [part]
-# a (default, <= 8 min): the CUDA tests, then the eager and the compiled bench (training, decoding).
-# b (<= 5 min): two identical compiled training runs (time to first step, cold and from the
-#    compile cache), then xl training with activation checkpointing at batch 16.
-# c (<= 4 min): the fused loss's chunk sizes, and a one-GPU torchrun training run.
+# a (default, <= 9 min): `pytest -m cuda` (every CUDA-only path: tests/test_cuda.py), then the eager
+#    bench (training, decoding).
+# b (<= 7 min): the compiled bench (training), then two identical compiled training runs (time to
+#    first step, cold and from the compile cache).
+# c (<= 4 min): xl training with activation checkpointing at batch 16, and the fused loss's chunk sizes.
+# (torchrun on one GPU, over NCCL, is one of part a's tests.)
 set -u
 OUT=${OUT:-outputs/gpu-check}
 mkdir -p "$OUT"
@@ -60,19 +63,23 @@ TRAIN=(model=small model.pad_vocab_to=64 data=text data.path=../shared/data/wiki
        trainer.progress=false logger=none)
 case ${1:-a} in
 a)
-  step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py tests/test_model.py tests/test_fast_paths.py
-  step bench-eager 150 python3 -m gpt2exp.bench "${SMALL[@]}" bench.new_tokens=256 bench.sections=[peak,train,generate]
-  step bench-compiled 230 python3 -m gpt2exp.bench "${SMALL[@]}" bench.compile=true bench.sections=[peak,train]
+  # Only the files that hold CUDA tests: the others may need packages the GPU machine lacks.
+  step tests 300 python3 -m pytest -q -p no:cacheprovider -m cuda $(grep -l requires_cuda tests/test_*.py)
+  step bench-eager 200 python3 -m gpt2exp.bench "${SMALL[@]}" bench.new_tokens=256 bench.sections=[peak,train,generate]
   ;;
 b)
+  step bench-compiled 230 python3 -m gpt2exp.bench "${SMALL[@]}" bench.compile=true bench.sections=[peak,train]
   step train-compiled-1 120 python3 -m gpt2exp.train "${TRAIN[@]}"
   step train-compiled-2 60 python3 -m gpt2exp.train "${TRAIN[@]}"
+  ;;
+c)
   step bench-xl 120 python3 -m gpt2exp.bench model=xl model.pad_vocab_to=64 bench.precision=bf16 \
     bench.sections=[train] bench.transformers=false bench.activation_checkpointing=true bench.batch_size=16 \
     bench.steps=3 bench.warmup=1
-  ;;
-c)
   step loss 90 bash -c loss_chunks
-  step torchrun-1gpu 120 torchrun --standalone --nproc_per_node=1 -m gpt2exp.train "${TRAIN[@]}" trainer.compile=false
+  ;;
+*)
+  echo "usage: gpu_check.sh [a|b|c]" >&2
+  exit 2
   ;;
 esac
