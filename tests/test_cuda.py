@@ -1,7 +1,8 @@
 """The CUDA-only paths, on a CUDA GPU (``pytest -m cuda``; each test is skipped without one): the
 CUDA-graph decoding step against eager decoding, and a capture that really fails; the fp16
-gradient scaler; TF32; the CUDA RNG state in checkpoints and an exact resume; pinned memory;
-Inductor-compiled training against eager; torchrun with one GPU as a job of one (NCCL, DDP)."""
+gradient scaler; bf16 by default and TF32; the CUDA RNG state in checkpoints and an exact resume;
+pinned memory; Inductor-compiled training against eager; torchrun with one GPU as a job of one
+(NCCL, DDP)."""
 
 import logging
 import math
@@ -203,6 +204,15 @@ def test_tf32_is_on_from_ampere_on():
 
 
 @requires_cuda
+def test_auto_precision_on_cuda_is_bf16_where_the_gpu_has_it():
+    cuda = torch.device("cuda")
+    expected = "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+    assert resolve_precision("auto", cuda) == Precision(expected, "cuda")
+    assert resolve_precision("fp16", cuda).grad_scaler().is_enabled()
+    assert not resolve_precision("bf16", cuda).grad_scaler().is_enabled()
+
+
+@requires_cuda
 def test_checkpointed_rng_state_puts_the_cuda_generator_back(tmp_path):
     torch.cuda.manual_seed_all(3)
     torch.save(capture_rng_state(), tmp_path / "rng.pt")
@@ -218,6 +228,7 @@ def train(cwd: Path, *args: str, launcher: tuple[str, ...] = ("-m", "gpt2exp.tra
     result = subprocess.run([sys.executable, *launcher, *RUN, f"trainer.device={DEVICE}", *args], cwd=cwd, capture_output=True, text=True,
                             timeout=300, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stderr
+    assert "graph decoding failed" not in result.stdout + result.stderr  # its samples replayed the CUDA graph
     return result
 
 
