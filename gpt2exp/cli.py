@@ -160,16 +160,20 @@ class OwnRunFolders(Callback):
 
     @staticmethod
     def _claim(config: DictConfig, key: str) -> None:
-        if os.environ.get("RANK", "0") != "0":  # a distributed job's folder is rank 0's
-            return
-        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the folder's pattern
-        path = os.path.abspath(str(OmegaConf.select(config, key)))  # `now` is cached: Hydra gets this name
-        resume = OmegaConf.select(config, "trainer.resume", default=None)
-        continues = resume == "auto" or (
-            resume is not None and os.path.abspath(os.path.expanduser(resume)) in (path, os.path.join(path, "checkpoints"))
-        )
-        try:
+        """Rank 0 claims the folder (a distributed job's is rank 0's); the other ranks wait for
+        it (Hydra then finds the folder made) and stop with its line if it could not."""
+        from gpt2exp import distributed
+
+        def claim() -> None:
+            HydraConfig.instance().set_config(config)  # for ${hydra:...} in the folder's pattern
+            path = os.path.abspath(str(OmegaConf.select(config, key)))  # `now` is cached: Hydra gets this name
+            resume = OmegaConf.select(config, "trainer.resume", default=None)
+            continues = resume == "auto" or (resume is not None and os.path.abspath(os.path.expanduser(resume)) in (
+                path, os.path.join(path, "checkpoints")))
             run_folder.claim(path, key=key, may_continue=continues)
+
+        try:
+            distributed.main_decides(claim)
         except UserError as err:
             fail(str(err))
 

@@ -4,9 +4,12 @@ tensors and, where CUDA and NCCL are present, NCCL for CUDA ones. Rank 0 owns th
 the console, W&B, samples and checkpoints; every helper here is a no-op in a single process."""
 
 import datetime
+import functools
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -15,6 +18,10 @@ import torch.distributed as dist
 from gpt2exp.errors import UserError
 
 T = TypeVar("T")
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT")  # where the processes of a job meet (torchrun sets them)
+# How long the other ranks wait for rank 0 to prepare what they then read (`main_first`): a
+# corpus to tokenize takes hours where the process group's own timeout is 30 minutes (NCCL's 10).
+PREPARE_TIMEOUT = datetime.timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -35,15 +42,58 @@ class World:
 
 
 def world() -> World:
-    """From torchrun's environment (a single process without it)."""
+    """From torchrun's environment: RANK, a WORLD_SIZE over 1 and the rendezvous variables. A
+    single process without them, and a warning when RANK or WORLD_SIZE alone were set (a wrapper
+    script's or a container's), which would otherwise make it a replica that saves nothing."""
     env = os.environ
-    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    place = _described_job()
+    stray = " ".join(f"{key}={env[key]}" for key, alone in (("RANK", "0"), ("WORLD_SIZE", "1")) if env.get(key, alone) != alone)
+    if place is None and stray:
+        _warn_not_a_job(stray)
+    return place or World()
+
+
+def _described_job() -> World | None:
+    """This process's place when the environment describes a job of several processes."""
+    env = os.environ
+    try:
+        place = World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    except (KeyError, ValueError):
+        return None
+    return place if place.distributed and all(env.get(key) for key in RENDEZVOUS) else None
+
+
+@functools.cache
+def _warn_not_a_job(stray: str) -> None:
+    print(f"warning: {stray} is set, but no distributed job around it (WORLD_SIZE > 1, {' and '.join(RENDEZVOUS)}, "
+          "as torchrun sets them): running as a single process", file=sys.stderr, flush=True)
+
+
+def launch_command() -> list[str] | None:
+    """Under torchrun, rank 0's launcher command line up to the training module or script, as
+    it was typed: torchrun's own (its /proc entry, which ends with this process's arguments),
+    else rebuilt from torchrun's variables. None outside torchrun."""
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" not in env:
+        return None
+    script_args = sys.argv[1:]
+    try:
+        launched = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except (OSError, UnicodeDecodeError):
+        launched = []
+    cut = len(launched) - len(script_args)
+    if cut > 0 and launched[cut:] == script_args:
+        prefix = launched[:cut]
+        return prefix[1:] if len(prefix) > 1 and Path(prefix[1]).name == "torchrun" else prefix
+    nodes = int(env.get("GROUP_WORLD_SIZE", 1))
+    return ["torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []),
+            f"--nproc_per_node={env.get('LOCAL_WORLD_SIZE', 1)}", "-m", "gpt2exp.train"]
 
 
 def _from_submitit() -> None:
     """A task of a multi-task submitit job (``hydra/launcher=slurm`` or ``submitit_local`` with
     tasks_per_node > 1): torchrun's variables from SLURM's (the first node as the rendezvous)."""
-    if "RANK" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+    if _described_job() or "SUBMITIT_EXECUTOR" not in os.environ:
         return
     from submitit.helpers import TorchDistributedEnvironment
 
@@ -70,13 +120,20 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def broadcast(value):
+def broadcast(value, group=None):
     """Rank 0's `value` on every rank (any picklable object)."""
     if not active():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
+
+
+@functools.cache
+def _patient_group():
+    """A gloo group of every rank whose operations wait `PREPARE_TIMEOUT` (made by every rank
+    at its first `main_first`)."""
+    return dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
 
 
 def main_decides(decide: Callable[[], T]) -> T:
@@ -89,31 +146,32 @@ def main_decides(decide: Callable[[], T]) -> T:
 
 def main_first(run: Callable[[], T]) -> T:
     """``run()`` on rank 0, then on the other ranks (to read what rank 0 cached); a UserError on
-    rank 0 is raised on every rank. Only the outcome travels, never the result."""
+    rank 0 is raised on every rank. Only the outcome travels, never the result. The other ranks
+    wait up to `PREPARE_TIMEOUT` (tokenizing a corpus), not the process group's timeout."""
     if not active():
         return run()
     if world().main:
         result = []
-        _tell(lambda: result.append(run()))
+        _tell(lambda: result.append(run()), _patient_group())
         return result[0]
-    _told()
+    _told(_patient_group())
     return run()
 
 
-def _tell(decide: Callable[[], T]) -> T:
+def _tell(decide: Callable[[], T], group=None) -> T:
     """Rank 0: ``decide()``, and its value or its UserError to the other ranks."""
     try:
         value = decide()
     except UserError as err:
-        broadcast(("error", str(err)))
+        broadcast(("error", str(err)), group)
         raise
-    broadcast(("ok", value))
+    broadcast(("ok", value), group)
     return value
 
 
-def _told():
+def _told(group=None):
     """The other ranks: rank 0's value, or its UserError raised here."""
-    outcome, value = broadcast(None)
+    outcome, value = broadcast(None, group)
     if outcome == "error":
         raise UserError(value)
     return value
@@ -140,4 +198,5 @@ def any_rank(flag: bool) -> bool:
 
 def stop() -> None:
     if active():
+        _patient_group.cache_clear()
         dist.destroy_process_group()

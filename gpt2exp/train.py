@@ -38,8 +38,12 @@ def train(composed: DictConfig) -> float:
     if "TORCHELASTIC_RUN_ID" in os.environ and hydra_cfg.mode == RunMode.MULTIRUN:
         raise UserError("a multirun (-m) under torchrun: launch the sweep without torchrun (hydra/launcher=slurm "
                         "runs each job on its own GPUs), or one torchrun per setting")
-    if not place.main:
-        logging.getLogger().setLevel(logging.WARNING)
+    if not place.main:  # warnings to the console alone (a submitit task: rank 0 owns the log file)
+        root = logging.getLogger()
+        root.setLevel(logging.WARNING)
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
     cfg = cli.typed(composed, TrainConfig)
     if cfg.model.init is not None:
         cfg.model = _hf_architecture(cfg.model, hydra_cfg)
@@ -82,6 +86,7 @@ def _run_context(hydra_cfg):
     """The run folder, where earlier runs are (the fixed part of the run-dir pattern), how to
     resume, and whether jobs run in parallel: their progress bars would overwrite each other,
     so the eval lines alone report progress."""
+    from gpt2exp.distributed import launch_command
     from gpt2exp.resume import outputs_root, resume_command
     from gpt2exp.run import RunContext
 
@@ -93,8 +98,9 @@ def _run_context(hydra_cfg):
     parallel = multirun and "joblib" in str(launcher.get("_target_", "")) and launcher.get("n_jobs", 1) != 1
     if parallel and hydra_cfg.job.num == 0:
         log.info("progress bars off: the jobs run in parallel (one line per evaluation instead)")
-    return RunContext(run_dir, outputs_root(pattern, run_dir, Path(hydra_cfg.runtime.cwd)),
-                      resume_command(list(hydra_cfg.overrides.task), run_dir), multirun=multirun, progress=not parallel)
+    command = resume_command(list(hydra_cfg.overrides.task), run_dir, launch_command())
+    return RunContext(run_dir, outputs_root(pattern, run_dir, Path(hydra_cfg.runtime.cwd)), command,
+                      multirun=multirun, progress=not parallel)
 
 
 def _model_slot(hydra_cfg, resolved: dict, run_dir: Path):
@@ -118,11 +124,17 @@ def main() -> None:
     one process per device, rank 0 owning the run folder, the console and W&B)."""
     from gpt2exp import distributed
 
-    if not distributed.start().main:  # no .hydra/ files, log file or info lines of its own
+    place = distributed.start()
+    if not place.main:  # no file (.hydra/, the log) or info line of its own
         sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
-                     "hydra.job_logging.root.level=WARNING"]
+                     "~hydra.job_logging.handlers.file", "hydra.job_logging.root.level=WARNING"]
     try:
         cli.run(_hydra_main)
+    except Exception as err:
+        if place.main:
+            raise
+        # Rank 0 speaks for the job (a rank that is gone ends the others' collectives here).
+        cli.fail(f"rank {place.rank} stops: {type(err).__name__}: {cli.one_line(err)}", status=1)
     finally:
         distributed.stop()
 

@@ -117,3 +117,16 @@ def test_the_final_checkpoint_is_written_before_the_final_sample(tmp_path, tiny)
     process.kill()
     process.communicate()
     assert load_checkpoint(final)["extra"]["train_state"]["step"] == 4
+
+
+def test_a_sigterm_repeated_at_once_is_one_request_and_a_second_ctrl_c_stops_at_once():
+    """SLURM signals every process of a job step and torchrun forwards the SIGTERM to its workers
+    again: that second copy is the same request. A person's second Ctrl-C still stops at once."""
+    from gpt2exp.interrupt import GracefulStop
+
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested() and stop.exit_code == 143
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
