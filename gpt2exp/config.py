@@ -314,6 +314,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(0 <= self.seed < 2**63, "seed", self.seed, "must be in [0, 2**63)")
+        _require(self.trainer.keep_best or self.logger.log_model not in ("best", "all"), "logger.log_model",
+                 self.logger.log_model, "needs trainer.keep_best=true (best.pt is the checkpoint it logs as "
+                 "'best'), or use logger.log_model=last")
         self.decoding.check_vocab(self.model.vocab_size)
         if self.data.stride is None:
             self.data.stride = self.model.context_length

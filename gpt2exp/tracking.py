@@ -6,6 +6,7 @@ import json
 import logging
 import netrc
 import os
+import shutil
 import threading
 import urllib.error
 import urllib.parse
@@ -281,12 +282,24 @@ class Tracker:
 
     def log_model(self, path: str | Path, *, aliases: list[str], metadata: dict) -> None:
         """The checkpoint file at `path` as a version of this run's W&B model artifact
-        (`model-<run id>`, type "model"); offline it is kept with the run for `wandb sync`."""
+        (`model-<run id>`, type "model"). The file W&B uploads (at once, or at `wandb sync` when
+        offline) stays with the run: a hard link (else a copy) in the W&B run's own folder,
+        `<run folder>/wandb/<run>/artifacts/<first alias>/`, which a later checkpoint that
+        replaces or rotates `path` does not change; nothing is staged in W&B's folders under the
+        home folder."""
         if self._run:
             import wandb
 
+            path = Path(path)
+            staged = Path(self._run.dir).parent / "artifacts" / aliases[0] / path.name
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            staged.unlink(missing_ok=True)
+            try:
+                os.link(path, staged)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, staged)
             artifact = wandb.Artifact(f"model-{self._run.id}", type="model", metadata=metadata)
-            artifact.add_file(str(path), name=Path(path).name)
+            artifact.add_file(str(staged), name=path.name, policy="immutable", skip_cache=True)
             self._run.log_artifact(artifact, aliases=aliases)
 
     def summary(self, values: dict) -> None:

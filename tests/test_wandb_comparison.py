@@ -15,11 +15,12 @@ from helpers.wandb_reader import find_wandb_file, read_run
 pytestmark = pytest.mark.slow
 
 
-def train(tmp_path: Path, text_file: Path, *args: str, flag: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def train(tmp_path: Path, text_file: Path, *args: str, flag: tuple[str, ...] = (),
+          env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "gpt2exp.train", *flag, *TINY, "data=text", f"data.path={text_file}",
          "trainer.max_steps=6", "trainer.eval_freq=2", "trainer.eval_iter=1", "decoding.max_new_tokens=4", *args],
-        cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env or dict(os.environ), capture_output=True, text=True, timeout=300,
     )
 
 
@@ -45,9 +46,21 @@ def test_context_sweep_runs_plot_against_tokens_seen_with_min_and_last_summaries
 
 
 def test_log_model_puts_best_and_last_checkpoints_in_the_offline_run(tmp_path, text_file):
-    result = train(tmp_path, text_file, "logger.log_model=all", "hydra.run.dir=run")
+    """The files the artifact uploads stay in the run folder, and hold the checkpoints as they
+    were when logged; W&B stages nothing under the home folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("XDG_")} | {"HOME": str(home)}
+    result = train(tmp_path, text_file, "logger.log_model=all", "hydra.run.dir=run", env=env)
     assert result.returncode == 0, result.stderr
     run = read_run(find_wandb_file(tmp_path / "run"))
+    staged = [Path(local) for artifact in run["artifacts"] if artifact["type"] == "model"
+              for local in artifact["files"].values()]
+    assert len(staged) == 2 and all(path.is_relative_to(find_wandb_file(tmp_path / "run").parent) for path in staged)
+    assert [(p.parent.name, p.name) for p in staged] == [("best", "best.pt"), ("latest", "step-00000006.pt")]
+    for path in staged:
+        assert path.read_bytes() == (tmp_path / "run" / "checkpoints" / path.name).read_bytes()
+    assert not [p for p in home.rglob("*") if p.is_file() and p.stat().st_size > 100_000], "a checkpoint under home"
     models = [artifact for artifact in run["artifacts"] if artifact["type"] == "model"]
     by_alias = {alias: artifact for artifact in models for alias in artifact["aliases"]}
     assert set(by_alias) == {"best", "latest"}
@@ -60,7 +73,21 @@ def test_log_model_puts_best_and_last_checkpoints_in_the_offline_run(tmp_path, t
     assert name == "step-00000006.pt" and torch.load(local, weights_only=True)["optimizer"] is not None
 
 
-def test_a_bad_log_model_value_exits_2(tmp_path, text_file):
-    result = train(tmp_path, text_file, "logger.log_model=sometimes")
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["logger.log_model=sometimes"], "logger.log_model='sometimes' is not allowed: one of false, best, last, all"),
+        (["logger.log_model=best", "trainer.keep_best=false"],
+         "logger.log_model='best' is not allowed: needs trainer.keep_best=true (best.pt is the checkpoint it logs"),
+        (["logger.log_model=all", "trainer.keep_best=false"], "logger.log_model='all' is not allowed: needs "),
+    ],
+    ids=["unknown", "best_without_best_pt", "all_without_best_pt"],
+)
+def test_a_log_model_value_it_cannot_honour_exits_2(tmp_path, text_file, overrides, message):
+    """best (and all) log best.pt: without trainer.keep_best there is none, so the run would
+    train to the end and log no best model."""
+    result = train(tmp_path, text_file, *overrides)
     assert result.returncode == 2
-    assert "logger.log_model='sometimes' is not allowed: one of false, best, last, all" in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and message in line, line
+    assert not (tmp_path / "outputs").exists()
