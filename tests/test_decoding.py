@@ -2,7 +2,10 @@
 graph step's fixed-shape decoding and its fallback, the inference layout."""
 
 import logging
+import subprocess
+import sys
 
+import helpers
 import pytest
 import torch
 
@@ -254,3 +257,34 @@ def test_a_failing_graph_warns_once_and_decoding_goes_on_with_the_same_tokens(mo
         assert run.new_tokens == eager.new_tokens and all(len(row) == 12 for row in run.new_tokens)
         torch.testing.assert_close(torch.tensor(run.logprobs), torch.tensor(eager.logprobs), atol=1e-4, rtol=0)
     assert "cpu" not in decoding.GRAPH_CAPTURES
+
+
+FAILING_GRAPH_RUN = """
+from gpt2exp import decoding
+from gpt2exp.train import main
+
+
+def refuse(step, device):
+    step()  # the warm-up, as a CUDA capture runs it
+    raise RuntimeError("capture refused")
+
+
+decoding.GRAPH_CAPTURES["cpu"] = refuse  # the graph path on the CPU, failing as a CUDA capture may
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_training_run_whose_graph_capture_fails_samples_all_the_same(text_file, tmp_path):
+    """python -m gpt2exp.train, with every graph capture failing: each sample is drawn (eagerly),
+    the run finishes, and the failure is one warning that names it."""
+    (tmp_path / "failing_graph.py").write_text(FAILING_GRAPH_RUN, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "failing_graph.py"), *helpers.TINY, "data=text", f"data.path={text_file}",
+         "logger=none", "trainer.max_steps=4", "trainer.eval_freq=2", "trainer.sample_freq=2",
+         "decoding.max_new_tokens=6", "hydra.run.dir=run"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert output.count("graph decoding failed") == 1 and "(RuntimeError: capture refused)" in output
+    assert "sample @ step 2" in output and "sample @ step 4" in output
