@@ -139,6 +139,46 @@ def test_csv_text_that_looks_like_numbers_stays_text(tmp_path):
     assert tokens_of(tmp_path / "docs.csv", tmp_path) == expected_tokens(["1234", "5678"])
 
 
+ODD_ROWS = [
+    "It's  the  fox's 12,345 dogs\tand  \u00a0 caf\u00e9s \u3000 x  \U0001f600 y <|endoftext|> z   ",
+    " leading space, then  two,   three    and four spaces; trailing tab\t",
+    "'s 'll 've '<> <|endoftext|><|endoftext|>  !! ?? ... -- \u2028 done",
+] * 20
+
+
+def write_rows(folder: Path, kind: str, rows: list[str]) -> Path:
+    path = folder / f"rows.{kind}"
+    if kind == "parquet":
+        write_parquet(path, rows)
+    elif kind == "jsonl":
+        path.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows))
+    else:
+        path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "parquet"])
+def test_rows_cut_into_pieces_give_the_tokens_of_each_whole_row(tmp_path, monkeypatch, kind):
+    from gpt2exp.data import files
+
+    long_rows = [" ".join(ODD_ROWS), *ODD_ROWS, "".join(ODD_ROWS)]
+    path = write_rows(tmp_path, kind, long_rows)
+    for piece_chars in (1, 2, 3, 5, 8):
+        monkeypatch.setattr(files, "PIECE_CHARS", piece_chars)
+        assert tokens_of(path, tmp_path / str(piece_chars)) == expected_tokens(long_rows)
+
+
+@pytest.mark.parametrize("kind", ["txt", "parquet"])
+def test_a_row_with_no_place_to_cut_is_cut_anyway_and_keeps_its_text(tmp_path, monkeypatch, kind):
+    from gpt2exp.data import files
+
+    monkeypatch.setattr(files, "PIECE_CHARS", 5)
+    monkeypatch.setattr(files, "MAX_PIECE_CHARS", 40)
+    rows = ["x" * 1000 + " and then words", "caf\u00e9" * 300]
+    tokens = tokens_of(write_rows(tmp_path, kind, rows), tmp_path)
+    assert get_encoding().decode(tokens) == "".join(row + "<|endoftext|>" for row in rows)
+
+
 # --- folders of shards ---------------------------------------------------------------------------
 
 
@@ -240,3 +280,13 @@ def one_long_line(path: Path, megabytes: int) -> Path:
             file.write(words + " ")
         file.write("\nand a short line after it\n")
     return path
+
+
+@pytest.mark.slow
+def test_a_48_mb_line_takes_no_more_memory_than_a_1_mb_line(tmp_path):
+    """A line is read and tokenized a piece at a time: the peak RSS of tokenizing a text file
+    whose one line is 48 MB stays within 100 MB of that of a 1 MB line (each row whole in the
+    tokenizer took about 13 bytes a byte: +630 MB)."""
+    small = peak_rss_mb(one_long_line(tmp_path / "small.txt", 1), tmp_path / "cache")
+    large = peak_rss_mb(one_long_line(tmp_path / "large.txt", 48), tmp_path / "cache")
+    assert large - small < 100, (small, large)

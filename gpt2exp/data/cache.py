@@ -17,7 +17,7 @@ from gpt2exp.tokenizer import EOT_TOKEN, get_encoding
 # depends only on the text after it. So cutting the text before such a space, unless a special
 # token follows it, changes no piece and no token. (Whatever Python's re calls non-space, so
 # does the pattern.)
-_SAFE_CUT = re.compile(r" (?=[^\s<])")
+SAFE_CUT = re.compile(r" (?=[^\s<])")
 _CHUNK_CHARS = 1 << 16
 
 
@@ -40,25 +40,17 @@ def cached_tokens(text: str, *, cache_dir: str | Path, label: str) -> np.ndarray
 def tokenize(text: str, *, chunk_chars: int = _CHUNK_CHARS) -> np.ndarray:
     """GPT-2 token ids of `text` (end-of-text allowed), encoded in parallel chunks of about
     `chunk_chars` characters; the ids are those of encoding the whole text at once."""
-    chunks, rest = safe_pieces(text, chunk_chars)
-    chunks.append(rest)
-    ids = get_encoding().encode_batch(chunks, num_threads=os.cpu_count() or 1, allowed_special={EOT_TOKEN})
-    return np.concatenate([np.array(chunk_ids, dtype=np.uint16) for chunk_ids in ids])
-
-
-def safe_pieces(text: str, piece_chars: int) -> tuple[list[str], str]:
-    """`text` cut where cutting changes no token (before a space that a non-space character
-    follows), into pieces of at least `piece_chars` characters each: (the pieces, the rest after
-    the last cut). Cuts need only the character after them, so text that goes on later (a line
-    read a block at a time) may be cut as it comes."""
-    pieces, start = [], 0
-    while len(text) - start > piece_chars:
-        cut = _SAFE_CUT.search(text, start + piece_chars)
+    chunks = []
+    start = 0
+    while len(text) - start > chunk_chars:
+        cut = SAFE_CUT.search(text, start + chunk_chars)
         if cut is None:
             break
-        pieces.append(text[start : cut.start()])
+        chunks.append(text[start : cut.start()])
         start = cut.start()
-    return pieces, text[start:]
+    chunks.append(text[start:])
+    ids = get_encoding().encode_batch(chunks, num_threads=os.cpu_count() or 1, allowed_special={EOT_TOKEN})
+    return np.concatenate([np.array(chunk_ids, dtype=np.uint16) for chunk_ids in ids])
 
 
 def _load(path: Path) -> np.ndarray | None:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpt2exp.data.cache import safe_pieces
+from gpt2exp.data.cache import SAFE_CUT
 from gpt2exp.errors import UserError
 
 log = logging.getLogger("gpt2exp.data")
@@ -62,28 +62,36 @@ def _files_under(folder: Path, seen: set) -> Iterator[Path]:
 
 def read_pieces(files: list[Path], column: str) -> Iterator[Piece]:
     """The text of every row of `files` (column `column`; each line of a text file), in pieces."""
-    import pyarrow as pa
-
     for file in files:
         kind = BUILDERS[file.suffix]
         try:
             yield from _READERS[kind](file, column)
         except UnicodeDecodeError:
             raise UserError(f"data.path: '{file}' line {_first_undecodable_line(file)} is not UTF-8 text") from None
-        except (pa.ArrowException, OSError) as err:
+        except (OSError, *_arrow_errors(kind)) as err:
             problem = " ".join(str(err).split())
             if "straddl" in problem:
                 problem = f"a row longer than {CSV_BLOCK_BYTES >> 20} MB; use parquet or json lines for such rows"
             raise UserError(f"data.path: cannot read '{file}' as {kind} ({problem})") from None
 
 
+def _arrow_errors(kind: str) -> tuple[type[Exception], ...]:
+    """What pyarrow raises on a file it cannot read (pyarrow is imported only for its kinds)."""
+    if kind not in ("parquet", "csv"):
+        return ()
+    import pyarrow
+
+    return (pyarrow.ArrowException,)
+
+
 def row_pieces(text: str | None) -> Iterator[Piece]:
-    """A whole row's text in pieces; nothing for a null or empty one."""
+    """A whole row's text in pieces, cut as they are taken; nothing for a null or empty one."""
     if text:
-        pieces, rest = _pieces(text)
-        for piece in pieces:
-            yield piece, False
-        yield rest, True
+        start = 0
+        while (cut := _next_cut(text, start)) is not None:
+            yield text[start:cut], False
+            start = cut
+        yield text[start:], True
 
 
 def text_of(value, column: str, where: str) -> str | None:
@@ -98,14 +106,17 @@ def check_column(column: str, columns: list[str], source) -> None:
         raise UserError(f"data.text_column={column!r} is not a column of '{source}' (its columns: {', '.join(columns)})")
 
 
-def _pieces(text: str) -> tuple[list[str], str]:
-    """`safe_pieces`, and stretches of `MAX_PIECE_CHARS` where there is no safe place to cut;
-    the rest is never empty when `text` is not."""
-    pieces, rest = safe_pieces(text, PIECE_CHARS)
-    while len(rest) > MAX_PIECE_CHARS:
-        pieces.append(rest[:MAX_PIECE_CHARS])
-        rest = rest[MAX_PIECE_CHARS:]
-    return pieces, rest
+def _next_cut(text: str, start: int) -> int | None:
+    """Where the piece of `text` from `start` ends: at the first place past `PIECE_CHARS` where
+    cutting changes no token (see `cache.SAFE_CUT`: it needs only the character after it, so
+    text that goes on later may be cut as it comes), else after `MAX_PIECE_CHARS`; None when
+    the rest is not longer than that and has no such place yet."""
+    if len(text) - start <= PIECE_CHARS:
+        return None
+    cut = SAFE_CUT.search(text, start + PIECE_CHARS, start + MAX_PIECE_CHARS + 1)
+    if cut is not None:
+        return cut.start()
+    return start + MAX_PIECE_CHARS if len(text) - start > MAX_PIECE_CHARS else None
 
 
 def _text_lines(file: Path, column: str) -> Iterator[Piece]:
@@ -114,9 +125,11 @@ def _text_lines(file: Path, column: str) -> Iterator[Piece]:
         rest = ""
         while chunk := lines.readline(PIECE_CHARS):
             line_ends = chunk.endswith("\n")
-            pieces, rest = _pieces(rest + (chunk[:-1] if line_ends else chunk))
-            for piece in pieces:
-                yield piece, False
+            text, start = rest + (chunk[:-1] if line_ends else chunk), 0
+            while (cut := _next_cut(text, start)) is not None:
+                yield text[start:cut], False
+                start = cut
+            rest = text[start:]
             if line_ends:
                 if rest:
                     yield rest, True
