@@ -3,6 +3,7 @@ perplexity the standard way (sliding windows, each token scored once) of a train
 or of a Hugging Face GPT-2 folder (``model.init=<folder>``); prints it and writes ``eval.json``."""
 
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -61,6 +62,9 @@ def score_checkpoint(composed: DictConfig) -> float:
     with Tracker(run_dir, config=asdict(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
         score = score_text(model, token_ids, stride=settings.stride, batch_size=settings.batch_size,
                            precision=precision)
+        if math.isnan(score.nll_sum):
+            raise UserError(f"eval: the model's NLL came out NaN (NaN or overflowing values in its weights or "
+                            f"activations at eval.precision={settings.precision}); no result written")
         result = {
             "split": settings.split if data.source != "text" else "text",
             "tokens": score.tokens,

@@ -13,15 +13,19 @@ USAGE = "usage: python -m gpt2exp.export ckpt=<checkpoint file or run folder> ou
 
 
 def export(ckpt: str, out: str) -> Path:
-    """Write the checkpoint's model into `out` (a new or empty folder); returns it."""
+    """Write the checkpoint's model into `out` (a new or empty folder, whole or not at all); returns it."""
     from gpt2exp.checkpoint import checkpoint_path, load_trained_model
     from gpt2exp.hf_format import write_hf_folder
 
     out_dir = Path(out).expanduser()
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"out: '{out}' exists and is not an empty folder; name a new one")
     model, _ = load_trained_model(checkpoint_path(ckpt))
-    return write_hf_folder(model, out_dir)
+    try:
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise UserError(f"out: '{out}' exists and is not an empty folder; name a new one")
+        return write_hf_folder(model, out_dir)
+    except OSError as err:
+        where = f" at '{err.filename}'" if err.filename else ""
+        raise UserError(f"out: cannot write '{out}' ({err.strerror or err}{where})") from None
 
 
 def main(argv: list[str] | None = None) -> None:

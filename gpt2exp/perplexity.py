@@ -24,7 +24,11 @@ class Score:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.mean_nll)
+        """exp(mean NLL); inf past the largest float (a mean NLL above ~709.78 nats)."""
+        try:
+            return math.exp(self.mean_nll)
+        except OverflowError:
+            return math.inf
 
     def bits_per_byte(self, n_bytes: int) -> float:
         """Summed NLL in bits over the text's UTF-8 bytes (comparable across tokenizers)."""

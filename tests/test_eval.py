@@ -3,6 +3,7 @@ over transformers' model with the same weights, and ``python -m gpt2exp.eval`` e
 
 import json
 import math
+import pickle
 
 import pytest
 import torch
@@ -99,3 +100,45 @@ def test_a_wikitext_run_ends_scored_on_the_test_split_and_compare_shows_it(run_m
     off = run_module("gpt2exp.train", *TINY, "data=text", f"data.path={wikitext / 'wiki.test.tokens'}",
                      "trainer.test=true", "logger=none")
     assert off.returncode == 2 and "trainer.test=true needs a test split" in off.stderr
+
+
+def save_tiny_checkpoint(path, change_weights) -> str:
+    """A checkpoint of the tiny model whose weights `change_weights(model)` altered in place."""
+    from gpt2exp.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(**TINY_MODEL))
+    with torch.no_grad():
+        change_weights(model)
+    save_checkpoint(path, model=model.state_dict(), optimizer=None, step=1, config={"model": TINY_MODEL})
+    return f"ckpt={path}"
+
+
+@pytest.mark.slow
+def test_a_perplexity_past_the_float_range_is_reported_as_infinite(run_module, tmp_path, text_file):
+    ckpt = save_tiny_checkpoint(tmp_path / "sharp.pt", lambda model: model.final_norm.weight.mul_(1e4))
+    result = run_module("gpt2exp.eval", ckpt, "data=text", f"data.path={text_file}", "eval.stride=32", "logger=none")
+    assert result.returncode == 0, result.stderr
+    [run_dir] = [p for p in run_folders(tmp_path) if (p / "eval.json").exists()]
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["mean_nll"] > 710 and report["perplexity"] == math.inf
+    assert "perplexity inf" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_nan_score_exits_2_naming_it_and_writes_no_result(run_module, tmp_path, text_file):
+    ckpt = save_tiny_checkpoint(tmp_path / "nan.pt", lambda model: model.final_norm.weight.fill_(math.nan))
+    result = run_module("gpt2exp.eval", ckpt, "data=text", f"data.path={text_file}", "eval.stride=32", "logger=none")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: eval: the model's NLL came out NaN"), line
+    assert not list(tmp_path.rglob("eval.json")) and not run_folders(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_pickle_that_is_no_checkpoint_is_one_line(run_module, tmp_path, text_file):
+    (tmp_path / "other.pt").write_bytes(pickle.dumps({"weights": [1, 2, 3]}, protocol=4))
+    result = run_module("gpt2exp.eval", f"ckpt={tmp_path / 'other.pt'}", "data=text", f"data.path={text_file}",
+                        "logger=none")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: ckpt: '{tmp_path / 'other.pt'}' is not a gpt2exp checkpoint"

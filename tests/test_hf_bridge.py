@@ -3,6 +3,7 @@ export a checkpoint that ``transformers`` loads (``python -m gpt2exp.export``), 
 
 import json
 import math
+import resource
 import subprocess
 import sys
 from dataclasses import asdict
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from helpers import TINY, TINY_MODEL, read_jsonl, run_folders
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from gpt2exp.checkpoint import save_checkpoint
+from gpt2exp.checkpoint import load_trained_model, save_checkpoint
 from gpt2exp.config import ModelConfig
 from gpt2exp.decoding import generate
 from gpt2exp.errors import UserError
@@ -229,3 +230,58 @@ def test_a_bad_hf_folder_exits_2_with_one_line_naming_it(run_module, tmp_path, t
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: model.init: {folder}") and message in line, line
     assert not run_folders(tmp_path)
+
+
+def tiny_checkpoint(path: Path, **model) -> Path:
+    """A checkpoint of the tests' tiny model, `model` changing its config."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**TINY_MODEL | model)
+    save_checkpoint(path, model=GPTModel(cfg).state_dict(), optimizer=None, step=1, config={"model": asdict(cfg)})
+    return path
+
+
+def run_export(ckpt: Path, out: Path, *, file_size_limit: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m gpt2exp.export``, its files limited to `file_size_limit` bytes (``ulimit -f``)."""
+    limit = resource.RLIMIT_FSIZE
+
+    def limit_files() -> None:
+        resource.setrlimit(limit, (file_size_limit, file_size_limit))
+
+    return subprocess.run([sys.executable, "-m", "gpt2exp.export", f"ckpt={ckpt}", f"out={out}"], cwd=ckpt.parent,
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_files if file_size_limit else None)
+
+
+def test_export_writes_the_layer_norm_epsilon_back(tmp_path):
+    tiny_checkpoint(tmp_path / "model.pt", layer_norm_epsilon=0.1)
+    hf_model = GPT2LMHeadModel.from_pretrained(export(str(tmp_path / "model.pt"), str(tmp_path / "hf"))).eval()
+    model, _ = load_trained_model(tmp_path / "model.pt")
+    ids = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(ids).logits, model.eval()(ids), atol=1e-5, rtol=1e-5)
+    assert hf_model.config.layer_norm_epsilon == 0.1
+
+
+@pytest.mark.slow
+def test_a_failed_export_leaves_nothing_behind_and_its_retry_succeeds(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "model.pt")
+    out = tmp_path / "new" / "hf"
+    failed = run_export(ckpt, out, file_size_limit=1 << 20)  # its 6.5 MB of weights pass no 1 MB limit
+    assert failed.returncode == 2
+    assert failed.stderr.strip() == f"error: out: cannot write '{out}' (File too large at '{out / 'model.safetensors'}')"
+    assert sorted(tmp_path.iterdir()) == [ckpt]
+    again = run_export(ckpt, out)
+    assert again.returncode == 0, again.stderr
+    assert GPT2LMHeadModel.from_pretrained(out).config.n_embd == TINY_MODEL["emb_dim"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["hf"]
+
+
+@pytest.mark.slow
+def test_an_export_it_cannot_write_is_one_line(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "model.pt")
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_export(ckpt, tmp_path / "notes.txt" / "hf")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: out: cannot write '{tmp_path / 'notes.txt' / 'hf'}'"), line
+    assert (tmp_path / "notes.txt").read_text() == "mine" and sorted(tmp_path.iterdir()) == [ckpt, tmp_path / "notes.txt"]
