@@ -30,9 +30,11 @@ DEVICE = "cuda"  # the device of the training subprocesses
 MODEL = ModelConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0)
 SAMPLED = {"temperature": 1.5, "top_k": 50}
 PROMPTS = [[5, 6], [7, 8, 9, 10, 11, 12, 13]]
-# A training run of seconds on the GPU, in fp32, with dropout (so the CUDA generator matters).
+# A training run of seconds on the GPU, in fp32, with dropout (so the CUDA generator matters) and a
+# sample (through the CUDA graph) every 3 steps.
 RUN = [*TINY, "model.drop_rate=0.1", "trainer.precision=fp32", "trainer.eval_freq=3", "trainer.eval_iter=2",
-       "optimizer.schedule=constant", "optimizer.warmup_steps=0", "logger=none"]
+       "trainer.sample_freq=3", "decoding.max_new_tokens=8", "optimizer.schedule=constant",
+       "optimizer.warmup_steps=0", "logger=none"]
 
 
 @pytest.fixture(autouse=True)
@@ -240,7 +242,9 @@ def batch_losses(run_dir: Path) -> list[float]:
 def test_a_resumed_cuda_run_continues_the_curve_with_its_dropout(text_file, tmp_path):
     """Six steps, then six more from the checkpoint: the losses of twelve straight steps. Dropout
     draws from the CUDA generator, so a resume that lost its state would draw other masks (a
-    difference of ~1e-2); kernels that add atomically leave ~1e-6, hence the tolerance."""
+    difference of ~1e-2), as would a sample (a graph capture) that moved the generator: the
+    straight run samples at step 6, after its checkpoint. Kernels that add atomically leave
+    ~1e-6, hence the tolerance."""
     data = ["data=text", f"data.path={text_file}"]
     train(tmp_path, *data, "trainer.max_steps=12", "hydra.run.dir=straight")
     train(tmp_path, *data, "trainer.max_steps=6", "hydra.run.dir=resumed")
