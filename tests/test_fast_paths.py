@@ -151,6 +151,19 @@ def test_compiled_model_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(grad, expected[name], msg=name)
 
 
+def test_inductor_gives_the_eager_loss_and_gradients():
+    """The compiler trainer.compile uses (Inductor, the default backend; C++ kernels on the CPU)
+    computes what the eager model does, to fp32 rounding."""
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    inputs, targets = batch()
+    expected_loss = model(inputs, targets=targets)
+    expected = grads(model, expected_loss)
+    loss = torch.compile(model, dynamic=False)(inputs, targets=targets)
+    torch.testing.assert_close(loss, expected_loss)
+    for name, grad in grads(model, loss).items():
+        torch.testing.assert_close(grad, expected[name], msg=name)
+
 def test_compiled_training_compiles_the_step_once(tmp_path, monkeypatch):
     """trainer.compile: the training step is compiled once; evaluation (every step here, with a
     partial last val batch) adds no graph, and the losses are the eager run's."""
