@@ -63,7 +63,7 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
 
     folder = Path(folder)
     overrides = _read_yaml(folder / ".hydra" / "overrides.yaml")
-    overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    overrides = [o for o in overrides if isinstance(o, str)] if isinstance(overrides, list) else []
     metrics = _read_records(folder / "metrics.jsonl", lambda m: all(_is_number(m[k]) for k in NUMBERS if k in m))
     summary = _read_json(folder / "summary.json")
     failure = _read_json(folder / "failure.json")
@@ -189,7 +189,7 @@ def search_spaces(runs: list[Path]) -> dict[str, str]:
     for run in runs:
         config = _read_yaml(run / ".hydra" / "hydra.yaml") if (run / ".hydra" / "hydra.yaml").is_file() else {}
         sweeper = _section(_section(_section(config, "hydra"), "sweeper"), "params")
-        spaces |= {str(key): str(space) for key, space in sweeper.items()}
+        spaces |= {str(key): space for key, space in sweeper.items() if isinstance(space, str)}
     return spaces
 
 
