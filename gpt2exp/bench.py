@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from gpt2exp import cli
 from gpt2exp.config import BenchConfig, register_configs
+from gpt2exp.run_folder import RunLayout
 
 log = logging.getLogger("gpt2exp.bench")
 register_configs()
@@ -250,7 +251,7 @@ def _run(composed: DictConfig) -> None:
     rows = bench(cli.typed(composed, BenchConfig))
     log.info("%s", format_table(rows))
     records = [dict(zip(("section", "measure", "value", "unit"), row)) for row in rows]
-    (Path(HydraConfig.get().runtime.output_dir) / "bench.json").write_text(json.dumps(records, indent=1) + "\n")
+    (Path(HydraConfig.get().runtime.output_dir) / RunLayout.BENCH).write_text(json.dumps(records, indent=1) + "\n")
 
 
 @hydra.main(config_path=cli.CONFIG_DIR, config_name="bench", version_base="1.3")

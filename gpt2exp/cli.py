@@ -32,7 +32,7 @@ from gpt2exp.tracking import run_identity
 # taken for a package).
 CONFIG_DIR = str(next(path for path in (Path(__file__).resolve().parent / "conf",
                                         Path(__file__).resolve().parents[1] / "conf") if path.is_dir()))
-FAILURE_FILE = "failure.json"
+FAILURE_FILE = run_folder.RunLayout.FAILURE
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
 log = logging.getLogger("gpt2exp.cli")
 T = TypeVar("T")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from gpt2exp import cli
 from gpt2exp.config import EvalConfig, register_configs
 from gpt2exp.errors import UserError
+from gpt2exp.run_folder import RunLayout
 
 log = logging.getLogger("gpt2exp.eval")
 register_configs()
@@ -74,7 +75,7 @@ def score_checkpoint(composed: DictConfig) -> float:
             "stride": settings.stride,
             "context_length": context,
         }
-        write_json_atomic(run_dir / "eval.json", result)
+        write_json_atomic(run_dir / RunLayout.EVAL, result)
         tracker.summary({f"eval/{key}": value for key, value in result.items()})
     log.info("%s: %s tokens | mean NLL %.4f | perplexity %.3f | %.4f bits/byte | stride %d of context %d",
              result["split"], f"{score.tokens:,}", score.mean_nll, score.perplexity, result["bits_per_byte"],

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt2exp import cli
 from gpt2exp.config import GenerateConfig, register_configs
 from gpt2exp.errors import UserError
+from gpt2exp.run_folder import RunLayout
 
 if TYPE_CHECKING:
     import torch
@@ -129,7 +130,7 @@ def generate_samples(composed: DictConfig) -> None:
             logits = model(torch.tensor([prompt_ids[-context_length:]], device=device))[0, -1].float().cpu()
         plot_path = plot_next_token_probs(
             logits, label=lambda token_id: repr(encoding.decode([token_id])), temperatures=list(cfg.plot_temperatures),
-            temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p, path=run_dir / "next_token_probs.png",
+            temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p, path=run_dir / RunLayout.NEXT_TOKEN_PLOT,
         )
         tracker.log_image("next_token_probs", plot_path, step=0)
     count = len(out.token_ids)

@@ -10,6 +10,7 @@ from pathlib import Path
 from gpt2exp import distributed
 from gpt2exp.config import DecodingConfig, TrainConfig
 from gpt2exp.interrupt import GracefulStop
+from gpt2exp.run_folder import RunLayout
 from gpt2exp.trainer import EvalPoint, Hooks, TrainState
 
 log = logging.getLogger("gpt2exp.train")
@@ -74,7 +75,7 @@ class RunHooks(ReplicaHooks):
                  sampler: Sampler, stop: GracefulStop, wandb_group: str | None = None, resumed_from=None):
         super().__init__(stop)
         self.cfg, self.resolved, self.model, self.optimizer, self.tracker = cfg, resolved, model, optimizer, tracker
-        self.run_dir, self.checkpoint_dir, self.wandb_group = run_dir, run_dir / "checkpoints", wandb_group
+        self.run_dir, self.checkpoint_dir, self.wandb_group = run_dir, run_dir / RunLayout.CHECKPOINTS, wandb_group
         self.sampler = sampler
         self.last_checkpoint = resumed_from.path if resumed_from else None
         self.last_step = resumed_from.checkpoint["step"] if resumed_from else None
@@ -163,6 +164,6 @@ class RunHooks(ReplicaHooks):
         history = state.history
         plot_path = plot_losses(
             [p.epoch for p in history], [p.tokens_seen for p in history],
-            [p.train_loss for p in history], [p.val_loss for p in history], self.run_dir / "loss.png",
+            [p.train_loss for p in history], [p.val_loss for p in history], self.run_dir / RunLayout.LOSS_PLOT,
         )
         self.tracker.log_image("loss_plot", plot_path)

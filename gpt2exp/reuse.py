@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gpt2exp.atomic import link_atomic, process_alive, write_json_atomic
 from gpt2exp.config import config_hash
+from gpt2exp.run_folder import RunLayout
 from gpt2exp.tracking import read_jsonl
 
 NOT_TRAINING = ("decoding", "logger")
@@ -106,9 +107,9 @@ def adopt(trained: TrainedModel, run_dir: Path, tracker) -> dict:
         step = metrics.pop("step")
         if training := {key: value for key, value in metrics.items() if not key.startswith("gen/")}:
             tracker.log_metrics(training, step=step)
-    link_atomic(trained.checkpoint, run_dir / "checkpoints" / "last.pt")
-    link_atomic(trained.loss_plot, run_dir / "loss.png")
-    tracker.log_image("loss_plot", run_dir / "loss.png")
+    link_atomic(trained.checkpoint, run_dir / RunLayout.CHECKPOINTS / "last.pt")
+    link_atomic(trained.loss_plot, run_dir / RunLayout.LOSS_PLOT)
+    tracker.log_image("loss_plot", run_dir / RunLayout.LOSS_PLOT)
     summary = {key: value for key, value in trained.summary.items() if not key.startswith("gen/")}
     return {**summary, "reused_from": {"job": trained.owner["job"], "run_dir": trained.owner["run_dir"]}}
 

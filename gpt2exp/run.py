@@ -13,6 +13,7 @@ from typing import Any
 from gpt2exp.config import TrainConfig
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.hooks import ReplicaHooks, RunHooks, Sampler, perplexity
+from gpt2exp.run_folder import RunLayout
 
 log = logging.getLogger("gpt2exp.train")
 
@@ -121,7 +122,7 @@ def _test_text(cfg: TrainConfig) -> str | None:
 
 def _read_summary(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        return json.loads((run_dir / RunLayout.SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -156,7 +157,7 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
     if plan.resume is not None:
         state = _restore(cfg, plan.resume, model, optimizer, len(data.train_loader))
         tracker.carry_over(plan.resume.run_dir, state.step)
-    elif (ctx.run_dir / "metrics.jsonl").exists():  # an attempt stopped before its first checkpoint: all redone
+    elif (ctx.run_dir / RunLayout.METRICS).exists():  # an attempt stopped before its first checkpoint: all redone
         tracker.carry_over(ctx.run_dir, up_to_step=-1)
     sampler = Sampler(cfg.decoding, cfg.trainer.start_context, model, tracker, plan.total_steps)
     with GracefulStop() as stop:

@@ -10,26 +10,47 @@ error that a second run gets. A folder that already holds a run (``.hydra/``, or
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import shlex
 import shutil
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
 
 from gpt2exp.errors import UserError
 
+
+class RunLayout:
+    """The one list of what a run of any command (Hydra included) writes at the top of its folder,
+    besides its log file: the only names an undo removes, and those that make a folder no new
+    run's. Writers name their files from here."""
+
+    HYDRA = ".hydra"
+    CHECKPOINTS = "checkpoints"
+    WANDB = "wandb"
+    METRICS = "metrics.jsonl"
+    SAMPLES = "samples.jsonl"
+    SUMMARY = "summary.json"
+    LOSS_PLOT = "loss.png"
+    NEXT_TOKEN_PLOT = "next_token_probs.png"
+    EVAL = "eval.json"
+    BENCH = "bench.json"
+    FAILURE = "failure.json"
+
+    @classmethod
+    def entries(cls) -> tuple[str, ...]:
+        return tuple(value for name, value in vars(cls).items() if name.isupper())
+
+
 LOCK_FILE = ".run.lock"
-HYDRA_DIR = ".hydra"
+HYDRA_DIR = RunLayout.HYDRA
 SWEEP_FILE = "multirun.yaml"
-# What a run (Hydra included) writes at the top of its folder: the only names an undo removes.
-RUN_ENTRIES = (
-    HYDRA_DIR, "checkpoints", "wandb", "metrics.jsonl", "samples.jsonl", "summary.json", "loss.png",
-    "next_token_probs.png", "bench.json", "failure.json",
-)
+RUN_ENTRIES = RunLayout.entries()
 _HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 _claimed: dict[Path, RunFolder] = {}
@@ -88,10 +109,16 @@ class RunFolder:
     def _lock(self) -> None:
         lock_path = self.path / LOCK_FILE
         while True:
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link: the run would overwrite the file it points at
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
             except OSError as err:
+                if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                    raise UserError(_not_a_lock(self.key, lock_path)) from None
                 raise UserError(f"{self.key}: cannot write in '{self.path}' ({err.strerror})") from None
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                os.close(fd)
+                raise UserError(_not_a_lock(self.key, lock_path))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -189,6 +216,11 @@ def _command_line() -> str:
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     start = ["python", "-m", spec.name] if spec else ["python", sys.argv[0]]
     return shlex.join([*start, *sys.argv[1:]])
+
+
+def _not_a_lock(key: str, lock_path: Path) -> str:
+    return (f"{key}: '{lock_path}' is not a lock file of its own (a link, or not a regular file); "
+            "remove it if no run uses the folder, or choose another folder")
 
 
 def _owner(lock_path: Path) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from gpt2exp.atomic import write_atomic, write_json_atomic
 from gpt2exp.config import MODES
 from gpt2exp.errors import UserError
+from gpt2exp.run_folder import RunLayout
 
 # W&B's view of each job type's metrics: (name or glob, step metric, summary), in order (a
 # name's own entry after its glob's). Against tokens seen, so that runs whose steps hold
@@ -254,23 +255,23 @@ class Tracker:
         """Start this run folder's metrics and samples with those that `previous_run_dir` logged
         up to `up_to_step` (a resumed run's folder then holds the whole curve; resumed in its own
         folder, what the old run logged after its checkpoint is dropped); W&B already has them."""
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        for name in (RunLayout.METRICS, RunLayout.SAMPLES):
             records = [r for r in read_jsonl(Path(previous_run_dir) / name) if r.get("step", 0) <= up_to_step]
             lines = "".join(map(_jsonl_line, records))
             write_atomic(self.run_dir / name, lambda file, lines=lines: file.write(lines.encode()))
-            if name == "samples.jsonl":
+            if name == RunLayout.SAMPLES:
                 self._samples.extend(records)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """One line `{"step": step, **metrics}` in metrics.jsonl, and the same values at `step` in W&B."""
-        _append_jsonl(self.run_dir / "metrics.jsonl", {"step": step, **metrics})
+        _append_jsonl(self.run_dir / RunLayout.METRICS, {"step": step, **metrics})
         if self._run:
             self._run.log(metrics, step=step)
 
     def log_sample(self, *, step: int, prompt: str, text: str, settings: dict) -> None:
         """One line in samples.jsonl; W&B gets all samples as one table at `finish`."""
         sample = {"step": step, "prompt": prompt, "text": text, "settings": dict(settings)}
-        _append_jsonl(self.run_dir / "samples.jsonl", sample)
+        _append_jsonl(self.run_dir / RunLayout.SAMPLES, sample)
         self._samples.append(sample)
 
     def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
@@ -305,7 +306,7 @@ class Tracker:
     def summary(self, values: dict) -> None:
         """Merges `values` into the run summary and rewrites summary.json."""
         self._summary.update(values)
-        write_json_atomic(self.run_dir / "summary.json", self._summary)
+        write_json_atomic(self.run_dir / RunLayout.SUMMARY, self._summary)
         if self._run:
             self._run.summary.update(values)
 

@@ -20,11 +20,14 @@ pytestmark = pytest.mark.slow
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under `folder` (relative path -> sha256), and every folder (-> "dir")."""
+    """Every file under `folder` (relative path -> sha256), every folder (-> "dir") and link (-> its target)."""
     found = {}
     for path in sorted(folder.rglob("*")):
         rel = str(path.relative_to(folder))
-        found[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_symlink():
+            found[rel] = f"-> {os.readlink(path)}"
+        else:
+            found[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return found
 
 
@@ -107,6 +110,44 @@ def test_a_new_run_never_writes_into_an_earlier_run(run_module, trained, tiny):
     result = run_module("gpt2exp.train", *tiny, f"hydra.run.dir={trained}", "trainer.resume=auto", "model.emb_dim=64")
     assert result.returncode == 2 and "model.emb_dim" in result.stderr, result.stderr
     assert snapshot(trained) == before
+
+
+def written_entries(folder: Path) -> set[str]:
+    """The names a run left at the top of its folder, besides its log file."""
+    return {p.name for p in folder.iterdir() if p.suffix != ".log"}
+
+
+def test_eval_never_replaces_a_users_eval_json_and_every_command_writes_only_the_layouts_names(
+        run_module, trained, text_file, tmp_path):
+    folder = user_data(tmp_path / "mine")
+    (folder / "eval.json").write_text('{"my": "own scores"}\n')
+    before = snapshot(folder)
+    score = ["gpt2exp.eval", f"ckpt={trained}", "data=text", f"data.path={text_file}", "eval.stride=16", "logger=none"]
+    result = run_module(*score, "hydra.run.dir=mine")
+    assert result.returncode == 2 and "holds files of the names a run writes (eval.json)" in result.stderr, result.stderr
+    assert snapshot(folder) == before
+    result = run_module(*score, "hydra.run.dir=scored")
+    assert result.returncode == 0, result.stderr
+    assert "eval.json" in written_entries(tmp_path / "scored")
+    for run_dir in (trained, tmp_path / "scored"):
+        assert written_entries(run_dir) <= set(run_folder.RUN_ENTRIES), run_dir
+
+
+@pytest.mark.parametrize("link", ["symlink", "dangling symlink", "hard link"])
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_as_it_was(run_module, tmp_path, tiny, link):
+    victim = user_data(tmp_path / "elsewhere") / "important.txt"
+    folder = user_data(tmp_path / "shared")
+    lock = folder / run_folder.LOCK_FILE
+    if link == "hard link":
+        os.link(victim, lock)
+    else:
+        lock.symlink_to(victim if link == "symlink" else tmp_path / "elsewhere" / "created.txt")
+    before, victims = snapshot(folder), snapshot(victim.parent)
+    for extra in (["optimizer.lr=-1"], []):
+        result = run_module("gpt2exp.train", *tiny, "hydra.run.dir=shared", *extra)
+        assert snapshot(victim.parent) == victims and snapshot(folder) == before
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert f"'{lock}' is not a lock file of its own" in result.stderr
 
 
 def test_resuming_a_finished_run_writes_nothing(run_module, trained, tiny, tmp_path):
