@@ -187,9 +187,9 @@ def search_spaces(runs: list[Path]) -> dict[str, str]:
     also writes a multirun.yaml)."""
     spaces: dict[str, str] = {}
     for run in runs:
-        config = _read_yaml(run / ".hydra" / "hydra.yaml") if (run / ".hydra" / "hydra.yaml").is_file() else {}
-        sweeper = _section(_section(_section(config, "hydra"), "sweeper"), "params")
-        spaces |= {str(key): space for key, space in sweeper.items() if isinstance(space, str)}
+        config = _read_yaml(run / ".hydra" / "hydra.yaml")
+        params = _section(_section(_section(config, "hydra"), "sweeper"), "params")
+        spaces |= {str(key): space for key, space in params.items() if isinstance(space, str)}
     return spaces
 
 
