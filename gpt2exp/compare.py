@@ -60,7 +60,6 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
     incomplete), "error", "overrides" ({key: value}), the final figures of `FIGURES`,
     "tokens_per_sec" (mean over the training's evaluations), "sample" (the last one),
     "reused_from" and "curve" (tokens seen, val loss pairs)."""
-
     folder = Path(folder)
     overrides = _read_yaml(folder / ".hydra" / "overrides.yaml")
     overrides = [o for o in overrides if isinstance(o, str)] if isinstance(overrides, list) else []
