@@ -35,6 +35,8 @@ def preset_folders() -> list[Path]:
 
 
 def _find(name: str) -> Path | None:
+    """The file of preset `name` in the first of the `preset_folders` that has it, else None;
+    ConfigLoadError when `name` is a path rather than a file name."""
     if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", os.sep)) or "\x00" in name:
         raise ConfigLoadError(f"experiment={name}: not a preset name (a file name in "
                               f"{', '.join(map(str, preset_folders()))}, without its .yaml and without a folder)")
