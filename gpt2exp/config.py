@@ -279,6 +279,7 @@ class TrainerConfig:
     test: Optional[bool] = None  # score the test split at the end; null: for WikiText when it can be read
     resume: Optional[str] = None  # a run folder, or auto: the newest run folder with this config
     skip_nonfinite: bool = False  # skip steps whose loss or gradient is NaN/inf instead of stopping
+    reuse_wait_minutes: float = 60.0  # a sweep job waits this long for another job training its model, then trains
 
     def __post_init__(self) -> None:
         _at_least_one(self, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "keep_last")
@@ -296,6 +297,8 @@ class TrainerConfig:
         check_device(self.device, "trainer.device")
         _one_of(self.precision, "trainer.precision", PRECISIONS)
         _one_of(self.strategy, "trainer.strategy", STRATEGIES)
+        _require(0 <= self.reuse_wait_minutes < math.inf, "trainer.reuse_wait_minutes", self.reuse_wait_minutes,
+                 "must be >= 0 and finite")
         if self.resume is not None:
             _require(self.resume.strip() != "", "trainer.resume", self.resume, "a run folder, auto, or null")
 

@@ -1,15 +1,19 @@
 """Train once per training config within a sweep: a model store keyed by a hash of the
 training settings, with a lock file so that parallel jobs never train the same model twice.
 
-A store entry is ``<root>/<key>/``: ``lock`` (held by the job that trains), then
-``checkpoint.pt``, ``metrics.jsonl``, ``loss.png`` and last ``trained.json`` (the owner and
+A store entry is ``<root>/<key>/``: ``lock`` (an ``fcntl`` lock that the job that trains holds:
+the kernel releases it when that job ends, however it ends, on any host; the file names the job),
+then ``checkpoint.pt``, ``metrics.jsonl``, ``loss.png`` and last ``trained.json`` (the owner and
 its summary), whose presence means "ready".
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -17,14 +21,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2exp.atomic import link_atomic, process_alive, write_json_atomic
+from gpt2exp.atomic import link_atomic, write_json_atomic
 from gpt2exp.config import config_hash
 from gpt2exp.run_folder import RunLayout
 from gpt2exp.tracking import read_jsonl
 
-NOT_TRAINING = ("decoding", "logger")
+NOT_TRAINING = ("decoding", "logger", "trainer.reuse_wait_minutes")
 READY_FILE = "trained.json"
 ARTIFACTS = ("checkpoint.pt", "metrics.jsonl", "loss.png")
+
+log = logging.getLogger(__name__)
 
 
 def training_key(resolved_config: dict) -> str:
@@ -56,13 +62,16 @@ class TrainedModel:
 
 class Slot:
     """What `claim` yields: `trained` is the model to reuse, or None when this job must train
-    it and then `publish` its files."""
+    it and then `publish` its files (which does nothing for a job that trains its own copy, `shared`
+    false, because another job held the lock past the wait)."""
 
-    def __init__(self, folder: Path, key: str, owner: dict, trained: TrainedModel | None):
-        self.folder, self.key, self.owner, self.trained = folder, key, owner, trained
+    def __init__(self, folder: Path, key: str, owner: dict, trained: TrainedModel | None, shared: bool = True):
+        self.folder, self.key, self.owner, self.trained, self.shared = folder, key, owner, trained, shared
         self.published = False
 
     def publish(self, *, checkpoint: Path, metrics: Path, loss_plot: Path, summary: dict) -> None:
+        if not self.shared:
+            return
         for source, name in zip((checkpoint, metrics, loss_plot), ARTIFACTS):
             link_atomic(source, self.folder / name)
         write_json_atomic(self.folder / READY_FILE, {"key": self.key, "owner": self.owner, "summary": summary})
@@ -70,32 +79,45 @@ class Slot:
 
 
 @contextlib.contextmanager
-def claim(root: str | Path, key: str, owner: dict, poll_s: float = 1.0) -> Iterator[Slot]:
-    """Wait until the model for `key` is ready (reuse it) or this process holds its lock (train it).
+def claim(root: str | Path, key: str, owner: dict, *, wait_minutes: float, poll_s: float = 1.0) -> Iterator[Slot]:
+    """The model for `key` when it is ready (reuse it), else this job's lock on it (train it).
 
-    A job that held the lock and leaves without publishing (it failed) releases the lock, so a
-    waiting job trains in its place; a lock whose process died on this host is broken.
+    While another job holds the lock (it trains the model), say who and wait up to `wait_minutes`
+    for its model; after that, train this job's own copy (not published). A job that leaves
+    without publishing (it failed, or was killed) releases the lock, and a waiting job trains.
     """
     folder = Path(root) / key
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / "lock"
+    deadline = None
     while True:
-        trained = _ready(folder, key)
-        if trained:
+        if trained := _ready(folder, key):
             yield Slot(folder, key, owner, trained)
             return
-        if _try_lock(lock, owner):
+        fd = _try_lock(lock)
+        if fd is not None:
             break
-        if _holder_is_dead(lock):
-            lock.unlink(missing_ok=True)
-            continue
+        if deadline is None:
+            deadline = time.monotonic() + 60 * wait_minutes
+            log.warning("model store: %s is training this job's model (config hash %s); waiting for it up to %g min "
+                        "(trainer.reuse_wait_minutes), then this job trains its own. The lock '%s' ends with that "
+                        "job: stop it to stop waiting", _holder(lock), key, wait_minutes, lock)
+        elif time.monotonic() >= deadline:
+            log.warning("model store: %s still holds '%s' after %g min (trainer.reuse_wait_minutes): this job "
+                        "trains its own model", _holder(lock), lock, wait_minutes)
+            yield Slot(folder, key, owner, None, shared=False)
+            return
         time.sleep(poll_s)
-    slot = Slot(folder, key, owner, None)
     try:
-        yield slot
+        if trained := _ready(folder, key):  # published between the look and the lock
+            yield Slot(folder, key, owner, trained)
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S"), **owner}).encode())
+        yield Slot(folder, key, owner, None)
     finally:
-        if not slot.published:
-            lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def adopt(trained: TrainedModel, run_dir: Path, tracker) -> dict:
@@ -122,19 +144,24 @@ def _ready(folder: Path, key: str) -> TrainedModel | None:
     return TrainedModel(key=key, folder=folder, owner=record["owner"], summary=record["summary"])
 
 
-def _try_lock(lock: Path, owner: dict) -> bool:
+def _try_lock(lock: Path) -> int | None:
+    """An open descriptor of `lock` holding its flock, or None while another process holds it."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), **owner}, f)
-    return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
 
 
-def _holder_is_dead(lock: Path) -> bool:
+def _holder(lock: Path) -> str:
+    """Who holds the lock, as its file names them."""
     try:
         holder = json.loads(lock.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False  # gone (try again) or being written
-    return holder.get("host") == socket.gethostname() and not process_alive(holder["pid"])
+        return (f"job {holder['job']} (pid {holder['pid']} on {holder['host']}, since {holder['since']}, "
+                f"run folder {holder['run_dir']})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a job that is starting"

@@ -111,7 +111,8 @@ def _model_slot(hydra_cfg, resolved: dict, run_dir: Path):
     if hydra_cfg.mode != RunMode.MULTIRUN or not distributed.world().main:
         return contextlib.nullcontext()
     owner = {"job": hydra_cfg.job.num, "run_dir": str(run_dir)}
-    return reuse.claim(Path(hydra_cfg.sweep.dir) / ".trained", reuse.training_key(resolved), owner)
+    return reuse.claim(Path(hydra_cfg.sweep.dir) / ".trained", reuse.training_key(resolved), owner,
+                       wait_minutes=resolved["trainer"]["reuse_wait_minutes"])
 
 
 @hydra.main(config_path=cli.CONFIG_DIR, config_name="train", version_base="1.3")
