@@ -122,7 +122,11 @@ class NonFiniteLoss(Exception):
 
     def __init__(self, step: int, loss: float, grad_norm: float):
         self.step = step
-        super().__init__(f"non-finite loss ({loss}, gradient norm {grad_norm}) at step {step}")
+        if not math.isfinite(loss):
+            what = f"loss ({loss})" + (f" and gradient norm ({grad_norm})" if not math.isfinite(grad_norm) else "")
+        else:
+            what = f"gradient norm ({grad_norm}; loss {loss:.4g})"
+        super().__init__(f"non-finite {what} at step {step}")
 
 
 class Hooks:

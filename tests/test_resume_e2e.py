@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -129,13 +130,27 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(short_text, tmp_path, 
     assert steps == list(range(0, STEPS + 1, 4))
 
 
+@pytest.mark.parametrize("loss, grad_norm, message", [
+    (168536309760.0, float("nan"), "non-finite gradient norm (nan; loss 1.685e+11) at step 7"),
+    (float("inf"), float("nan"), "non-finite loss (inf) and gradient norm (nan) at step 7"),
+    (float("nan"), 3.0, "non-finite loss (nan) at step 7"),
+])
+def test_non_finite_step_names_which_of_loss_and_gradient_norm_it_was(loss, grad_norm, message):
+    from gpt2exp.trainer import NonFiniteLoss
+
+    assert str(NonFiniteLoss(7, loss, grad_norm)) == message
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(run_module, short_text, tmp_path):
     args = [*TINY, "data=text", f"data.path={short_text}", "trainer.max_steps=30", "trainer.checkpoint_freq=1",
             "optimizer.lr=1e6", "optimizer.warmup_steps=0"]
     result = run_module("gpt2exp.train", *args)
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("error: non-finite loss") and "trainer.skip_nonfinite=true" in line
+    # It names which of the loss and the gradient norm was NaN or inf (not a finite loss beside a NaN norm).
+    assert re.match(r"error: non-finite (loss \((nan|-?inf)\)( and gradient norm \((nan|-?inf)\))?"
+                    r"|gradient norm \((nan|-?inf); loss [-+.e\d]+\)) at step \d+;", line), line
+    assert "trainer.skip_nonfinite=true" in line
     failed_step = int(line.split(" at step ")[1].split(";")[0])
     [run_dir] = run_folders(tmp_path)
     last_good = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
