@@ -39,7 +39,7 @@ def score_checkpoint(composed: DictConfig) -> float:
     import torch
 
     from gpt2exp.atomic import write_json_atomic
-    from gpt2exp.data import load_eval_text
+    from gpt2exp.data import load_eval_text, whole_files
     from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.inference_layout import to_inference_layout
     from gpt2exp.perplexity import score_text
@@ -67,7 +67,7 @@ def score_checkpoint(composed: DictConfig) -> float:
             raise UserError(f"eval: the model's NLL came out NaN (NaN or overflowing values in its weights or "
                             f"activations at eval.precision={settings.precision}); no result written")
         result = {
-            "split": settings.split if data.source != "text" else "text",
+            "split": "text" if whole_files(data) else settings.split,
             "tokens": score.tokens,
             "mean_nll": score.mean_nll,
             "perplexity": score.perplexity,

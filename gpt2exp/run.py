@@ -101,16 +101,17 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
 
 
 def _test_text(cfg: TrainConfig) -> str | None:
-    """WikiText's test split when `trainer.test` is on (null: on for WikiText when its test split
-    can be read, off otherwise)."""
-    from gpt2exp.data import load_eval_text
+    """The source's test split when `trainer.test` is on (null: on when the source has one and it
+    can be read, off otherwise; see `data.has_test_split`)."""
+    from gpt2exp.data import has_test_split, load_eval_text
 
     test, data = cfg.trainer.test, cfg.data
-    if test is False or (test is None and data.source != "wikitext"):
+    if test is False or (test is None and not has_test_split(data)):
         return None
-    if data.source != "wikitext":
-        raise UserError(f"trainer.test=true needs a test split: data.source={data.source!r} has none (use "
-                        "data=wikitext2, or python -m gpt2exp.eval data=text data.path=... on a held-out file)")
+    if not has_test_split(data):
+        source = "data=hf on local files" if data.source == "hf" else f"data.source={data.source!r}"
+        raise UserError(f"trainer.test=true needs a test split: {source} has none (use data=wikitext2, or "
+                        "python -m gpt2exp.eval data=text data.path=... on a held-out file)")
     try:
         return load_eval_text(data, split="test")
     except UserError as err:

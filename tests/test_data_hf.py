@@ -251,6 +251,55 @@ def test_no_text_leaves_no_token_file(tmp_path):
     assert not list((tmp_path / "cache").iterdir())
 
 
+# --- held-out text: eval data=hf, and a hub dataset's test split at the end of a run ---------------
+
+
+@pytest.mark.slow
+def test_eval_data_hf_scores_the_local_files_whole(run_module, train_run, tmp_path):
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCUMENTS))
+    result = run_module("gpt2exp.eval", f"ckpt={train_run}", "data=hf", "data.path=docs.jsonl", "eval.stride=16",
+                        "logger=none", "hydra.run.dir=eval")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["split"] == "text"
+    assert report["tokens"] == len(expected_tokens(DOCUMENTS)) - 1  # every token but the first, scored once
+
+
+# `datasets.load_dataset` answering for the hub with WikiText-103's rows, as released (a line a row):
+# the split's name in each row, so that the test split's own tokens can be counted.
+_FAKE_HUB_TRAIN = """
+import runpy, sys
+import datasets
+
+def load_dataset(path, name=None, split=None, streaming=False):
+    assert (path, name, streaming) == ("Salesforce/wikitext", "wikitext-103-raw-v1", False), (path, name)
+    return datasets.Dataset.from_dict({"text": [" = Foxes = \\n", *[f" The {split} fox jumps . \\n"] * 300]})
+
+datasets.load_dataset = load_dataset
+sys.argv = ["gpt2exp.train", *sys.argv[1:]]
+runpy.run_module("gpt2exp.train", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_wikitext103_run_ends_scored_on_its_test_split(tmp_path):
+    def train(*args):
+        return subprocess.run([sys.executable, "-c", _FAKE_HUB_TRAIN, *TINY, "trainer.max_steps=2", "logger=none",
+                               *args], cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+
+    result = train("data=wikitext103", "hydra.run.dir=run")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    test_text = " = Foxes = \n" + " The test fox jumps . \n" * 300
+    assert summary["test/tokens"] == len(get_encoding().encode(test_text)) - 1
+    assert summary["test/perplexity"] == pytest.approx(np.exp(summary["test/loss"]))
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCUMENTS))
+    local = train("data=hf", "data.path=docs.jsonl", "trainer.test=true", "hydra.run.dir=local")
+    assert local.returncode == 2
+    [line] = local.stderr.strip().splitlines()
+    assert "trainer.test=true needs a test split: data=hf on local files has none" in line
+
+
 # --- memory: bounded by bytes, not rows ----------------------------------------------------------
 
 _PEAK = """

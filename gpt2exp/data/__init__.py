@@ -10,12 +10,13 @@ from gpt2exp.config import DataConfig
 from gpt2exp.data.cache import cached_tokens, tokenize
 from gpt2exp.data.hf import split_tokens
 from gpt2exp.data.loaders import EpochSampler, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
-from gpt2exp.data.sources import Splits, load_eval_text, load_splits, pydocs_documents
+from gpt2exp.data.sources import Splits, has_test_split, load_eval_text, load_splits, pydocs_documents, whole_files
 from gpt2exp.errors import UserError
 
 __all__ = [
     "DataBundle", "EpochSampler", "SlidingWindowDataset", "Splits", "build_data", "cached_tokens", "create_dataloader",
-    "epoch_batches", "eval_batches", "load_eval_text", "load_splits", "pydocs_documents", "tokenize",
+    "epoch_batches", "eval_batches", "has_test_split", "load_eval_text", "load_splits", "pydocs_documents", "tokenize",
+    "whole_files",
 ]
 
 

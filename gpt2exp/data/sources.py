@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from gpt2exp.config import DataConfig
+from gpt2exp.data.files import data_files
+from gpt2exp.data.hf import eval_text
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import EOT_TOKEN
 
@@ -60,9 +62,25 @@ def load_splits(cfg: DataConfig) -> Splits:
     return Splits("".join(dataset["train"]["text"]), "".join(dataset["validation"]["text"]))
 
 
+def whole_files(cfg: DataConfig) -> bool:
+    """Whether `cfg` reads a person's own files, which have no splits (data=text, and data=hf on
+    local files): an evaluation scores them whole, and a run has no test split of them."""
+    return cfg.source == "text" or (cfg.source == "hf" and bool(data_files(cfg.path)))
+
+
+def has_test_split(cfg: DataConfig) -> bool:
+    """Whether the source has a held-out test split, which a run may score at its end: WikiText
+    and Hugging Face hub datasets (their "test" split; `data=wikitext103` is one) have one;
+    pydocs and whole files have none."""
+    return cfg.source != "pydocs" and not whole_files(cfg)
+
+
 def load_eval_text(cfg: DataConfig, *, split: str) -> str:
     """The text a held-out evaluation scores: WikiText's `split` (valid or test) from
-    `local_dir` or the Hugging Face cache or hub; a text source's whole file(s); pydocs' val split."""
+    `local_dir` or the Hugging Face cache or hub; a hub dataset's split (see `hf.eval_text`);
+    whole files (see `whole_files`); pydocs' val split."""
+    if cfg.source == "hf":
+        return eval_text(cfg, split)
     if cfg.source == "text":
         return _read_text(cfg.path)
     if cfg.source == "pydocs":
