@@ -39,12 +39,16 @@ def bench(cfg: BenchConfig) -> list[Row]:
     torch.manual_seed(cfg.seed)
     model = GPTModel(cfg.model, activation_checkpointing=settings.activation_checkpointing).to(device)
     m = model.cfg
+    batches = []  # only the sections that run
+    if "train" in sections:
+        batches.append(f"train batch {settings.batch_size}" + (", compiled" if settings.compile else "")
+                       + (", activation checkpointing" if settings.activation_checkpointing else ""))
+    if "generate" in sections:
+        batches.append(f"generate batch 1 and {settings.num_samples}")
     log.info(
-        "model: %d layers, %d wide, %d heads, context %d, %s parameters | train batch %d%s%s | generate "
-        "batch 1 and %d | %s (%d threads) | %s",
-        m.n_layers, m.emb_dim, m.n_heads, m.context_length, f"{model.num_parameters():,}", settings.batch_size,
-        ", compiled" if settings.compile else "", ", activation checkpointing" if settings.activation_checkpointing
-        else "", settings.num_samples, device, torch.get_num_threads(), precision.name,
+        "model: %d layers, %d wide, %d heads, context %d, %s parameters | %s%s (%d threads) | %s",
+        m.n_layers, m.emb_dim, m.n_heads, m.context_length, f"{model.num_parameters():,}",
+        "".join(f"{part} | " for part in batches), device, torch.get_num_threads(), precision.name,
     )
 
     rows: list[Row] = []
