@@ -117,3 +117,16 @@ def test_a_preset_name_that_is_a_path_is_refused(run_module, tmp_path, name):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: experiment={name}: not a preset name"), line
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(("data", "prompt"), [("pydocs", "Return the"), ("wikitext2", "The history of"),
+                                              ("wikitext103", "The history of"), ("text", "The"), ("hf", "The")])
+def test_each_data_preset_samples_from_a_prompt_of_its_own(compose_train, data, prompt):
+    """conf/data/start_context/<data>.yaml (pydocs: trainer.start_context's default); a
+    trainer.start_context given, or an experiment's, wins."""
+    cfg = typed(compose_train(f"data={data}", "data.path=x.txt"), TrainConfig)
+    assert cfg.trainer.start_context == prompt
+    given = typed(compose_train(f"data={data}", "data.path=x.txt", "trainer.start_context=Once"), TrainConfig)
+    assert given.trainer.start_context == "Once"
+    article = typed(compose_train("experiment=article", f"data={data}", "data.path=x.txt"), TrainConfig)
+    assert article.trainer.start_context == "at the start of"
