@@ -106,17 +106,31 @@ def test_an_end_of_text_token_in_start_context_is_sampled_from(run_module, tmp_p
     assert read_jsonl(run_dir / "samples.jsonl")[-1]["prompt"] == "<|endoftext|>The"
 
 
+# `python -m gpt2exp.train`, whose final sample (all `decoding.num_samples` of it) kills the process.
+KILLED_IN_THE_FINAL_SAMPLE = """
+import os, runpy, signal
+import gpt2exp.decoding as decoding
+
+sample = decoding.sample_continuations
+
+
+def never_ends(model, prompt, cfg, num_samples=None):
+    if num_samples is None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return sample(model, prompt, cfg, num_samples)
+
+
+decoding.sample_continuations = never_ends
+runpy.run_module("gpt2exp.train", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_the_final_checkpoint_is_written_before_the_final_sample(tmp_path, tiny):
-    """A sample that never ends (here: killed during it) must not cost the run its final checkpoint."""
-    args = [*tiny, "model.emb_dim=64", "trainer.max_steps=4", "decoding.max_new_tokens=65536",
-            "model.context_length=32", "hydra.run.dir=run"]
-    process = subprocess.Popen([sys.executable, "-m", "gpt2exp.train", *args], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    final = tmp_path / "run" / "checkpoints" / "step-00000004.pt"
-    wait_until(final.exists, process)
-    process.kill()
-    process.communicate()
-    assert load_checkpoint(final)["extra"]["train_state"]["step"] == 4
+    """A sample that never ends (here: the process killed as it starts) must not cost the run its final checkpoint."""
+    result = subprocess.run([sys.executable, "-c", KILLED_IN_THE_FINAL_SAMPLE, *tiny, "trainer.max_steps=4",
+                             "hydra.run.dir=run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
 
 
 def test_a_sigterm_repeated_at_once_is_one_request_and_a_second_ctrl_c_stops_at_once():
