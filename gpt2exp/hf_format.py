@@ -210,7 +210,8 @@ def load_hf_weights(folder: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         weights = read_torch_file(source, f"model.init: {source}", "a PyTorch state dict")
     else:
         raise UserError(f"model.init: {folder} holds config.json but neither model.safetensors nor pytorch_model.bin")
-    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+    if not isinstance(weights, dict) or not all(isinstance(n, str) and isinstance(t, torch.Tensor)
+                                                for n, t in weights.items()):
         raise UserError(f"model.init: {source} holds no state dict of tensors")
     return from_hf_state_dict(weights, cfg, str(source))
 

@@ -168,6 +168,15 @@ def test_a_config_json_that_is_no_object_is_named(tmp_path):
         read_hf_folder(tmp_path)
 
 
+@pytest.mark.parametrize("content", [[torch.zeros(2)], {1: torch.zeros(2)}, {"wte.weight": [0.0]}])
+def test_a_bin_file_that_holds_no_state_dict_is_named(content, tmp_path):
+    save_hf_folder(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(content, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UserError, match="pytorch_model.bin holds no state dict of tensors"):
+        read_hf_folder(tmp_path)
+
+
 def test_an_hf_folder_with_another_layer_norm_epsilon_has_transformers_logits(tmp_path):
     hf_model = save_hf_folder(tmp_path, layer_norm_epsilon=0.1, initializer_range=0.2)
     model_cfg, weights = read_hf_folder(tmp_path, drop_rate=0.0)
