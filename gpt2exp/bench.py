@@ -59,7 +59,7 @@ def bench(cfg: BenchConfig) -> list[Row]:
     if "train" in sections:
         rows += _train_rows(cfg, model, device, precision, peaks)
     if "generate" in sections:
-        rows += _generate_rows(model, settings.new_tokens, settings.num_samples, precision)
+        rows += _generate_rows(model, settings.new_tokens, settings.num_samples, precision) + _layout_rows(model, precision)
     if "data" in sections:
         rows += _data_rows(settings.text_path) + _corpus_rows(settings.corpus_mb)
     rows += _memory_rows(device)
@@ -189,6 +189,20 @@ def _generate_rows(model, new_tokens: int, num_samples: int, precision) -> list[
         rows.append(("generate", "same greedy tokens as transformers", float(result["hf_same_tokens"]), "1 = yes"))
     return rows
 
+
+def _layout_rows(model, precision) -> list[Row]:
+    """The inference layout: the GB/s of one decoding step's weight read in each layout and, on a
+    CPU, tokens/s scoring full windows with it and without."""
+    from gpt2exp.benchmarks.layouts import decode_step_bandwidth, scoring_speed
+
+    rows = [("generate", f"one step's weight read, {name}", value, "GB/s")
+            for name, value in decode_step_bandwidth(model).items()]
+    if model.tok_emb.weight.device.type == "cpu":
+        speed = scoring_speed(model, precision)
+        rows += [("generate", f"score full windows, {name}", value, "tokens/s") for name, value in speed.items()]
+        rows.append(("generate", "inference layout / PyTorch layout", speed["inference layout"] / speed["PyTorch layout"],
+                     "x"))
+    return rows
 
 def _data_rows(text_path: str | None) -> list[Row]:
     from gpt2exp.benchmarks.corpus import measure_token_cache

@@ -12,8 +12,10 @@ from gpt2exp.cli import typed
 from gpt2exp.config import BenchConfig, register_configs
 from gpt2exp.devices import bf16_supported
 from gpt2exp.errors import UserError
+from gpt2exp.inference_layout import packing_works
 
 BF16 = bf16_supported(torch.device("cpu"))
+ONEDNN = packing_works()
 
 
 def compose_bench(*overrides):
@@ -60,6 +62,10 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
         ("generate", "transformers generate"), ("generate", "gpt2exp, 8 samples at once"),
         ("generate", "transformers, 8 samples at once"), ("generate", "KV cache / recompute"),
         ("generate", "KV cache / transformers"), ("generate", "same greedy tokens as transformers"),
+        ("generate", "one step's weight read, PyTorch layout"), ("generate", "one step's weight read, transposed"),
+        *[("generate", "one step's weight read, oneDNN packed")] * ONEDNN, ("generate", "one step's weight read, plain sum"),
+        ("generate", "score full windows, PyTorch layout"), ("generate", "score full windows, inference layout"),
+        ("generate", "inference layout / PyTorch layout"),
         ("data", "load from cache"),
         ("data", "gpt2exp tokenize 0.5 MB"), ("data", "gpt2exp peak RSS"), ("data", "datasets.map tokenize 0.5 MB"),
         ("data", "datasets.map peak RSS"), ("data", "data=hf / datasets.map"),

@@ -1,11 +1,16 @@
-"""The generation benchmark compares like with like: HF holds our weights and gives our logits."""
+"""The generation benchmarks compare like with like: HF holds our weights and gives our logits, and
+each weight layout computes what PyTorch's does from the bytes counted."""
 
 import pytest
 import torch
 
+import gpt2exp.benchmarks.layouts
 from gpt2exp.benchmarks.generation import measure_generation
 from gpt2exp.benchmarks.hf import to_hf
-from gpt2exp.config import ModelConfig
+from gpt2exp.benchmarks.layouts import decode_step_bandwidth, scoring_speed
+from gpt2exp.config import EvalSettings, ModelConfig
+from gpt2exp.devices import FP32
+from gpt2exp.inference_layout import PackedLinear, packing_works
 from gpt2exp.model import GPTModel
 
 
@@ -31,3 +36,54 @@ def test_measure_generation_reports_each_method():
     assert result["cached_vs_hf"] == pytest.approx(result["cached_tokens_per_sec"] / result["hf_tokens_per_sec"])
     assert "hf_tokens_per_sec" not in measure_generation(model, new_tokens=40, repeats=1)
     assert model.out_head.weight.is_contiguous()  # the caller's model keeps its layout
+
+
+@pytest.fixture
+def step_results(monkeypatch) -> dict:
+    """Each timed step runs once, its result kept here, and takes half a second."""
+    results = {}
+
+    def time_interleaved(steps, *, repeats, warmup, device):
+        results.update({name: step() for name, step in steps.items()})
+        return dict.fromkeys(steps, 0.5)
+
+    monkeypatch.setattr(gpt2exp.benchmarks.layouts, "time_interleaved", time_interleaved)
+    return results
+
+
+def test_each_layouts_decode_step_reads_every_weight_once_and_computes_pytorchs_matvecs(step_results):
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=2, qkv_bias=True, pad_vocab_to=64))
+    for bias in (param for name, param in model.named_parameters() if name.endswith(".bias")):
+        torch.nn.init.normal_(bias, std=0.1)  # away from their init's zeros, so a bias left out would show
+    gb_per_s = decode_step_bandwidth(model)
+    assert list(gb_per_s) == ["PyTorch layout", "transposed", *["oneDNN packed"] * packing_works(), "plain sum"]
+    emb, layers = 32, 2  # per block: q/k/v, the attention's projection and the MLP's two layers, with biases
+    weights = layers * (3 * emb * emb + 3 * emb + emb * emb + emb + 4 * emb * emb + 4 * emb + 4 * emb * emb + emb)
+    weights += 50257 * emb  # the head's vocabulary rows, not its 47 padding rows
+    assert gb_per_s == dict.fromkeys(gb_per_s, 4 * weights / 0.5 / 1e9)
+    expected = step_results.pop("PyTorch layout")
+    assert len(expected) == 2 * 4 + 1 and expected[-1].shape == (1, 50257)
+    for name in ("transposed", *["oneDNN packed"] * packing_works()):
+        for output, reference in zip(step_results[name], expected, strict=True):
+            torch.testing.assert_close(output, reference, msg=name)
+
+
+def test_scoring_speed_scores_the_same_windows_in_both_layouts(step_results, monkeypatch):
+    heads, real_score_text = [], gpt2exp.benchmarks.layouts.score_text
+
+    def score_text(model, *args, **kwargs):
+        heads.append(type(model.out_head))
+        return real_score_text(model, *args, **kwargs)
+
+    monkeypatch.setattr(gpt2exp.benchmarks.layouts, "score_text", score_text)
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=1))
+    tokens_per_s = scoring_speed(model, FP32)
+    windows = EvalSettings().batch_size
+    assert tokens_per_s == {"PyTorch layout": windows * 32 / 0.5, "inference layout": windows * 32 / 0.5}
+    plain, packed = step_results["PyTorch layout"], step_results["inference layout"]
+    assert plain.tokens == packed.tokens == windows * 32
+    assert packed.nll_sum == pytest.approx(plain.nll_sum, rel=1e-5)
+    assert heads == [torch.nn.Linear, PackedLinear if packing_works() else torch.nn.Linear]
+    assert isinstance(model.out_head, torch.nn.Linear)  # the caller's model keeps its layout
