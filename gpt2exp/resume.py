@@ -26,7 +26,7 @@ PLAN_KEYS = (
     "trainer.max_steps", "trainer.epochs", "trainer.eval_freq", "trainer.eval_iter", "trainer.sample_freq",
     "trainer.start_context", "trainer.checkpoint_freq", "trainer.checkpoint_minutes", "trainer.keep_last",
     "trainer.keep_best", "trainer.save_optimizer", "trainer.compile", "trainer.activation_checkpointing",
-    "trainer.test", "decoding",
+    "trainer.test", "trainer.early_stopping", "decoding",
 )
 
 
@@ -106,8 +106,8 @@ def _named_point(resume: str, config: dict) -> ResumePoint:
 
 
 def _own_point(run_dir: Path, config: dict, held_configs: tuple[bytes | None, bytes | None] | None):
-    """"auto" in a fixed run folder: its own newest checkpoint; none yet, afresh (in a folder that
-    holds a run, only if that run had this config)."""
+    """In a fixed run folder, "auto" continues the folder's own newest checkpoint; without one it
+    starts afresh (in a folder that holds a run, only if that run had this config)."""
     if step_checkpoints(run_dir / "checkpoints"):
         return _named_point(str(run_dir), config)
     if held_configs is None:
