@@ -254,6 +254,21 @@ class LoggerConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop a run whose val loss has stopped improving (it ends with its final checkpoint)."""
+
+    patience: Optional[int] = None  # evaluations in a row without a new best val loss; 0 or null: off
+    min_delta: float = 0.0  # how far below the best so far a val loss must be to count as a new best
+
+    def __post_init__(self) -> None:
+        if self.patience is not None:
+            _require(self.patience >= 0, "trainer.early_stopping.patience", self.patience,
+                     "must be an integer >= 0, or null (0 and null: off)")
+        _require(0 <= self.min_delta < math.inf, "trainer.early_stopping.min_delta", self.min_delta,
+                 "must be >= 0 and finite")
+
+
+@dataclass
 class TrainerConfig:
     """The loop; the defaults are the CPU quickstart's (about 3 minutes on 2 cores)."""
 
@@ -280,6 +295,7 @@ class TrainerConfig:
     resume: Optional[str] = None  # a run folder, or auto: the newest run folder with this config
     skip_nonfinite: bool = False  # skip steps whose loss or gradient is NaN/inf instead of stopping
     reuse_wait_minutes: float = 60.0  # a sweep job waits this long for another job training its model, then trains
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self) -> None:
         _at_least_one(self, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "keep_last")

@@ -105,8 +105,8 @@ class RunHooks(ReplicaHooks):
             metrics["val/perplexity"], f"{point.tokens_seen:,}", extra["tokens_per_sec"],
         )
 
-    def on_sample(self, step: int, epoch: int) -> None:
-        self.sampler(step, epoch)
+    def on_sample(self, step: int, epoch: int, final: bool = False) -> None:
+        self.sampler(step, epoch, final=final)
 
     def on_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
         """`checkpoints/step-<step>.pt` (and last.pt) when periodic, with AdamW's state unless

@@ -52,7 +52,7 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     from gpt2exp.data import build_data
     from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.resume import find_resume_point
-    from gpt2exp.trainer import total_steps
+    from gpt2exp.trainer import TrainState, total_steps
 
     cfg.model.check_fits_in_memory()
     resolved = asdict(cfg)
@@ -88,10 +88,13 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
             "training batches of an epoch; lower it or data.batch_size"
         )
     steps = total_steps(cfg.trainer, len(data.train_loader))
-    if resume is not None and resume.checkpoint["step"] >= steps:
+    resumed = TrainState.from_dict(resume.checkpoint["extra"]["train_state"]) if resume is not None else None
+    stopped_early = resumed is not None and resumed.stopped_early and resumed.patience_spent(cfg.trainer.early_stopping)
+    if resume is not None and (resume.checkpoint["step"] >= steps or stopped_early):
         summary = _read_summary(resume.run_dir)
+        how = " (stopped early: raise trainer.early_stopping.patience, or 0, to go on)" if stopped_early else ""
         raise AlreadyComplete(
-            f"run {resume.run_dir} is already complete (step {resume.checkpoint['step']} of {steps}); "
+            f"run {resume.run_dir} is already complete (step {resume.checkpoint['step']} of {steps}{how}); "
             f"its checkpoint: {resume.run_dir / 'checkpoints' / 'last.pt'}; nothing new written",
             result=summary.get("final/val_loss", resume.checkpoint["extra"]["train_state"]["best_val_loss"]),
         )
@@ -200,6 +203,7 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
         "steps": state.step,
         "tokens_seen": state.tokens_seen,
         "skipped_nonfinite": state.skipped_nonfinite,
+        "stopped_early": state.stopped_early,
         "checkpoint_bytes": checkpoint_bytes,
         **sampler.metrics,
         **test,

@@ -3,6 +3,7 @@
 accumulation, clipping and a warmup + cosine learning-rate schedule."""
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -12,11 +13,12 @@ import torch
 from torch import nn
 
 from gpt2exp import distributed
-from gpt2exp.config import OptimizerConfig, TrainerConfig
+from gpt2exp.config import EarlyStoppingConfig, OptimizerConfig, TrainerConfig
 from gpt2exp.data import DataBundle, epoch_batches, eval_batches
 from gpt2exp.devices import FP32, Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+log = logging.getLogger("gpt2exp.train")
 
 
 def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
@@ -92,11 +94,17 @@ class TrainState:
     tokens_seen: int = 0
     best_val_loss: float = math.inf
     skipped_nonfinite: int = 0
+    evals_without_improvement: int = 0  # in a row, by `trainer.early_stopping.min_delta`
+    stopped_early: bool = False
     history: list[EvalPoint] = field(default_factory=list)
 
     @property
     def final(self) -> EvalPoint:
         return self.history[-1]
+
+    def patience_spent(self, cfg: EarlyStoppingConfig) -> bool:
+        """Whether `cfg.patience` evaluations in a row brought no new best val loss (off: never)."""
+        return bool(cfg.patience) and self.evals_without_improvement >= cfg.patience
 
     def to_dict(self) -> dict:
         """Plain data, for a checkpoint."""
@@ -141,8 +149,9 @@ class Hooks:
     def on_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
         """When a checkpoint is due (see `train_model`)."""
 
-    def on_sample(self, step: int, epoch: int) -> None:
-        """When a sample is due: after every epoch, or every `sample_freq` steps, and the last."""
+    def on_sample(self, step: int, epoch: int, final: bool = False) -> None:
+        """When a sample is due: after every epoch, or every `sample_freq` steps, and the last
+        (`final`: after the last step, or an early stop)."""
 
     def should_stop(self) -> bool:
         """Checked after every step: True saves a checkpoint and ends training early."""
@@ -172,6 +181,9 @@ def train_model(
     periodic one (or the start), after the last step and when ``hooks.should_stop()`` turns true
     (training then returns early); is_best after an eval with a new best val loss, the first one
     included. ``lr_at(step)`` scales each parameter group's initial learning rate.
+    With ``cfg.early_stopping.patience``, training ends (a last checkpoint and sample, as after the
+    last step) at the evaluation that makes it that many in a row without a val loss below the
+    best so far by ``cfg.early_stopping.min_delta``; ``state.stopped_early`` then says so.
 
     The train loader's sampler must be an ``EpochSampler``: a resumed run starts inside its
     epoch without replaying batches. In a distributed job ``model`` is the DistributedDataParallel
@@ -210,12 +222,30 @@ def train_model(
             train_loss=evaluate(model, train_eval_batches, device, precision),
             val_loss=evaluate(model, val_eval_batches, device, precision),
         )
+        # Early stopping's reference: the last val loss that counted as an improvement (as Lightning's).
+        reference = state.history[-1 - state.evals_without_improvement].val_loss if state.history else math.inf
+        improved = point.val_loss < reference - cfg.early_stopping.min_delta
+        state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
         state.history.append(point)
         hooks.on_eval(point, {"tokens_per_sec": interval_tokens / elapsed if interval_tokens else 0.0})
         interval_tokens, interval_start = 0, time.perf_counter()
         is_best = point.val_loss < state.best_val_loss
         state.best_val_loss = min(state.best_val_loss, point.val_loss)
         return is_best
+
+    def stop_early() -> bool:
+        """`trainer.early_stopping`: True (and one line saying why) once its patience is spent."""
+        if not state.patience_spent(cfg.early_stopping):
+            return False
+        state.stopped_early = True
+        reference = state.history[-1 - state.evals_without_improvement]
+        min_delta = cfg.early_stopping.min_delta
+        log.info("early stopping at step %d of %d: %d evaluations without a val loss below %.4f (step %d's)%s "
+                 "(trainer.early_stopping.patience=%d); the run ends with this step's checkpoint", state.step, steps,
+                 state.evals_without_improvement, reference.val_loss, reference.step,
+                 f" minus {min_delta:g} (trainer.early_stopping.min_delta)" if min_delta else "",
+                 cfg.early_stopping.patience)
+        return True
 
     def train_step(batches) -> dict:
         nonlocal interval_tokens
@@ -255,6 +285,7 @@ def train_model(
         metrics |= {"tokens_seen": state.tokens_seen, "epoch": state.step / steps_per_epoch}
         return metrics
 
+    state.stopped_early = state.stopped_early and state.patience_spent(cfg.early_stopping)  # a resume's patience
     model.train()
     if state.step == 0 and run_eval():
         hooks.on_checkpoint(state, periodic=False, is_best=True)  # best.pt, should no step improve on it
@@ -262,18 +293,19 @@ def train_model(
     bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", disable=not cfg.progress,
                dynamic_ncols=True)
     stop = False
-    while state.step < steps and not stop:
+    while state.step < steps and not stop and not state.stopped_early:
         batches = epoch_batches(train_loader, state.epoch, skip_batches=state.batch_in_epoch)
         epoch = state.epoch
-        while state.epoch == epoch and state.step < steps and not stop:
+        while state.epoch == epoch and state.step < steps and not stop and not state.stopped_early:
             metrics = train_step(batches)
             if state.batch_in_epoch == batches_per_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train/batch_loss']:.3f}")
             hooks.on_step(state.step, metrics)
-            last = state.step == steps
-            is_best = run_eval() if state.step % cfg.eval_freq == 0 or last else False
+            evaluated = state.step % cfg.eval_freq == 0 or state.step == steps
+            is_best = run_eval() if evaluated else False
+            last = state.step == steps or (evaluated and stop_early())
             stop = hooks.should_stop()
             periodic = last or stop or (cfg.checkpoint_freq is not None and state.step % cfg.checkpoint_freq == 0)
             periodic = periodic or (cfg.checkpoint_minutes is not None
@@ -284,6 +316,6 @@ def train_model(
                 last_periodic = time.monotonic()
             due = state.step % cfg.sample_freq == 0 if cfg.sample_freq is not None else state.epoch > epoch
             if due or last:
-                hooks.on_sample(state.step, state.epoch)
+                hooks.on_sample(state.step, state.epoch, final=last)
     bar.close()
     return state
