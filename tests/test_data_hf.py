@@ -206,6 +206,23 @@ def test_symlinked_subfolders_are_followed_once_and_a_loop_is_named(tmp_path, ca
     assert f"skipped {shards / 'more' / 'up'}, a link to a folder already read" in caplog.text
 
 
+def test_an_unreadable_subfolder_is_one_line_naming_it(tmp_path, monkeypatch):
+    shards = tmp_path / "shards"
+    (shards / "locked").mkdir(parents=True)
+    write_parquet(shards / "a.parquet")
+    scandir = os.scandir
+
+    def scandir_as_another_user(folder):  # root reads any folder: a chmod 0 would not stop these tests
+        if Path(folder).name == "locked":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return scandir(folder)
+
+    monkeypatch.setattr(os, "scandir", scandir_as_another_user)
+    with pytest.raises(UserError, match=f"data.path: cannot read the folder '{shards / 'locked'}' "
+                                        r"\(Permission denied\)"):
+        tokens_of(shards, tmp_path)
+
+
 # --- the token file's header ---------------------------------------------------------------------
 
 
@@ -215,8 +232,8 @@ def token_file_of(tmp_path):
 
 
 @pytest.mark.parametrize("damage, problem", [
-    (lambda data: data[: HEADER_BYTES + (len(data) - HEADER_BYTES) // 4 * 2], "tokens' bytes, its header says"),
-    (lambda data: data[:-1], "tokens' bytes, its header says"),  # an odd length
+    (lambda data: data[: HEADER_BYTES + (len(data) - HEADER_BYTES) // 4 * 2], "bytes of tokens, its header says"),
+    (lambda data: data[:-1], "bytes of tokens, its header says"),  # an odd length
     (lambda data: data[HEADER_BYTES:], "no valid header"),  # a file of an earlier version
     (lambda data: b"", "no valid header"),
 ])

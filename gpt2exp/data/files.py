@@ -32,7 +32,10 @@ def data_files(path: str) -> list[Path]:
     if given.is_file():
         files = [given]
     elif given.is_dir():
-        files = sorted(_files_under(given, seen=set()))
+        try:
+            files = sorted(_files_under(given, seen=set()))
+        except OSError as err:
+            raise UserError(f"data.path: cannot read the folder '{err.filename}' ({err.strerror})") from None
         if not files:
             raise UserError(f"data.path: no {', '.join(BUILDERS)} files in folder {path!r}")
     else:

@@ -147,7 +147,7 @@ def _header_problem(path: Path, expected: dict) -> str | None:
     if header.get("source") != expected["source"]:
         return "its header names other sources"
     if size - HEADER_BYTES != 2 * header["tokens"]:
-        return f"it holds {(size - HEADER_BYTES) / 2:g} tokens' bytes, its header says {header['tokens']}"
+        return f"it holds {size - HEADER_BYTES} bytes of tokens, its header says {header['tokens']} tokens"
     if header.get("sample") != expected["sample"]:
         return "its source files changed since it was made (their first or last bytes differ)"
     return None
