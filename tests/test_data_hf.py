@@ -134,6 +134,14 @@ def test_null_and_empty_texts_are_skipped(tmp_path):
     assert tokens_of(tmp_path / "docs.jsonl", tmp_path) == expected_tokens(["one", "two"])
 
 
+def test_parquet_text_of_any_arrow_string_type_is_read(tmp_path):
+    texts = pa.array(DOCUMENTS[:20])
+    for name, column in [("large", texts.cast(pa.large_string())), ("view", texts.cast(pa.string_view())),
+                         ("dictionary", texts.dictionary_encode())]:
+        pq.write_table(pa.table({"text": column}), tmp_path / f"{name}.parquet")
+        assert tokens_of(tmp_path / f"{name}.parquet", tmp_path / name) == expected_tokens(DOCUMENTS[:20])
+
+
 def test_csv_text_that_looks_like_numbers_stays_text(tmp_path):
     (tmp_path / "docs.csv").write_text("text,id\n1234,1\n5678,2\n")
     assert tokens_of(tmp_path / "docs.csv", tmp_path) == expected_tokens(["1234", "5678"])
@@ -203,7 +211,7 @@ def test_symlinked_subfolders_are_followed_once_and_a_loop_is_named(tmp_path, ca
     (elsewhere / "up").symlink_to(shards, target_is_directory=True)  # a loop: shards/more/up is shards
     with caplog.at_level("WARNING", logger="gpt2exp.data"):
         assert tokens_of(shards, tmp_path) == expected_tokens(DOCUMENTS)
-    assert f"skipped {shards / 'more' / 'up'}, a link to a folder already read" in caplog.text
+    assert f"skipped {shards / 'more' / 'up'}, the folder {shards} read already" in caplog.text
 
 
 def test_an_unreadable_subfolder_is_one_line_naming_it(tmp_path, monkeypatch):

@@ -48,10 +48,11 @@ def data_files(path: str) -> list[Path]:
 
 def _files_under(folder: Path, seen: set) -> Iterator[Path]:
     """The data files in `folder` and its subfolders, linked ones included; a folder met again
-    (a link back up: a loop, or a second link to it) is skipped with a warning naming it."""
+    (through a link back up, a loop, or a second way to it) is skipped with a warning naming it."""
     where = folder.stat()
     if (where.st_dev, where.st_ino) in seen:
-        log.warning("data.path: skipped %s, a link to a folder already read (%s)", folder, folder.resolve())
+        log.warning("data.path: skipped %s, the folder %s read already (a link leads there again)", folder,
+                    folder.resolve())
         return
     seen.add((where.st_dev, where.st_ino))
     for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
@@ -174,7 +175,7 @@ def _json_array(text, column: str, file: Path) -> Iterator[Piece]:
     """The objects of a JSON array, decoded one at a time from a buffer that holds little more
     than the object being decoded."""
     decoder = json.JSONDecoder()
-    buffer, at, number = text.read(PIECE_CHARS), 0, 0
+    buffer, number = text.read(PIECE_CHARS), 0
     at = buffer.index("[") + 1
     while True:
         while at < len(buffer) and (buffer[at].isspace() or (buffer[at] == "," and number)):
@@ -207,7 +208,9 @@ def _parquet_rows(file: Path, column: str) -> Iterator[Piece]:
     parquet = pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20)
     check_column(column, parquet.schema_arrow.names, file)
     kind = parquet.schema_arrow.field(column).type
-    if kind not in (pa.string(), pa.large_string(), pa.null()):
+    values = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if not any(is_text(values) for is_text in (pa.types.is_string, pa.types.is_large_string,
+                                                pa.types.is_string_view, pa.types.is_null)):
         raise UserError(f"data.text_column={column!r}: '{file}' holds {kind} values in it, not text")
     for batch in parquet.iter_batches(batch_size=_parquet_batch_rows(parquet, column), columns=[column],
                                       use_threads=False):
