@@ -296,10 +296,11 @@ class TrainerConfig:
     skip_nonfinite: bool = False  # skip steps whose loss or gradient is NaN/inf instead of stopping
     reuse_wait_minutes: float = 60.0  # a sweep job waits this long for another job training its model, then trains
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    overfit_batches: Optional[int] = None  # train and validate on the first N train batches only (debug=overfit)
 
     def __post_init__(self) -> None:
         _at_least_one(self, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "keep_last")
-        for key in ("max_steps", "sample_freq", "checkpoint_freq"):
+        for key in ("max_steps", "sample_freq", "checkpoint_freq", "overfit_batches"):
             if getattr(self, key) is not None:
                 _require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key),
                          "must be an integer >= 1 or null")

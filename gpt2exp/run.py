@@ -52,7 +52,7 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     from gpt2exp.data import build_data
     from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.resume import find_resume_point
-    from gpt2exp.trainer import TrainState, total_steps
+    from gpt2exp.trainer import TrainState, overfit_data, total_steps
 
     cfg.model.check_fits_in_memory()
     resolved = asdict(cfg)
@@ -81,6 +81,9 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     data = distributed.main_first(lambda: build_data(  # rank 0 tokenizes into the shared cache first
         cfg.data, context_length=cfg.model.context_length, seed=cfg.seed, pin_memory=device.type == "cuda",
         rank=place.rank, world_size=place.world_size))
+    if cfg.trainer.overfit_batches:
+        data = overfit_data(data, cfg.trainer.overfit_batches, context_length=cfg.model.context_length,
+                            stride=cfg.data.stride, seed=cfg.seed, rank=place.rank, world_size=place.world_size)
     grad_accum = cfg.trainer.grad_accum
     if len(data.train_loader) < grad_accum:
         raise UserError(
@@ -92,7 +95,7 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     stopped_early = resumed is not None and resumed.stopped_early and resumed.patience_spent(cfg.trainer.early_stopping)
     if resume is not None and (resume.checkpoint["step"] >= steps or stopped_early):
         summary = _read_summary(resume.run_dir)
-        how = " (stopped early: raise trainer.early_stopping.patience, or 0, to go on)" if stopped_early else ""
+        how = ", stopped early: raise trainer.early_stopping.patience (0: off) to go on" if stopped_early else ""
         raise AlreadyComplete(
             f"run {resume.run_dir} is already complete (step {resume.checkpoint['step']} of {steps}{how}); "
             f"its checkpoint: {resume.run_dir / 'checkpoints' / 'last.pt'}; nothing new written",

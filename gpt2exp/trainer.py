@@ -14,7 +14,7 @@ from torch import nn
 
 from gpt2exp import distributed
 from gpt2exp.config import EarlyStoppingConfig, OptimizerConfig, TrainerConfig
-from gpt2exp.data import DataBundle, epoch_batches, eval_batches
+from gpt2exp.data import DataBundle, create_dataloader, epoch_batches, eval_batches
 from gpt2exp.devices import FP32, Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -49,6 +49,22 @@ def lr_multiplier(step: int, total_steps: int, cfg: OptimizerConfig) -> float:
 def total_steps(cfg: TrainerConfig, train_batches: int) -> int:
     """`cfg.max_steps`, or `cfg.epochs` epochs of steps of `cfg.grad_accum` batches each."""
     return cfg.max_steps or cfg.epochs * (train_batches // cfg.grad_accum)
+
+
+def overfit_data(data: DataBundle, batches: int, *, context_length: int, stride: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> DataBundle:
+    """`trainer.overfit_batches`: the windows of the first `batches` train batches (of each of
+    `world_size` processes), in order every epoch, and the same windows as the val split, so that
+    both losses show how well the model learns them by heart."""
+    train = data.train_loader
+    windows = batches * train.batch_size * world_size
+    tokens = train.dataset.tokens[: (windows - 1) * stride + context_length + 1]
+    log.info("trainer.overfit_batches=%d: training and validating on the same %d windows (%s tokens)", batches,
+             len(range(0, len(tokens) - context_length, stride)), f"{len(tokens):,}")
+    loader = {"batch_size": train.batch_size, "context_length": context_length, "stride": stride, "seed": seed,
+              "shuffle": False, "pin_memory": train.pin_memory}
+    return DataBundle(create_dataloader(tokens, drop_last=True, rank=rank, world_size=world_size, **loader),
+                      create_dataloader(tokens, drop_last=False, **loader), len(tokens), len(tokens))
 
 
 def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

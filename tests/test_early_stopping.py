@@ -46,7 +46,7 @@ def test_a_run_that_stops_improving_stops_with_its_checkpoint_and_resumes_sensib
 
     again = run_module("gpt2exp.train", *args, f"trainer.resume={run_dir}")
     assert again.returncode == 0, again.stderr
-    assert "is already complete (step 4 of 20 (stopped early: raise trainer.early_stopping.patience" in again.stdout
+    assert "is already complete (step 4 of 20, stopped early: raise trainer.early_stopping.patience" in again.stdout
     assert run_folders(tmp_path) == [run_dir]
 
     longer = run_module("gpt2exp.train", *args, f"trainer.resume={run_dir}", "trainer.early_stopping.patience=3")
