@@ -128,9 +128,10 @@ def plot_val_curves(rows: list[dict], path: Path) -> Path:
     """All runs' validation loss against tokens seen, one line per run."""
     from gpt2exp.plots import plot_series
 
-    swept = swept_keys(rows)
-    series = {_label(row, swept): tuple(zip(*row["curve"])) for row in rows if row["curve"]}
-    return plot_series(series, path, xlabel="Tokens seen", ylabel="Validation loss")
+    curves = [row for row in rows if row["curve"]]
+    labels = run_labels(curves, swept_keys(rows))
+    series = {label: tuple(zip(*row["curve"])) for label, row in zip(labels, curves)}
+    return plot_series(series, path, xlabel="Tokens seen", ylabel="Validation loss", short_x=True)
 
 
 def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) -> Path:
@@ -139,7 +140,7 @@ def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) 
     from gpt2exp.plots import plot_series
 
     others = [k for k in swept_keys(rows) if k != param]
-    points = [(row["overrides"][param], row[metric], _label(row, others)) for row in rows
+    points = [(row["overrides"][param], row[metric], _label(row, others) if others else "") for row in rows
               if param in row["overrides"] and row[metric] is not None]
     numeric = all(_number(x) is not None for x, _, _ in points)
     ticks = None if numeric else sorted({x for x, _, _ in points})
@@ -148,7 +149,8 @@ def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) 
         xs, ys = series.setdefault(label or metric, ([], []))
         xs.append(_number(x) if numeric else ticks.index(x))
         ys.append(y)
-    return plot_series(series, path, xlabel=param, ylabel=metric, xticklabels=ticks)
+    return plot_series(series, path, xlabel=param, ylabel=metric,
+                       xticklabels=None if ticks is None else [_short_value(t) for t in ticks])
 
 
 def plot_search(rows: list[dict], metric: str, params: list[str], log_params: set[str], path: Path) -> Path:
@@ -267,8 +269,26 @@ def _file_name(text: str) -> str:
     return re.sub(r"[^\w.=-]+", "_", text)
 
 
+def run_labels(rows: list[dict], keys: list[str]) -> list[str]:
+    """Each row's legend label: its settings of `keys` (those that differ between the runs), a
+    path shown by its last part; the run's name when it has none of them, or before them when
+    two runs would read the same."""
+    labels = [_label(row, keys) for row in rows]
+    return [f"{row['run']}: {label}" if labels.count(label) > 1 and label != row["run"] else label
+            for row, label in zip(rows, labels)]
+
+
 def _label(row: dict, keys: list[str]) -> str:
-    return ",".join(f"{k}={_fmt(row['overrides'][k])}" for k in keys if k in row["overrides"]) or row["run"]
+    return ", ".join(f"{k}={_short_value(row['overrides'][k])}" for k in keys if k in row["overrides"]) or row["run"]
+
+
+def _short_value(value) -> str:
+    """An override's value for a legend or tick: a path (trainer.resume=/home/.../10-41-07) by its
+    last part, anything else as the table shows it."""
+    text = _fmt(value)
+    if "/" in text.rstrip("/") and not text.startswith(("[", "{", "'", '"')):
+        return Path(text.rstrip("/")).name or text
+    return text
 
 
 def _split_override(override: str) -> tuple[str, str]:

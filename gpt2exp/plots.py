@@ -106,24 +106,39 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_series(series: dict, path: str | Path, *, xlabel: str, ylabel: str, xticklabels=None) -> Path:
-    """One line per `{label: (xs, ys)}` entry on shared axes, as a PNG; `xticklabels` names the
-    integer x positions of a categorical axis."""
+LEGEND_WIDTH = 70  # characters of a legend line; longer labels wrap
+
+
+def plot_series(series: dict, path: str | Path, *, xlabel: str, ylabel: str, xticklabels=None,
+                short_x: bool = False) -> Path:
+    """One line per `{label: (xs, ys)}` entry on shared axes, as a PNG, the legend below the axes
+    (long labels wrapped, the figure taller for it); `xticklabels` names the integer x positions
+    of a categorical axis (upright when long); `short_x` writes x ticks 1.2M-style."""
+    import textwrap
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    fig = Figure(figsize=(6, 4), dpi=150)
+    labels = ["\n".join(textwrap.wrap(label, LEGEND_WIDTH, break_on_hyphens=False)) or label for label in series]
+    legend_lines = sum(label.count("\n") + 1 for label in labels)
+    longest_tick = max(map(len, map(str, xticklabels or [])), default=0)
+    upright = longest_tick * len(xticklabels or []) > 48  # side by side, they would touch
+    fig = Figure(figsize=(6, 4 + 0.16 * legend_lines + (0.08 * longest_tick if upright else 0)), dpi=150,
+                 layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    for label, (xs, ys) in series.items():
+    for label, (xs, ys) in zip(labels, series.values()):
         ax.plot(xs, ys, marker="o", markersize=3, label=label)
     if xticklabels is not None:
-        ax.set_xticks(range(len(xticklabels)), [str(x) for x in xticklabels])
+        ax.set_xticks(range(len(xticklabels)), [str(x) for x in xticklabels], rotation=90 if upright else 0)
+    elif short_x:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: short_number(value)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if series:
-        ax.legend(fontsize="x-small")
-    fig.tight_layout()
+        fig.legend(loc="outside lower center", fontsize="x-small", frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

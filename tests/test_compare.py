@@ -179,3 +179,79 @@ def test_malformed_run_files_are_skipped_with_a_warning_naming_them(context_swee
     rows = read_csv(context_sweep / "compare.csv")
     assert [(r["run"], r["status"]) for r in rows] == [("0", "incomplete"), ("1", "ok"), ("2", "incomplete")]
     assert [float(r["val_loss"]) for r in rows[:2]] == [7.0, 6.0]
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> dict:
+    """{PNG file name: the Figure saved there}."""
+    from matplotlib.figure import Figure
+
+    saved, savefig = {}, Figure.savefig
+
+    def record(figure, path, *args, **kwargs):
+        saved[Path(path).name] = figure
+        return savefig(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return saved
+
+
+def drawn_extents(figure) -> tuple:
+    """The figure's box, its axes' box, its legend's box and its x tick labels' boxes, in pixels."""
+    renderer = figure.canvas.get_renderer()
+    figure.canvas.draw()
+    [ax] = figure.axes
+    [legend] = figure.legends or [ax.get_legend()]
+    ticks = [label.get_window_extent(renderer) for label in ax.get_xticklabels() if label.get_text()
+             and ax.get_xlim()[0] <= label.get_position()[0] <= ax.get_xlim()[1]]
+    return figure.bbox, ax.get_window_extent(renderer), legend.get_window_extent(renderer), ticks, legend
+
+
+def test_runs_are_labelled_by_the_keys_that_differ_and_the_legend_fits_the_figure(tmp_path, saved_figures):
+    """Three runs given one by one, as train writes them: one resumed from another by its absolute
+    path. The legend names each run by what differs (a path by its folder's name), sits inside the
+    figure without squeezing the axes, and no two x tick labels overlap."""
+    outputs = tmp_path / "home" / "someone" / "projects" / "gpt2-experiments" / "outputs" / "2026-12-06"
+    common = ["model.context_length=32", "data=text", f"data.path={tmp_path}/corpus.txt", "logger=none"]
+    runs = [make_run(outputs / "10-41-07", [*common, "trainer.max_steps=20"],
+                     train_metrics([10.8, 10.5, 10.2], tokens_per_step=640_000), {}),
+            make_run(outputs / "10-44-51", [*common, "trainer.max_steps=20", "optimizer.lr=3e-3"],
+                     train_metrics([10.8, 9.8, 9.0], tokens_per_step=640_000), {}),
+            make_run(outputs / "11-02-33", [f"trainer.resume={outputs / '10-41-07'}", *common, "trainer.max_steps=40"],
+                     train_metrics([10.8, 10.5, 10.2, 9.9, 9.5], tokens_per_step=640_000), {})]
+    written = compare(runs, out_dir=tmp_path / "report")
+    for name in (written["val_loss_plot"].name, written["metric_plot"].name):
+        figure, axes, legend, ticks, artist = drawn_extents(saved_figures[name])
+        assert figure.x0 <= legend.x0 and legend.x1 <= figure.x1 and figure.y0 <= legend.y0, name
+        assert not axes.overlaps(legend) and axes.width > 0.75 * figure.width, name
+        assert all(left.x1 < right.x0 for left, right in zip(ticks, ticks[1:])), name
+    labels = [text.get_text() for text in drawn_extents(saved_figures["val_loss.png"])[4].get_texts()]
+    assert labels == ["trainer.max_steps=20", "trainer.max_steps=20, optimizer.lr=3e-3",
+                      "trainer.max_steps=40, trainer.resume=10-41-07"]
+
+
+def test_runs_that_would_read_the_same_keep_their_names_and_long_labels_wrap(tmp_path, saved_figures):
+    long = [f"model.option_{i}=a-rather-long-setting-{i}" for i in range(6)]
+    runs = [make_run(tmp_path / name, overrides, train_metrics([10.0, 9.0 - i], 64), {})
+            for i, (name, overrides) in enumerate([("a", ["seed=1"]), ("b", ["seed=1"]), ("c", ["seed=2", *long])])]
+    compare(runs, out_dir=tmp_path / "report")
+    figure, axes, legend, _, artist = drawn_extents(saved_figures["val_loss.png"])
+    labels = [text.get_text() for text in artist.get_texts()]
+    assert labels[:2] == ["a: seed=1", "b: seed=1"]
+    assert labels[2].startswith("seed=2, model.option_0=") and labels[2].count("\n") >= 2
+    assert figure.x0 <= legend.x0 and legend.x1 <= figure.x1 and figure.y0 <= legend.y0
+    assert not axes.overlaps(legend)
+
+
+def test_long_categorical_values_make_ticks_that_do_not_overlap(tmp_path, saved_figures):
+    folder = tmp_path / "data" / "corpora" / "collected-2026"
+    runs = [make_run(tmp_path / "sweep" / str(job), [f"data.path={folder}/{name}-articles-cleaned.txt"],
+                     train_metrics([10.0, 8.0 + job], 64), {})
+            for job, name in enumerate(["wikipedia", "gutenberg", "newspapers", "legal", "forum"])]
+    written = compare(runs)
+    assert written["metric_plot"].name == "val_loss_vs_data.path.png"
+    _, _, _, ticks, _ = drawn_extents(saved_figures["val_loss_vs_data.path.png"])
+    labels = [label.get_text() for label in saved_figures["val_loss_vs_data.path.png"].axes[0].get_xticklabels()]
+    assert labels == sorted(f"{n}-articles-cleaned.txt" for n in ["wikipedia", "gutenberg", "newspapers", "legal",
+                                                                   "forum"])
+    assert len(ticks) == 5 and all(left.x1 < right.x0 for left, right in zip(ticks, ticks[1:]))
