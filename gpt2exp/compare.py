@@ -140,7 +140,8 @@ def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) 
     from gpt2exp.plots import plot_series
 
     others = [k for k in swept_keys(rows) if k != param]
-    points = [(row["overrides"][param], row[metric], _label(row, others) if others else "") for row in rows
+    names = _short_names(rows)
+    points = [(row["overrides"][param], row[metric], _label(row, others, names) if others else "") for row in rows
               if param in row["overrides"] and row[metric] is not None]
     numeric = all(_number(x) is not None for x, _, _ in points)
     ticks = None if numeric else sorted({x for x, _, _ in points})
@@ -271,15 +272,23 @@ def _file_name(text: str) -> str:
 
 def run_labels(rows: list[dict], keys: list[str]) -> list[str]:
     """Each row's legend label: its settings of `keys` (those that differ between the runs), a
-    path shown by its last part; the run's name when it has none of them, or before them when
-    two runs would read the same."""
-    labels = [_label(row, keys) for row in rows]
-    return [f"{row['run']}: {label}" if labels.count(label) > 1 and label != row["run"] else label
+    path shown by its last part; the run's name (its folder's, when no other run has that) when it
+    has none of them, or before them when two runs would read the same."""
+    names = _short_names(rows)
+    labels = [_label(row, keys, names) for row in rows]
+    return [f"{names[row['run']]}: {label}" if labels.count(label) > 1 and label != names[row["run"]] else label
             for row, label in zip(rows, labels)]
 
 
-def _label(row: dict, keys: list[str]) -> str:
-    return ", ".join(f"{k}={_short_value(row['overrides'][k])}" for k in keys if k in row["overrides"]) or row["run"]
+def _short_names(rows: list[dict]) -> dict[str, str]:
+    """{run: its folder's name where no other run has that name, else the run's whole name}."""
+    folders = [Path(row["run"]).name for row in rows]
+    return {row["run"]: folder if folders.count(folder) == 1 else row["run"] for row, folder in zip(rows, folders)}
+
+
+def _label(row: dict, keys: list[str], names: dict[str, str] | None = None) -> str:
+    settings = ", ".join(f"{k}={_short_value(row['overrides'][k])}" for k in keys if k in row["overrides"])
+    return settings or (names or {}).get(row["run"], row["run"])
 
 
 def _short_value(value) -> str:
