@@ -197,9 +197,11 @@ def checkpoint_path(ckpt: str) -> Path:
     return path
 
 
-def load_trained_model(path: Path) -> tuple[GPTModel, dict]:
+def load_trained_model(path: Path, *, merge_lora: bool = True) -> tuple[GPTModel, dict]:
     """(the model on the CPU, the checkpoint) of a checkpoint file whose model can be built on
-    this machine and whose weights fit its config; raises UserError naming what does not."""
+    this machine and whose weights fit its config; raises UserError naming what does not. A LoRA
+    checkpoint's model is its base (read from `model.init`, checked) with its adapter, merged
+    into plain weights unless `merge_lora` is false."""
     checkpoint = load_checkpoint(path)
     values = checkpoint["config"].get("model")
     if not isinstance(values, dict):
@@ -209,6 +211,11 @@ def load_trained_model(path: Path) -> tuple[GPTModel, dict]:
         cfg.check_fits_in_memory()
     except UserError as err:
         raise UserError(f"ckpt: '{path}' declares a model that cannot be built: {err}") from None
+    if cfg.lora.rank:
+        from gpt2exp import lora
+
+        model = lora.adapted_model(cfg, checkpoint, str(path))
+        return (lora.merged_model(model) if merge_lora else model), checkpoint
     with torch.device("meta"):  # names and shapes first, before any memory is spent on the model
         expected = GPTModel(cfg).state_dict()
     weights = checkpoint["model"]

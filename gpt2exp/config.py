@@ -63,6 +63,24 @@ def check_device(device: str, key: str) -> None:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (Hugging Face peft) on the Linear layers of every block; the base stays frozen."""
+
+    rank: int = 0  # 0: off (the whole model trains)
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapter's input
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.out_proj", "ff.fc", "ff.out_proj"])
+
+    def __post_init__(self) -> None:
+        _require(self.rank >= 0, "model.lora.rank", self.rank, "must be an integer >= 0 (0: off)")
+        _require(0 < self.alpha < math.inf, "model.lora.alpha", self.alpha, "must be > 0 and finite")
+        _require(0.0 <= self.dropout < 1.0, "model.lora.dropout", self.dropout, "must be in [0, 1)")
+        targets = list(self.targets)
+        _require(len(targets) > 0 and len(set(targets)) == len(targets), "model.lora.targets", targets,
+                 "a non-empty list of block layers without repeats, e.g. [attn.qkv,ff.fc]")
+
+
+@dataclass
 class ModelConfig:
     """GPT-2's shape, in the seed's keys; the defaults besides the size are OpenAI's."""
 
@@ -77,9 +95,14 @@ class ModelConfig:
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2), or a Linear of its own
     weight_init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch_default: PyTorch's own
     layer_norm_epsilon: float = 1e-5  # added to the variance in every LayerNorm (GPT-2's; some HF models differ)
-    init: Optional[str] = None  # a Hugging Face GPT-2 folder, or gpt2 / gpt2-medium / ... from its cache
+    init: Optional[str] = None  # a Hugging Face GPT-2 folder, gpt2 / gpt2-medium / ... from its cache, or a gpt2exp checkpoint
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):  # as a checkpoint records it
+            self.lora = LoraConfig(**self.lora)
+        _require(self.lora.rank == 0 or self.init is not None, "model.lora.rank", self.lora.rank,
+                 "needs model.init=<Hugging Face folder, gpt2 name or gpt2exp checkpoint>: the base it adapts")
         _at_least_one(self, "model", "context_length", "emb_dim", "n_heads", "n_layers")
         _require(self.n_layers <= MAX_LAYERS, "model.n_layers", self.n_layers, f"must be in [1, {MAX_LAYERS}]")
         _require(self.emb_dim % self.n_heads == 0, "model.n_heads", self.n_heads,

@@ -116,17 +116,19 @@ class RunHooks(ReplicaHooks):
 
     def _write_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
         from gpt2exp.checkpoint import save_checkpoint, save_step_checkpoint
+        from gpt2exp.lora import saved_weights
         from gpt2exp.rng import capture_rng_state
 
         trainer_cfg = self.cfg.trainer
         payload = {
-            "model": self.model.state_dict(),
+            "model": saved_weights(self.model),  # a LoRA run's: the adapter alone
             "config": self.resolved,
             "extra": {
                 "train_state": state.to_dict(),
                 "rng": capture_rng_state(),
                 "wandb": {"run_id": self.tracker.run_id, "group": self.wandb_group},
                 "world_size": distributed.world().world_size,  # data.batch_size is per process
+                "lora_base": getattr(self.model, "lora_base", None),  # the base a LoRA adapter fits
             },
         }
         if periodic:

@@ -41,6 +41,7 @@ class RunPlan:
     total_steps: int
     resume: Any
     test_text: str | None = None  # the held-out split rank 0 scores at the end (`trainer.test`)
+    base: Any = None  # a LoRA run's base (`lora.Base`), read and checked before anything is written
 
 
 def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
@@ -55,6 +56,12 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     from gpt2exp.trainer import TrainState, overfit_data, total_steps
 
     cfg.model.check_fits_in_memory()
+    base = None
+    if cfg.model.lora.rank:
+        from gpt2exp.lora import check_lora, read_base
+
+        check_lora(cfg.model)
+        base = read_base(cfg.model)
     resolved = asdict(cfg)
     place = distributed.world()
     device = resolve_device(cfg.trainer.device)
@@ -78,6 +85,10 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     resume = found.get("point")
     if not place.main and resume_dir is not None:
         resume = find_resume_point(resume_dir, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
+    if base is not None and resume is not None:
+        from gpt2exp.lora import check_same_base
+
+        check_same_base(resume.checkpoint, base, f"trainer.resume: '{resume.path}'")
     data = distributed.main_first(lambda: build_data(  # rank 0 tokenizes into the shared cache first
         cfg.data, context_length=cfg.model.context_length, seed=cfg.seed, pin_memory=device.type == "cuda",
         rank=place.rank, world_size=place.world_size))
@@ -103,7 +114,7 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
         )
     test_text = []  # rank 0 scores it: the others hear only whether reading it worked
     distributed.main_decides(lambda: test_text.append(_test_text(cfg)))
-    return RunPlan(resolved, device, precision, data, steps, resume, test_text[0] if test_text else None)
+    return RunPlan(resolved, device, precision, data, steps, resume, test_text[0] if test_text else None, base)
 
 
 def _test_text(cfg: TrainConfig) -> str | None:
@@ -147,12 +158,22 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
 
     place = distributed.world()
     model = GPTModel(cfg.model, activation_checkpointing=cfg.trainer.activation_checkpointing).to(plan.device)
-    optimizer = make_optimizer(model, cfg.optimizer)
-    if plan.resume is None and cfg.model.init is not None:
-        from gpt2exp.hf_format import load_hf_weights
+    if plan.base is not None:
+        from gpt2exp.lora import apply_lora
 
-        model.load_state_dict(load_hf_weights(Path(cfg.model.init), model.cfg))
+        model.load_state_dict(plan.base.weights)
+        plan.base.weights.clear()  # the model holds them now
+        model = apply_lora(model, plan.base.identity)
+        log.info("model.lora: rank %d adapters on %s train %s parameters; the base (model.init=%s, sha256 %s) "
+                 "stays frozen", cfg.model.lora.rank, ", ".join(cfg.model.lora.targets),
+                 f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}", cfg.model.init,
+                 plan.base.identity["sha256"][:12])
+    elif plan.resume is None and cfg.model.init is not None:
+        from gpt2exp.lora import read_base_weights
+
+        model.load_state_dict(read_base_weights(cfg.model))
         log.info("model.init: weights from %s", cfg.model.init)
+    optimizer = make_optimizer(model, cfg.optimizer)
     data = plan.data
     log.info(
         "model %s parameters on %s (%s) | data %s: %d train / %d val tokens | %d steps | run folder %s",
@@ -306,9 +327,13 @@ def _restore(cfg: TrainConfig, resume, model, optimizer, train_batches: int):
     """Load the checkpoint's model and optimizer (with this run's optimizer settings); returns
     its training state, realigned to this run's batches."""
     from gpt2exp import distributed
+    from gpt2exp.lora import is_lora, load_adapter
     from gpt2exp.trainer import TrainState
 
-    model.load_state_dict(resume.checkpoint["model"])
+    if is_lora(model):
+        load_adapter(model, resume.checkpoint["model"], f"trainer.resume: '{resume.path}'")
+    else:
+        model.load_state_dict(resume.checkpoint["model"])
     if resume.checkpoint["optimizer"] is None:
         log.warning("%s holds no optimizer state (trainer.save_optimizer=false): AdamW's moments start afresh",
                     resume.path)
