@@ -16,6 +16,7 @@ import re
 import shutil
 import warnings
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -164,7 +165,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise UserError(f"ckpt: '{path}' is an incomplete gpt2exp checkpoint (its {key!r} is missing or malformed)")
     if not all(isinstance(name, str) and isinstance(t, torch.Tensor) for name, t in payload["model"].items()):
         raise UserError(f"ckpt: '{path}' is an incomplete gpt2exp checkpoint (its 'model' is not a state dict)")
+    payload["config"] = with_model_defaults(payload["config"])
     return payload
+
+
+def with_model_defaults(config: dict) -> dict:
+    """A checkpoint's run config with the model keys added since it was written at their
+    defaults (what it was trained with), so that it compares equal to today's config of that
+    run; as it is when its model config cannot be built (reading the model says why)."""
+    try:
+        return config | {"model": asdict(ModelConfig.from_dict(config["model"]))}
+    except (UserError, KeyError, TypeError):
+        return config
 
 
 def read_torch_file(path: Path, name: str, kind: str, map_location: str | torch.device = "cpu") -> object:

@@ -28,6 +28,9 @@ SOURCES = ("pydocs", "text", "wikitext", "hf")
 WIKITEXT_NAMES = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
 SAMPLERS = ("windows", "random")
 WEIGHT_INITS = ("gpt2", "torch_default")
+POS_EMBS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
 SCHEDULES = ("constant", "cosine")
 DECAY_TARGETS = ("matrices", "all")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -95,6 +98,15 @@ class ModelConfig:
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2), or a Linear of its own
     weight_init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch_default: PyTorch's own
     layer_norm_epsilon: float = 1e-5  # added to the variance in every LayerNorm (GPT-2's; some HF models differ)
+    # Options beyond GPT-2 (README "Model options"); each default is GPT-2's.
+    pos_emb: str = "learned"  # learned: a position embedding table; rope: rotary embeddings of queries and keys
+    rope_base: float = 10000.0  # rope: the base of the rotation frequencies
+    norm: str = "layernorm"  # layernorm | rmsnorm (its epsilon: layer_norm_epsilon)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no weights) before attention
+    mlp: str = "gelu"  # gelu (4x wide) | relu2: relu(x)^2 (4x wide) | swiglu: silu(gate) * up (8/3x wide)
+    zero_init_proj: bool = False  # the residual projections (attn.out_proj, ff.out_proj) start at zero
+    bias: bool = True  # false: no bias in any Linear or norm (qkv_bias included)
+    logit_softcap: Optional[float] = None  # logits become c * tanh(logits / c)
     init: Optional[str] = None  # a Hugging Face GPT-2 folder, gpt2 / gpt2-medium / ... from its cache, or a gpt2exp checkpoint
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -113,6 +125,26 @@ class ModelConfig:
         _one_of(self.weight_init, "model.weight_init", WEIGHT_INITS)
         _require(0 < self.layer_norm_epsilon < 1, "model.layer_norm_epsilon", self.layer_norm_epsilon,
                  "must be in (0, 1)")
+        _one_of(self.pos_emb, "model.pos_emb", POS_EMBS)
+        _require(1 < self.rope_base < math.inf, "model.rope_base", self.rope_base, "must be > 1 and finite")
+        _require(self.pos_emb != "rope" or self.emb_dim // self.n_heads % 2 == 0, "model.pos_emb", self.pos_emb,
+                 f"needs an even head width (model.emb_dim / model.n_heads = {self.emb_dim // self.n_heads})")
+        _one_of(self.norm, "model.norm", NORMS)
+        _one_of(self.mlp, "model.mlp", MLPS)
+        _require(self.logit_softcap is None or 0 < self.logit_softcap < math.inf, "model.logit_softcap",
+                 self.logit_softcap, "must be > 0 and finite, or null (off)")
+
+    def beyond_gpt2(self) -> Optional[str]:
+        """The first option (as key=value) that OpenAI's GPT-2 (transformers' GPT2LMHeadModel) lacks, or None."""
+        gpt2 = {"pos_emb": "learned", "norm": "layernorm", "qk_norm": False, "mlp": "gelu", "bias": True,
+                "logit_softcap": None}
+        return next((f"model.{key}={getattr(self, key)}" for key, value in gpt2.items()
+                     if getattr(self, key) != value), None)
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        """The MLP's inner width: 4 * emb_dim, or 8/3 of it for swiglu (the same parameters with its gate)."""
+        return 8 * self.emb_dim // 3 if self.mlp == "swiglu" else 4 * self.emb_dim
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
@@ -129,10 +161,14 @@ class ModelConfig:
 
     def num_parameters(self) -> int:
         """The model's parameter count (a tied embedding counted once)."""
-        emb = self.emb_dim
-        per_layer = 12 * emb * emb + 10 * emb + (3 * emb if self.qkv_bias else 0)
+        emb, hidden = self.emb_dim, self.mlp_hidden_dim
+        fc_out = 2 * hidden if self.mlp == "swiglu" else hidden
+        norm = (2 if self.norm == "layernorm" and self.bias else 1) * emb
+        attn = 4 * emb * emb + ((3 if self.qkv_bias else 0) + 1) * emb * self.bias
+        mlp = 2 * emb * hidden + (emb * hidden if self.mlp == "swiglu" else 0) + (fc_out + emb) * self.bias
         heads = 1 if self.tie_embeddings else 2  # the embedding doubles as the head, or not
-        return (heads * self.padded_vocab_size + self.context_length) * emb + self.n_layers * per_layer + 2 * emb
+        positions = self.context_length if self.pos_emb == "learned" else 0
+        return (heads * self.padded_vocab_size + positions) * emb + self.n_layers * (attn + mlp + 2 * norm) + norm
 
     def check_fits_in_memory(self) -> None:
         """The fp32 weights are built in host memory first: refuse a model larger than the machine's."""

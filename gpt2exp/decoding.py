@@ -186,14 +186,15 @@ def sample_continuations(
 
 
 def _output_head(model: GPTModel, dtype: torch.dtype | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Final-norm outputs [batch, emb_dim] -> fp32 logits over the vocabulary (no padding rows),
-    the head's weight laid out once for all steps (and cast to ``dtype`` under autocast)."""
+    """Final-norm outputs [batch, emb_dim] -> fp32 logits over the vocabulary (no padding rows,
+    soft-capped if the model caps them), the head's weight laid out once for all steps (and cast
+    to ``dtype`` under autocast)."""
     if isinstance(model.out_head, PackedLinear):  # already holds just the vocabulary rows, laid out
-        return model.out_head
+        return lambda hidden: model.soft_cap(model.out_head(hidden))
     head_t = model.out_head.weight[: model.cfg.vocab_size].t().contiguous()  # [emb_dim, vocab_size]
     if dtype is not None:
         head_t = head_t.to(dtype)
-    return lambda hidden: (hidden @ head_t).float()
+    return lambda hidden: model.soft_cap((hidden @ head_t).float())
 
 
 def _window_pad(pad: torch.Tensor | None, window_start: int) -> torch.Tensor | None:

@@ -26,6 +26,8 @@ from gpt2exp.model import GPTModel
 
 OPENAI_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal masks that older checkpoints saved
+# A block's Linear layers: GPTModel's name -> GPT2LMHeadModel's (a Conv1D there).
+HF_LAYERS = {"attn.qkv": "attn.c_attn", "attn.out_proj": "attn.c_proj", "ff.fc": "mlp.c_fc", "ff.out_proj": "mlp.c_proj"}
 
 
 # config.json key: (the ModelConfig field it sets, GPT-2's value when absent, its JSON type)
@@ -68,6 +70,13 @@ def hf_model_config(hf: dict, *, source: str | Path = "config.json", **overrides
         return ModelConfig(**fields | overrides)
     except UserError as err:
         raise UserError(f"model.init: {source} declares a model that cannot be built: {err}") from None
+
+
+def refuse_beyond_gpt2(cfg: ModelConfig, what: str) -> None:
+    """A UserError when ``cfg`` has an option (``ModelConfig.beyond_gpt2``) that transformers'
+    GPT-2 cannot represent; ``what`` starts the line (e.g. "model.init: a Hugging Face GPT-2")."""
+    if (option := cfg.beyond_gpt2()) is not None:
+        raise UserError(f"{what} cannot have {option}: transformers' GPT-2 (GPT2LMHeadModel) has no such option")
 
 
 def hf_config(cfg: ModelConfig) -> dict:
@@ -135,8 +144,7 @@ def from_hf_state_dict(weights: dict[str, torch.Tensor], cfg: ModelConfig, sourc
                "final_norm.bias": "ln_f.bias", "out_head.weight": "wte.weight"}
     if not cfg.tie_embeddings:
         mapping["out_head.weight"] = "lm_head.weight"
-    parts = {"norm1": "ln_1", "attn.qkv": "attn.c_attn", "attn.out_proj": "attn.c_proj", "norm2": "ln_2",
-             "ff.fc": "mlp.c_fc", "ff.out_proj": "mlp.c_proj"}
+    parts = {"norm1": "ln_1", "norm2": "ln_2", **HF_LAYERS}
     state = {}
     for name, shape in shapes.items():
         hf_name = mapping.get(name)
@@ -233,7 +241,9 @@ def write_hf_folder(model: GPTModel, out: Path) -> Path:
     and ``AutoTokenizer.from_pretrained`` load: config.json, model.safetensors and the GPT-2
     tokenizer's files (from the vocabulary this project ships). They are written into a hidden
     sibling renamed to `out` at the end, so a failed write leaves no partial folder (nor the
-    parent folders it made); an OSError propagates."""
+    parent folders it made); an OSError propagates. A model that GPT-2's format cannot hold is
+    a UserError before anything is written."""
+    refuse_beyond_gpt2(model.cfg, "export: a Hugging Face GPT-2 folder")
     made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
     staging = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:

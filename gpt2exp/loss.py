@@ -17,26 +17,30 @@ GPU_CHUNK_ROWS = 4096
 
 
 def head_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits ``hidden @ weight.T`` against ``targets``.
 
     hidden [tokens, emb_dim], weight [padded_vocab, emb_dim], targets [tokens]. Logit columns
     from ``vocab_size`` on (vocabulary padding) are masked out. Under autocast the matmuls run
-    in the autocast dtype and the softmax in fp32, as autocast would do.
+    in the autocast dtype and the softmax in fp32, as autocast would do. With ``softcap`` the
+    logits are ``softcap * tanh(logits / softcap)`` first.
     """
     if torch.compiler.is_compiling():
-        return F.cross_entropy(F.linear(hidden, weight)[:, :vocab_size].float(), targets)
+        logits = F.linear(hidden, weight)[:, :vocab_size].float()
+        return F.cross_entropy(logits if softcap is None else softcap * torch.tanh(logits / softcap), targets)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _HeadCrossEntropy.apply(hidden, weight, targets, vocab_size)
-    return _chunked(hidden, weight, targets, vocab_size, grad_hidden=False, grad_weight=False)[0]
+        return _HeadCrossEntropy.apply(hidden, weight, targets, vocab_size, softcap)
+    return _chunked(hidden, weight, targets, vocab_size, softcap, grad_hidden=False, grad_weight=False)[0]
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_size):
+    def forward(ctx, hidden, weight, targets, vocab_size, softcap):
         loss, ctx.grad_hidden, ctx.grad_weight = _chunked(
-            hidden, weight, targets, vocab_size, grad_hidden=hidden.requires_grad, grad_weight=weight.requires_grad
+            hidden, weight, targets, vocab_size, softcap,
+            grad_hidden=hidden.requires_grad, grad_weight=weight.requires_grad,
         )
         return loss
 
@@ -47,20 +51,22 @@ class _HeadCrossEntropy(torch.autograd.Function):
         # copy of the [vocab, emb_dim] weight gradient (a second backward pass is not supported).
         grads = ctx.grad_hidden, ctx.grad_weight
         ctx.grad_hidden = ctx.grad_weight = None
-        return *(None if g is None else g.mul_(grad_loss) for g in grads), None, None
+        return *(None if g is None else g.mul_(grad_loss) for g in grads), None, None, None
 
 
 @torch.no_grad()
-def _chunked(hidden, weight, targets, vocab_size, *, grad_hidden, grad_weight):
+def _chunked(hidden, weight, targets, vocab_size, softcap, *, grad_hidden, grad_weight):
     """(mean loss, its gradient w.r.t. hidden or None, its gradient w.r.t. weight or None)."""
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
     with torch.autocast(device_type, enabled=False):
         n_rows, chunk = hidden.size(0), min(CHUNK_ROWS.get(device_type, GPU_CHUNK_ROWS), hidden.size(0))
         w = weight.to(dtype)
-        # One buffer for a chunk's logits (and, in fp32, their log-softmax and its gradient).
+        # One buffer for a chunk's logits (and, in fp32 without a soft cap, their log-softmax
+        # and its gradient: the capped logits are kept for the cap's gradient).
         logits = hidden.new_empty(chunk, weight.size(0), dtype=dtype)
-        log_probs = logits if dtype == torch.float32 else torch.empty_like(logits, dtype=torch.float32)
+        shared = dtype == torch.float32 and softcap is None
+        log_probs = logits if shared else torch.empty_like(logits, dtype=torch.float32)
         loss = hidden.new_zeros((), dtype=torch.float32)
         d_hidden = hidden.new_empty(hidden.shape, dtype=dtype) if grad_hidden else None
         d_weight = None
@@ -69,14 +75,19 @@ def _chunked(hidden, weight, targets, vocab_size, *, grad_hidden, grad_weight):
             t = targets[start : start + chunk, None]
             rows = x.size(0)
             chunk_logits = torch.mm(x, w.t(), out=logits[:rows])
+            if softcap is not None:
+                chunk_logits.div_(softcap).tanh_().mul_(softcap)
             chunk_logits[:, vocab_size:] = float("-inf")
-            chunk_log_probs = log_probs[:rows].copy_(chunk_logits) if dtype != torch.float32 else chunk_logits
+            chunk_log_probs = chunk_logits if shared else log_probs[:rows].copy_(chunk_logits)
             torch.log_softmax(chunk_log_probs, 1, out=chunk_log_probs)  # in place: row by row
             loss -= chunk_log_probs.gather(1, t).sum()
             if not (grad_hidden or grad_weight):
                 continue
             # d loss / d logits = softmax - one_hot(target), for the summed loss.
             d_logits = chunk_log_probs.exp_().scatter_add_(1, t, chunk_log_probs.new_full(t.shape, -1.0))
+            if softcap is not None:  # d (c tanh(z / c)) / dz = 1 - tanh(z / c)^2
+                tanh = chunk_logits[:, :vocab_size].float() / softcap
+                d_logits[:, :vocab_size].mul_(1 - tanh.square_())
             if dtype != torch.float32:
                 d_logits = chunk_logits.copy_(d_logits)
             if grad_hidden:

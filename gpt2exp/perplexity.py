@@ -73,7 +73,7 @@ def score_text(
                 hidden = model.hidden_states(rows[:, :-1])
             for row, (_, end, scored_from) in enumerate(batch):
                 keep = end - scored_from  # the last `keep` targets of the window
-                logits = model.out_head(hidden[row, -keep:])[:, : model.cfg.vocab_size].float()
+                logits = model.soft_cap(model.out_head(hidden[row, -keep:])[:, : model.cfg.vocab_size].float())
                 nll_sum += F.cross_entropy(logits, rows[row, -keep:], reduction="sum").item()
                 tokens += keep
     model.train(was_training)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from gpt2exp.checkpoint import load_latest_checkpoint, step_checkpoints
+from gpt2exp.checkpoint import load_latest_checkpoint, step_checkpoints, with_model_defaults
 from gpt2exp.config import config_hash, without_keys
 from gpt2exp.errors import UserError
 
@@ -161,7 +161,7 @@ def _stored_fingerprint(checkpoints: Path) -> str | None:
     loading its tensors."""
     for path in reversed(step_checkpoints(checkpoints)):
         try:
-            return config_fingerprint(torch.load(path, mmap=True, weights_only=True)["config"])
+            return config_fingerprint(with_model_defaults(torch.load(path, mmap=True, weights_only=True)["config"]))
         except Exception:  # noqa: BLE001 - an unreadable file: try the one before it
             continue
     return None

@@ -75,13 +75,14 @@ def _hf_architecture(model: ModelConfig, hydra_cfg) -> ModelConfig:
     """`model.init`: the model config of the HF folder's config.json, or of the gpt2exp
     checkpoint's (dropout off unless `model.drop_rate` was given on the command line; this run's
     `model.lora`), so that the run's config records it."""
-    from gpt2exp.hf_format import find_hf_folder, hf_model_config, read_config
+    from gpt2exp.hf_format import find_hf_folder, hf_model_config, read_config, refuse_beyond_gpt2
     from gpt2exp.lora import checkpoint_architecture, checkpoint_base
 
     given = any(o.lstrip("+~").startswith("model.drop_rate=") for o in hydra_cfg.overrides.task)
     overrides = {"drop_rate": model.drop_rate if given else 0.0, "lora": model.lora}
     if (checkpoint := checkpoint_base(model.init)) is not None:
         return checkpoint_architecture(checkpoint, **overrides)
+    refuse_beyond_gpt2(model, "model.init: a Hugging Face GPT-2")
     folder = find_hf_folder(model.init)
     return hf_model_config(read_config(folder), source=folder / "config.json", init=str(folder.resolve()), **overrides)
 

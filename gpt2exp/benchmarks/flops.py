@@ -49,7 +49,8 @@ def train_flops_per_token(model: GPTModel, context_length: int) -> float:
     is tied to the head), L layers, E the embedding width, T the context length (PaLM's
     estimate, appendix B)."""
     cfg = model.cfg
-    lookups = model.pos_emb.weight.numel() + (0 if cfg.tie_embeddings else model.tok_emb.weight.numel())
+    positions = 0 if model.pos_emb is None else model.pos_emb.weight.numel()  # none with rotary embeddings
+    lookups = positions + (0 if cfg.tie_embeddings else model.tok_emb.weight.numel())
     n = model.num_parameters() - lookups - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.emb_dim
     return 6 * n + 12 * cfg.n_layers * cfg.emb_dim * context_length
 
