@@ -6,6 +6,7 @@ import json
 import logging
 import netrc
 import os
+import re
 import shutil
 import threading
 import urllib.error
@@ -90,6 +91,14 @@ def _unreachable() -> str | None:
         reason = getattr(err, "reason", err)
         return f"no answer from {url.geturl()} ({getattr(reason, 'strerror', None) or reason})"
     return None
+
+
+def _short_error(err: Exception) -> str:
+    """W&B's error in a few words: an HTML error page (a host that is no W&B server) by its title."""
+    text = str(err)
+    title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    words = (title.group(1) if title else re.sub(r"<[^>]+>", " ", text)).split()
+    return " ".join(words[:12]) + (" ..." if len(words) > 12 and not title else "") or type(err).__name__
 
 
 def _interruptible(call: Callable[[], Any]) -> Any:
@@ -225,20 +234,30 @@ class Tracker:
         if self.mode != "disabled":
             import wandb
 
+            if mode == "auto" or self.mode == "offline":  # W&B's own telemetry would post to the host even so
+                os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
             options = dict(
                 dir=self.run_dir, config={**config, **short_keys(config, swept)}, project=project, entity=entity, group=group, tags=tags, name=name,
                 job_type=job_type, notes=notes, id=run_id, resume="allow" if run_id else None,
-                reinit="finish_previous", settings=wandb.Settings(quiet=True, console="off"),
+                reinit="finish_previous", settings=wandb.Settings(quiet=True, silent=True, console="off"),
             )
+            wandb_dir = self.run_dir / "wandb"
+            before = set(wandb_dir.glob("run-*"))
             try:
                 self._run = _interruptible(lambda: wandb.init(mode=self.mode, **options))
             except wandb.errors.Error as err:
-                problem = " ".join(str(err).split()[:30])
+                problem = _short_error(err)
                 if mode != "auto" or self.mode != "online":
                     raise UserError(f"logger: W&B could not start the run ({problem}); try logger.mode=offline") from None
-                log.warning("W&B: %s; logging offline (upload later with wandb sync)", problem)
+                log.warning("W&B: %s did not start the run (%s); logging offline", _base_url().netloc, problem)
                 self.mode = "offline"
                 self._run = _interruptible(lambda: wandb.init(mode=self.mode, **options))
+                for attempt in set(wandb_dir.glob("run-*")) - before:  # the failed start's folder: its logs alone
+                    shutil.rmtree(attempt, ignore_errors=True)
+            if self.mode == "online":
+                log.info("W&B: %s", self._run.url)
+            else:
+                log.info("W&B: offline run; upload it with: wandb sync %s", Path(self._run.dir).parent)
             for name, step_metric, summary in METRICS.get(job_type, ()):
                 self._run.define_metric(name, step_metric=step_metric, step_sync=step_metric is not None or None,
                                         summary=summary)

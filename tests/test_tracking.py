@@ -248,7 +248,7 @@ def test_a_key_without_network_trains_offline_and_wandb_never_tries_the_host(run
                                                                             tmp_path, hangup_host):
     """gpt2exp probes the host once (bounded) and starts W&B offline: W&B never asks the host to
     start the run (its GraphQL API), the online start-up that waits a minute and more for a host
-    that does not answer. (W&B's own telemetry, a POST to /sdk/otel/..., may still knock.)"""
+    that does not answer, nor its own telemetry (a POST to /sdk/otel/...)."""
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", hangup_host["url"])
@@ -256,8 +256,7 @@ def test_a_key_without_network_trains_offline_and_wandb_never_tries_the_host(run
     result = run_module("gpt2exp.train", *tiny)
     assert result.returncode == 0, result.stderr
     assert "logging offline" in result.stdout
-    assert hangup_host["requests"][0] == "HEAD / HTTP/1.1"
-    assert [r for r in hangup_host["requests"][1:] if not r.startswith("POST /sdk/otel/")] == []
+    assert hangup_host["requests"] == ["HEAD / HTTP/1.1"]
     [run_dir] = [p.parent for p in (tmp_path / "outputs").rglob(".hydra")]
     assert read_run(find_wandb_file(run_dir))["exit_code"] == 0  # find_wandb_file: an offline-run-* folder
     hangup_host["requests"].clear()
@@ -337,3 +336,69 @@ def test_values_the_user_set_win():
 
 def test_single_run_has_no_group_or_name():
     assert run_identity(choices={"model": "small"}) == {"group": None, "name": None, "tags": ["model:small"]}
+
+
+class _NotWandb(http.server.BaseHTTPRequestHandler):
+    """A web server that is no W&B host: every request gets a 404 and its HTML page."""
+
+    PAGE = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1>" + b"<p>x</p>" * 200
+
+    def answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests.append(f"{self.command} {self.path}")
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.PAGE)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(self.PAGE)
+
+    do_HEAD = do_GET = do_POST = answer  # noqa: N815 - http.server's naming
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_a_host_that_is_no_wandb_server_gives_one_short_warning_and_one_offline_run(run_module, text_file, monkeypatch,
+                                                                                   tmp_path):
+    """The probe's HEAD gets an answer, so W&B tries to start the run there and gets an HTML page:
+    one warning naming the host and the page's title, no W&B telemetry posted to it, and one W&B
+    run folder (the offline one) whose sync command is the one W&B line."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotWandb)
+    server.requests = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_SILENT")  # as a user's shell has it: W&B's own lines show
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    try:
+        result = run_module("gpt2exp.train", *TINY, "data=text", f"data.path={text_file}", "trainer.max_steps=2")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    console = (result.stdout + result.stderr).splitlines()
+    [warning] = [line for line in console if "did not start the run" in line]
+    assert warning.endswith(f"W&B: 127.0.0.1:{server.server_address[1]} did not start the run (404 Not Found); "
+                            "logging offline")
+    assert not any("<" in line or "Failed to export" in line for line in console)
+    assert not any(r.startswith("POST /sdk/otel/") for r in server.requests), server.requests
+    [run_dir] = [p.parent for p in (tmp_path / "outputs").rglob(".hydra")]
+    [wandb_run] = [p for p in (run_dir / "wandb").iterdir() if p.is_dir() and not p.is_symlink()]
+    assert wandb_run.name.startswith("offline-run-")
+    wandb_lines = [line for line in console if line.startswith("wandb:") or "] W&B: " in line]
+    assert [line.split("] ", 1)[-1] for line in wandb_lines if "Loaded credentials" not in line] == [
+        warning.split("] ", 1)[1], f"W&B: offline run; upload it with: wandb sync {wandb_run}"]
+
+
+def test_an_offline_run_says_where_it_is_in_one_line(run_module, text_file, monkeypatch):
+    """W&B's three-line banner (offline mode, the folder, `wandb leet`) is one gpt2exp line."""
+    monkeypatch.delenv("WANDB_SILENT")
+    result = run_module("gpt2exp.train", *TINY, "data=text", f"data.path={text_file}", "trainer.max_steps=1",
+                        "trainer.eval_freq=1")
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in (result.stdout + result.stderr).splitlines()
+              if line.startswith("wandb:") or "] W&B: " in line]
+    assert "W&B: offline run; upload it with: wandb sync " in line and "/wandb/offline-run-" in line
