@@ -7,7 +7,11 @@ base's identity, `{"init": path, "sha256": hash of its weights}`, and loads only
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -190,3 +194,47 @@ def base_model(model: GPTModel) -> GPTModel:
     base = GPTModel(replace(model.cfg, lora=LoraConfig()))
     base.load_state_dict(weights)
     return base
+
+
+def write_base_and_adapter(model: GPTModel, out: Path) -> Path:
+    """`out` (absent or an empty folder) as `base/`, the base as a Hugging Face GPT-2 folder, and
+    `adapter/`, the adapter as a PEFT folder (``PeftModel.from_pretrained(GPT2LMHeadModel...,
+    out / "adapter")``); written into a hidden sibling renamed to `out` at the end, so a failed
+    write leaves nothing (nor the parent folders it made)."""
+    from gpt2exp.hf_format import write_hf_folder
+
+    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
+    staging = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        write_hf_folder(base_model(model), staging / "base")
+        _write_peft_adapter(model, staging / "adapter", base_path=(out / "base").resolve())
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return out
+
+
+def _write_peft_adapter(model: GPTModel, folder: Path, base_path: Path) -> None:
+    """adapter_config.json and adapter_model.safetensors as peft saves a LoRA adapter of
+    transformers' GPT2LMHeadModel: its layer names, Conv1D layers (fan_in_fan_out)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from safetensors.torch import save_file
+
+    from gpt2exp.hf_format import HF_LAYERS
+
+    lora = model.cfg.lora
+    config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, fan_in_fan_out=True,
+                            target_modules=[HF_LAYERS[target] for target in lora.targets], task_type="CAUSAL_LM",
+                            base_model_name_or_path=str(base_path))
+    folder.mkdir()
+    config.save_pretrained(str(folder))
+    weights = {}
+    for name, tensor in saved_weights(model).items():  # blocks.<i>.<layer>.lora_<A|B>.weight
+        _, index, rest = name.split(".", 2)
+        layer, matrix = rest.split(".lora_")
+        weights[f"base_model.model.transformer.h.{index}.{HF_LAYERS[layer]}.lora_{matrix}"] = tensor.contiguous()
+    save_file(weights, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})

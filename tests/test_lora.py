@@ -1,0 +1,218 @@
+"""LoRA fine-tuning (`model.lora`): only the adapters train, checkpoints hold them and the base's
+identity, and generate, eval, resume and export work on a LoRA run as on any run."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY, read_jsonl, run_folders
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from gpt2exp import cli
+from gpt2exp.checkpoint import load_trained_model
+from gpt2exp.config import LoraConfig, ModelConfig, TrainConfig
+from gpt2exp.errors import UserError
+from gpt2exp.lora import apply_lora, saved_weights
+from gpt2exp.model import GPTModel
+from gpt2exp.trainer import make_optimizer
+
+HF_TINY = {"vocab_size": 50257, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}
+RANK = 4
+
+
+def save_hf_model(folder: Path, seed: int) -> Path:
+    """A small random GPT2LMHeadModel saved as transformers saves it."""
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(**HF_TINY)).save_pretrained(folder)
+    return folder
+
+
+def lora_train(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", *TINY, f"model.init={root / 'hf'}", f"model.lora.rank={RANK}",
+         "data=text", f"data.path={root / 'corpus.txt'}", "trainer.eval_freq=2", "optimizer.lr=1e-2",
+         "logger=none", *overrides],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory) -> Path:
+    """A LoRA run (rank 4 on all four block layers) of 4 steps on a tiny HF GPT-2 folder."""
+    from helpers import SAMPLE_TEXT
+
+    root = tmp_path_factory.mktemp("lora")
+    (root / "corpus.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
+    save_hf_model(root / "hf", seed=0)
+    result = lora_train(root, "trainer.max_steps=4")
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_folders(root)
+    return run_dir
+
+
+def tiny_lora_model(**lora) -> GPTModel:
+    cfg = ModelConfig(context_length=16, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0, init="base",
+                      lora=LoraConfig(rank=RANK, **lora))
+    return apply_lora(GPTModel(cfg), {"init": "base", "sha256": "0" * 64})
+
+
+def test_only_the_adapters_reach_the_optimizer_and_the_base_stays_bit_for_bit():
+    torch.manual_seed(0)
+    model = tiny_lora_model()
+    base = {name: t.clone() for name, t in model.state_dict().items() if ".lora_" not in name}
+    adapter = {name: t.clone() for name, t in saved_weights(model).items()}
+    optimizer = make_optimizer(model, TrainConfig(model=model.cfg).optimizer)
+    in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
+    assert sum(p.numel() for p in in_optimizer) == sum(t.numel() for t in adapter.values())
+    assert len(adapter) == 2 * 4 * 2  # A and B, 4 layers, 2 blocks
+    tokens = torch.randint(0, 50257, (4, 17))
+    for _ in range(3):
+        model(tokens[:, :-1], targets=tokens[:, 1:]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.state_dict()
+    assert all(torch.equal(after[name], tensor) for name, tensor in base.items())
+    assert any(not torch.equal(saved_weights(model)[name], tensor) for name, tensor in adapter.items())
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.lora.rank=-1", "model.lora.rank=-1 is not allowed"),
+    ("model.lora.alpha=0", "model.lora.alpha=0.0 is not allowed"),
+    ("model.lora.dropout=1", "model.lora.dropout=1.0 is not allowed"),
+    ("model.lora.targets=[]", "model.lora.targets=[] is not allowed"),
+    ("model.lora.rank=8", "model.lora.rank=8 is not allowed: needs model.init="),
+])
+def test_a_bad_lora_key_is_named(compose_train, override, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        cli.typed(compose_train(override), TrainConfig)
+
+
+@pytest.mark.slow
+def test_a_sweep_over_the_rank_is_one_multirun(lora_run, tmp_path):
+    root = lora_run.parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", "-m", *TINY, f"model.init={root / 'hf'}", "model.lora.rank=2,8",
+         "data=text", f"data.path={root / 'corpus.txt'}", "trainer.max_steps=2", "logger=none",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    ranks = []
+    for job in sorted((tmp_path / "sweep").glob("*/checkpoints/last.pt")):
+        weights = torch.load(job, weights_only=True)["model"]
+        ranks.append(weights["blocks.0.attn.qkv.lora_A.weight"].shape[0])
+    assert sorted(ranks) == [2, 8]
+
+
+@pytest.mark.slow
+def test_a_lora_checkpoint_holds_the_adapter_its_optimizer_state_and_the_base_identity(lora_run):
+    checkpoint = torch.load(lora_run / "checkpoints" / "last.pt", weights_only=True)
+    names = set(checkpoint["model"])
+    assert names and all(".lora_A." in name or ".lora_B." in name for name in names)
+    assert len(names) == 2 * 4 * 2
+    states = checkpoint["optimizer"]["state"]
+    assert sum(s["exp_avg"].numel() for s in states.values()) == sum(t.numel() for t in checkpoint["model"].values())
+    base = checkpoint["extra"]["lora_base"]
+    assert base["init"] == str((lora_run.parents[2] / "hf").resolve()) and len(base["sha256"]) == 64
+    assert checkpoint["config"]["model"]["lora"]["rank"] == RANK
+
+
+@pytest.mark.slow
+def test_a_lora_run_resumes_on_the_curve_of_an_uninterrupted_one(lora_run, tmp_path):
+    root = lora_run.parents[2]
+    shutil.copytree(root / "hf", tmp_path / "hf")
+    shutil.copy(root / "corpus.txt", tmp_path / "corpus.txt")
+    straight = lora_train(tmp_path, "trainer.max_steps=6", "hydra.run.dir=straight")
+    assert straight.returncode == 0, straight.stderr
+    first = lora_train(tmp_path, "trainer.max_steps=4", "hydra.run.dir=resumed")
+    assert first.returncode == 0, first.stderr
+    resumed = lora_train(tmp_path, "trainer.max_steps=6", "hydra.run.dir=resumed", "trainer.resume=resumed")
+    assert resumed.returncode == 0, resumed.stderr
+    losses = [[m["val/loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl") if "val/loss" in m]
+              for run in ("straight", "resumed")]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-4) and losses[0][-1] < losses[0][0]
+
+
+@pytest.mark.slow
+def test_generate_and_eval_read_a_lora_run_as_its_merged_model(lora_run, run_module, tmp_path):
+    root = lora_run.parents[2]
+    generated = run_module("gpt2exp.generate", f"ckpt={lora_run}", "logger=none", "decoding.max_new_tokens=4")
+    assert generated.returncode == 0, generated.stderr
+    exported = run_module("gpt2exp.export", f"ckpt={lora_run}", f"out={tmp_path / 'merged'}")
+    assert exported.returncode == 0, exported.stderr
+    scores = []
+    for source in (f"ckpt={lora_run}", f"model.init={tmp_path / 'merged'}"):
+        result = run_module("gpt2exp.eval", source, "data=text", f"data.path={root / 'corpus.txt'}", "eval.stride=32",
+                            "logger=none", f"hydra.run.dir={tmp_path / str(len(scores))}")
+        assert result.returncode == 0, result.stderr
+        scores.append(json.loads((tmp_path / str(len(scores)) / "eval.json").read_text())["mean_nll"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_export_merges_a_lora_run_with_the_unmerged_logits(lora_run, run_module, tmp_path):
+    result = run_module("gpt2exp.export", f"ckpt={lora_run}", f"out={tmp_path / 'merged'}")
+    assert result.returncode == 0, result.stderr
+    unmerged, _ = load_trained_model(lora_run / "checkpoints" / "last.pt", merge_lora=False)
+    exported = GPT2LMHeadModel.from_pretrained(tmp_path / "merged").eval()
+    base = GPT2LMHeadModel.from_pretrained(lora_run.parents[2] / "hf").eval()
+    tokens = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        expected = unmerged.eval()(tokens)
+        torch.testing.assert_close(exported(tokens).logits, expected, atol=1e-5, rtol=0)
+        assert (base(tokens).logits - expected).abs().max() > 1e-3  # the adapter changed the model
+
+
+@pytest.mark.slow
+def test_export_without_merging_gives_a_base_and_a_peft_adapter_with_the_same_logits(lora_run, run_module, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "parts"
+    result = run_module("gpt2exp.export", f"ckpt={lora_run}", f"out={out}", "merge_lora=false")
+    assert result.returncode == 0, result.stderr
+    unmerged, _ = load_trained_model(lora_run / "checkpoints" / "last.pt", merge_lora=False)
+    peft_model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(out / "base"), out / "adapter").eval()
+    tokens = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(tokens).logits, unmerged.eval()(tokens), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_lora_checkpoint_refuses_another_base_or_none_in_one_line(lora_run, run_module, tmp_path):
+    hf = lora_run.parents[2] / "hf"
+    kept = tmp_path / "kept"
+    shutil.move(hf, kept)
+    try:
+        save_hf_model(hf, seed=1)
+        other = run_module("gpt2exp.export", f"ckpt={lora_run}", f"out={tmp_path / 'out'}")
+        shutil.rmtree(hf)
+        missing = run_module("gpt2exp.generate", f"ckpt={lora_run}", "logger=none")
+    finally:
+        shutil.rmtree(hf, ignore_errors=True)
+        shutil.move(kept, hf)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "is a LoRA adapter of another base" in other.stderr and not (tmp_path / "out").exists()
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    assert "is a LoRA adapter whose base cannot be read" in missing.stderr and not run_folders(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.lora.rank=4 model.lora.targets=[attn.q]", "model.lora.targets: 'attn.q' matches no Linear layer of the model's blocks "
+                                    "(they are attn.qkv, attn.out_proj, ff.fc, ff.out_proj)"),
+    ("model.lora.rank=33", "model.lora.rank=33 is larger than layer attn.qkv (32 -> 96): must be at most 32"),
+], ids=["target-matches-nothing", "rank-larger-than-layer"])
+def test_a_bad_lora_setting_exits_2_in_one_line_and_leaves_nothing(lora_run, override, message, tmp_path):
+    root = lora_run.parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", *TINY, f"model.init={root / 'hf'}", "data=text",
+         f"data.path={root / 'corpus.txt'}", "logger=none", *override.split()],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"error: {message}\n"
+    assert not run_folders(tmp_path)
