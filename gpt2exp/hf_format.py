@@ -243,7 +243,7 @@ def write_hf_folder(model: GPTModel, out: Path) -> Path:
     sibling renamed to `out` at the end, so a failed write leaves no partial folder (nor the
     parent folders it made); an OSError propagates. A model that GPT-2's format cannot hold is
     a UserError before anything is written."""
-    refuse_beyond_gpt2(model.cfg, "export: a Hugging Face GPT-2 folder")
+    refuse_beyond_gpt2(model.cfg, "out: a Hugging Face GPT-2 folder")
     made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
     staging = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:

@@ -4,12 +4,14 @@ layout, the parameter and FLOP counts, the fused loss, torch.compile and export.
 
 import math
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gpt2exp import decoding, inference_layout, loss
 from gpt2exp.benchmarks.flops import train_flops_per_token
+from gpt2exp.checkpoint import load_trained_model
 from gpt2exp.config import ModelConfig
 from gpt2exp.decoding import generate
 from gpt2exp.errors import UserError
@@ -290,3 +292,62 @@ def test_zero_init_proj_is_still_gpt2_and_exports(tmp_path):
 def test_option_values_are_checked_in_one_line(values, message):
     with pytest.raises(UserError, match=f"^{message}".replace("(", r"\(").replace(")", r"\)")):
         ModelConfig(**(SHAPE | values))
+
+
+EVERY_OPTION = ["model.pos_emb=rope", "model.norm=rmsnorm", "model.qk_norm=true", "model.mlp=relu2",
+                "model.zero_init_proj=true", "model.bias=false", "model.logit_softcap=15.0"]
+
+
+def test_a_run_with_every_option_trains_resumes_generates_and_refuses_export(run_module, text_file, tmp_path):
+    """python -m gpt2exp.train with every option on, resumed; generate reads its checkpoint;
+    export refuses it in one line, writing nothing."""
+    args = [*helpers.TINY, "data=text", f"data.path={text_file}", "trainer.eval_freq=2", "logger=none", *EVERY_OPTION]
+    result = run_module("gpt2exp.train", *args, "trainer.max_steps=2")
+    assert result.returncode == 0, result.stderr
+    [run_dir] = helpers.run_folders(tmp_path)
+    recorded = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["config"]["model"]
+    assert recorded | {"pos_emb": "rope", "qk_norm": True, "bias": False, "logit_softcap": 15.0} == recorded
+    result = run_module("gpt2exp.train", *args, "trainer.max_steps=4", f"trainer.resume={run_dir}")
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {run_dir}" in result.stdout
+    result = run_module("gpt2exp.generate", f"ckpt={run_dir}", "prompt=Line 3:", "decoding.max_new_tokens=5")
+    assert result.returncode == 0, result.stderr
+    result = run_module("gpt2exp.export", f"ckpt={run_dir}", f"out={tmp_path / 'hf'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: out: a Hugging Face GPT-2 folder cannot have model.pos_emb=rope: "
+                                     "transformers' GPT-2 (GPT2LMHeadModel) has no such option")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_model_init_from_a_hugging_face_gpt2_refuses_an_option_it_lacks(run_module, text_file, tmp_path):
+    write_hf_folder(GPTModel(ModelConfig(**SHAPE)), tmp_path / "hf")
+    result = run_module("gpt2exp.train", *helpers.TINY, "data=text", f"data.path={text_file}", "logger=none",
+                        f"model.init={tmp_path / 'hf'}", "model.mlp=swiglu", "trainer.max_steps=1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: model.init: a Hugging Face GPT-2 cannot have model.mlp=swiglu: "
+                                     "transformers' GPT-2 (GPT2LMHeadModel) has no such option")
+    assert not helpers.run_folders(tmp_path) or not list(tmp_path.rglob("*.pt"))
+
+
+NEW_MODEL_KEYS = ("layer_norm_epsilon", "pos_emb", "rope_base", "norm", "qk_norm", "mlp", "zero_init_proj", "bias",
+                  "logit_softcap", "lora")
+
+
+def test_a_checkpoint_written_before_the_new_model_keys_resumes_and_loads(train_run, run_module):
+    """A run whose checkpoints' model config lacks the keys added since (they were GPT-2's then)
+    resumes by its folder and by trainer.resume=auto, and generates."""
+    for path in (train_run / "checkpoints").glob("step-*.pt"):
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["config"]["model"] = {k: v for k, v in checkpoint["config"]["model"].items()
+                                         if k not in NEW_MODEL_KEYS}
+        torch.save(checkpoint, path)
+    corpus = checkpoint["config"]["data"]["path"]  # the shared run's: `auto` looks for this config
+    args = [*helpers.TINY, "data=text", f"data.path={corpus}", "trainer.eval_freq=2", "logger=none",
+            "trainer.max_steps=6"]
+    for resume in ("auto", str(train_run)):
+        result = run_module("gpt2exp.train", *args, f"trainer.resume={resume}")
+        assert result.returncode == 0, result.stderr
+        assert f"resuming {train_run}" in result.stdout, resume
+        assert "differs" not in result.stdout + result.stderr
+    model, _ = load_trained_model(train_run / "checkpoints" / "last.pt")
+    assert model.cfg.layer_norm_epsilon == 1e-5 and model.cfg.pos_emb == "learned"
