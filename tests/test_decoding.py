@@ -1,6 +1,7 @@
 """Decoding: the tutorial's numbers, top-p, batches of different lengths, eos, seeds, KV cache, the
 graph step's fixed-shape decoding and its fallback, the inference layout."""
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -210,6 +211,23 @@ def test_fixed_shape_graph_step_equals_recomputing_in_fp32(model, settings, monk
     runs = {use_cache: generate(model, PADDED, max_new_tokens=20, use_cache=use_cache, generator=seeded(1, 2, 3),
                                 **settings) for use_cache in (True, False)}
     assert capture.captures == 1 and capture.replays == 16 - 7  # every one-token step until the window is full
+    assert runs[True].new_tokens == runs[False].new_tokens
+    torch.testing.assert_close(torch.tensor(runs[True].logprobs), torch.tensor(runs[False].logprobs), atol=1e-4,
+                               rtol=0)
+    assert not graph_warnings(caplog)
+
+
+@pytest.mark.parametrize("settings", [{"temperature": 0.0}, SAMPLED], ids=["greedy", "sampled"])
+def test_fixed_shape_graph_step_with_rotary_positions_equals_recomputing(settings, monkeypatch, caplog):
+    """With ``model.pos_emb=rope`` the graph step rotates each row's new query and key by its
+    own position (the cache slot less the row's padding): the tokens and log-probs of recomputing."""
+    torch.manual_seed(0)
+    model = GPTModel(dataclasses.replace(TINY, pos_emb="rope")).eval()
+    capture = FakeCapture()
+    monkeypatch.setitem(decoding.GRAPH_CAPTURES, "cpu", capture)
+    runs = {use_cache: generate(model, PADDED, max_new_tokens=20, use_cache=use_cache, generator=seeded(1, 2, 3),
+                                **settings) for use_cache in (True, False)}
+    assert capture.captures == 1 and capture.replays == 16 - 7
     assert runs[True].new_tokens == runs[False].new_tokens
     torch.testing.assert_close(torch.tensor(runs[True].logprobs), torch.tensor(runs[False].logprobs), atol=1e-4,
                                rtol=0)
