@@ -59,12 +59,13 @@ def overfit_data(data: DataBundle, batches: int, *, context_length: int, stride:
     train = data.train_loader
     windows = batches * train.batch_size * world_size
     tokens = train.dataset.tokens[: (windows - 1) * stride + context_length + 1]
-    log.info("trainer.overfit_batches=%d: training and validating on the same %d windows (%s tokens)", batches,
-             len(range(0, len(tokens) - context_length, stride)), f"{len(tokens):,}")
     loader = {"batch_size": train.batch_size, "context_length": context_length, "stride": stride, "seed": seed,
               "shuffle": False, "pin_memory": train.pin_memory}
+    val_loader = create_dataloader(tokens, drop_last=False, **loader)
+    log.info("trainer.overfit_batches=%d: training and validating on the same %d windows (%s tokens)", batches,
+             len(val_loader.dataset), f"{len(tokens):,}")
     return DataBundle(create_dataloader(tokens, drop_last=True, rank=rank, world_size=world_size, **loader),
-                      create_dataloader(tokens, drop_last=False, **loader), len(tokens), len(tokens))
+                      val_loader, len(tokens), len(tokens))
 
 
 def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
