@@ -13,6 +13,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, replace
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -93,6 +94,8 @@ def check_lora(cfg: ModelConfig) -> None:
     """`model.lora.targets` name Linear layers of the model's blocks and `rank` fits each of them;
     raises UserError naming the key. The model is built on the meta device: no memory is spent."""
     lora = cfg.lora
+    if find_spec("peft") is None:
+        raise UserError(f"model.lora.rank={lora.rank} needs Hugging Face peft: pip install 'gpt2exp[lora]'")
     with torch.device("meta"):
         layers = block_layers(GPTModel(cfg))
     for target in lora.targets:
@@ -127,9 +130,11 @@ def is_lora(model: nn.Module) -> bool:
 
 def saved_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint holds of `model`: the adapter's weights for a LoRA model, else all."""
+    if not is_lora(model):
+        return model.state_dict()
     from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(model, adapter_name=ADAPTER) if is_lora(model) else model.state_dict()
+    return get_peft_model_state_dict(model, adapter_name=ADAPTER)
 
 
 def load_adapter(model: GPTModel, weights: dict[str, torch.Tensor], where: str) -> None:

@@ -216,3 +216,21 @@ def test_a_bad_lora_setting_exits_2_in_one_line_and_leaves_nothing(lora_run, ove
     assert result.returncode == 2
     assert result.stderr == f"error: {message}\n"
     assert not run_folders(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_gpt2exp_checkpoint_is_a_base_and_the_lora_run_starts_at_its_loss(trained_run, text_file, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", *TINY, f"model.init={trained_run}", f"model.lora.rank={RANK}",
+         "data=text", f"data.path={text_file}", "trainer.max_steps=2", "trainer.eval_freq=2", "logger=none",
+         "hydra.run.dir=lora"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    base_evals = [m["val/loss"] for m in read_jsonl(trained_run / "metrics.jsonl") if "val/loss" in m]
+    lora_evals = [m["val/loss"] for m in read_jsonl(tmp_path / "lora" / "metrics.jsonl") if "val/loss" in m]
+    assert lora_evals[0] == pytest.approx(base_evals[-1], abs=1e-4)  # B starts at zero: the base's own loss
+    checkpoint = torch.load(tmp_path / "lora" / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["extra"]["lora_base"]["init"] == str((trained_run / "checkpoints" / "last.pt").resolve())
+    model, _ = load_trained_model(tmp_path / "lora" / "checkpoints" / "last.pt")
+    assert model.cfg.emb_dim == 32 and model.cfg.lora.rank == 0  # the merged model, the base's shape
