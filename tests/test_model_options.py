@@ -201,6 +201,18 @@ def test_cached_decoding_equals_recomputing_with_each_option(options):
     torch.testing.assert_close(torch.tensor(runs[0].logprobs), torch.tensor(runs[1].logprobs), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cached", "recomputed"])
+@pytest.mark.parametrize("options", [OPTIONS["softcap"], OPTIONS["all"]], ids=["softcap", "all"])
+def test_sampled_tokens_log_probs_are_the_references(options, use_cache):
+    """generate's log-probs (temperature 1) are the reference model's, soft cap included."""
+    model = perturbed(ModelConfig(**SHAPE, **options))
+    out = generate(model, [[3, 4, 5]], max_new_tokens=10, temperature=1.0, use_cache=use_cache,
+                   generator=torch.Generator().manual_seed(1))
+    tokens = torch.tensor(out.token_ids)
+    expected = torch.log_softmax(ref_logits(model, tokens[:, :-1]), dim=-1)[0, 2:].gather(1, tokens[0, 3:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor(out.logprobs[0]), expected, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("options", [OPTIONS["all"], OPTIONS["all-swiglu"]], ids=["all", "all-swiglu"])
 def test_fixed_shape_graph_step_equals_recomputing_with_every_option(options, monkeypatch):
     """``decode_hidden`` (the step a CUDA graph captures), run on the CPU as it is."""
