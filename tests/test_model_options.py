@@ -158,9 +158,11 @@ def test_parameter_and_flop_counts_follow_the_options(options):
     assert (model.pos_emb is None) == (cfg.pos_emb == "rope")
 
 
-def test_gpt2_small_keeps_its_parameter_count_and_swiglu_keeps_it_close():
+def test_gpt2_small_keeps_its_parameter_count_and_swiglu_nearly_keeps_it():
     small = {"context_length": 1024, "emb_dim": 768, "n_heads": 12, "n_layers": 12}
     assert ModelConfig(**small).num_parameters() == 124_439_808
+    # 8/3 x 768 = 2048 wide: the same weights as GELU's 3072, and 1024 more biases per layer
+    assert ModelConfig(**small, mlp="swiglu").num_parameters() == 124_439_808 + 12 * 1024
     swiglu = ModelConfig(**small, mlp="swiglu", bias=False, pos_emb="rope")
     assert GPTModel(swiglu).num_parameters() == swiglu.num_parameters()
 
@@ -363,3 +365,15 @@ def test_a_checkpoint_written_before_the_new_model_keys_resumes_and_loads(train_
         assert "differs" not in result.stdout + result.stderr
     model, _ = load_trained_model(train_run / "checkpoints" / "last.pt")
     assert model.cfg.layer_norm_epsilon == 1e-5 and model.cfg.pos_emb == "learned"
+
+
+def test_activation_checkpointing_recomputes_every_option_alike():
+    cfg = ModelConfig(**SHAPE, **OPTIONS["all"])
+    plain = perturbed(cfg).train()
+    recomputed = GPTModel(cfg, activation_checkpointing=True).train()
+    recomputed.load_state_dict(plain.state_dict())
+    tokens = torch.randint(0, 50257, (2, 17))
+    for model in (plain, recomputed):
+        model(tokens[:, :-1], targets=tokens[:, 1:]).backward()
+    for (name, want), got in zip(plain.named_parameters(), recomputed.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, atol=1e-6, rtol=1e-5, msg=name)
