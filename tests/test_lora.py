@@ -234,3 +234,25 @@ def test_a_gpt2exp_checkpoint_is_a_base_and_the_lora_run_starts_at_its_loss(trai
     assert checkpoint["extra"]["lora_base"]["init"] == str((trained_run / "checkpoints" / "last.pt").resolve())
     model, _ = load_trained_model(tmp_path / "lora" / "checkpoints" / "last.pt")
     assert model.cfg.emb_dim == 32 and model.cfg.lora.rank == 0  # the merged model, the base's shape
+
+
+@pytest.mark.slow
+def test_readme_lora_commands_run(run_module, tmp_path):
+    """The README's "LoRA fine-tuning" commands as written, with a tiny random HF GPT-2 in hf/gpt2."""
+    import re
+    import shlex
+
+    from helpers import SAMPLE_TEXT
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    save_hf_model(tmp_path / "hf" / "gpt2", seed=0)
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
+    block = re.search(r"## LoRA fine-tuning.*?```bash\n(.*?)```", readme, re.S).group(1)
+    shrink = ["trainer.max_steps=2", "trainer.eval_freq=2", "trainer.eval_iter=1", "data.batch_size=2",
+              "trainer.progress=false", "logger=none"]
+    for line in block.strip().splitlines():
+        _, _, module, *args = shlex.split(line.split("  #")[0])
+        result = run_module(module, *args, *(shrink if module == "gpt2exp.train" else []))
+        assert result.returncode == 0, (line, result.stderr)
+    assert (tmp_path / "exported" / "gpt2-lora" / "model.safetensors").is_file()
+    assert (tmp_path / "exported" / "gpt2-lora-parts" / "adapter" / "adapter_model.safetensors").is_file()
