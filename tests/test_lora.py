@@ -189,6 +189,8 @@ def test_a_lora_checkpoint_refuses_another_base_or_none_in_one_line(lora_run, ru
     try:
         save_hf_model(hf, seed=1)
         other = run_module("gpt2exp.export", f"ckpt={lora_run}", f"out={tmp_path / 'out'}")
+        before = sorted(p.name for p in (lora_run / "checkpoints").iterdir())
+        resumed = lora_train(lora_run.parents[2], "trainer.max_steps=6", f"trainer.resume={lora_run}")
         shutil.rmtree(hf)
         missing = run_module("gpt2exp.generate", f"ckpt={lora_run}", "logger=none")
     finally:
@@ -196,6 +198,9 @@ def test_a_lora_checkpoint_refuses_another_base_or_none_in_one_line(lora_run, ru
         shutil.move(kept, hf)
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
     assert "is a LoRA adapter of another base" in other.stderr and not (tmp_path / "out").exists()
+    assert resumed.returncode == 2 and resumed.stderr.count("\n") == 1, resumed.stderr
+    assert resumed.stderr.startswith("error: trainer.resume: ") and "is a LoRA adapter of another base" in resumed.stderr
+    assert sorted(p.name for p in (lora_run / "checkpoints").iterdir()) == before
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
     assert "is a LoRA adapter whose base cannot be read" in missing.stderr and not run_folders(tmp_path)
 
