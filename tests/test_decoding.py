@@ -201,33 +201,20 @@ def graph_warnings(caplog) -> list[str]:
 PADDED = [[5, 6], [7, 8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]
 
 
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
 @pytest.mark.parametrize("settings", [{"temperature": 0.0}, SAMPLED], ids=["greedy", "sampled"])
-def test_fixed_shape_graph_step_equals_recomputing_in_fp32(model, settings, monkeypatch, caplog):
+def test_fixed_shape_graph_step_equals_recomputing_in_fp32(pos_emb, settings, monkeypatch, caplog):
     """The step a CUDA graph captures (``decode_hidden`` over the whole cache, masked by
     position), run on the CPU: the tokens and log-probs of recomputing, with padding and past
-    the context (where the window slides and the graph step hands over)."""
+    the context (where the window slides and the graph step hands over). With rotary positions
+    each row's new query and key turn by its own position (the cache slot less its padding)."""
+    torch.manual_seed(0)
+    model = GPTModel(dataclasses.replace(TINY, pos_emb=pos_emb)).eval()
     capture = FakeCapture()
     monkeypatch.setitem(decoding.GRAPH_CAPTURES, "cpu", capture)
     runs = {use_cache: generate(model, PADDED, max_new_tokens=20, use_cache=use_cache, generator=seeded(1, 2, 3),
                                 **settings) for use_cache in (True, False)}
     assert capture.captures == 1 and capture.replays == 16 - 7  # every one-token step until the window is full
-    assert runs[True].new_tokens == runs[False].new_tokens
-    torch.testing.assert_close(torch.tensor(runs[True].logprobs), torch.tensor(runs[False].logprobs), atol=1e-4,
-                               rtol=0)
-    assert not graph_warnings(caplog)
-
-
-@pytest.mark.parametrize("settings", [{"temperature": 0.0}, SAMPLED], ids=["greedy", "sampled"])
-def test_fixed_shape_graph_step_with_rotary_positions_equals_recomputing(settings, monkeypatch, caplog):
-    """With ``model.pos_emb=rope`` the graph step rotates each row's new query and key by its
-    own position (the cache slot less the row's padding): the tokens and log-probs of recomputing."""
-    torch.manual_seed(0)
-    model = GPTModel(dataclasses.replace(TINY, pos_emb="rope")).eval()
-    capture = FakeCapture()
-    monkeypatch.setitem(decoding.GRAPH_CAPTURES, "cpu", capture)
-    runs = {use_cache: generate(model, PADDED, max_new_tokens=20, use_cache=use_cache, generator=seeded(1, 2, 3),
-                                **settings) for use_cache in (True, False)}
-    assert capture.captures == 1 and capture.replays == 16 - 7
     assert runs[True].new_tokens == runs[False].new_tokens
     torch.testing.assert_close(torch.tensor(runs[True].logprobs), torch.tensor(runs[False].logprobs), atol=1e-4,
                                rtol=0)
