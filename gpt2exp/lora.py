@@ -49,7 +49,10 @@ def checkpoint_architecture(path: Path, **overrides) -> ModelConfig:
     """The model config of a gpt2exp checkpoint used as `model.init`, with `overrides`."""
     from gpt2exp.checkpoint import load_checkpoint
 
-    values = load_checkpoint(path)["config"].get("model")
+    try:
+        values = load_checkpoint(path)["config"].get("model")
+    except UserError as err:
+        raise UserError(f"model.init={path}: {err} (a Hugging Face model is a folder holding config.json)") from None
     if not isinstance(values, dict):
         raise UserError(f"model.init: '{path}' holds no model config")
     try:
