@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -86,15 +87,24 @@ def remove_stale_temporaries(folder: Path) -> None:
                 temporary.unlink()
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this host (one of another user's counts)."""
+@contextlib.contextmanager
+def folder_atomic(out: Path) -> Iterator[Path]:
+    """A hidden staging folder beside `out` (absent, or an empty folder) to fill in the block,
+    renamed to `out` when the block ends; when it raises, the staging folder and the parent
+    folders made for it are removed, so a failed write leaves nothing."""
+    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
+    staging = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        yield staging
+        os.replace(staging, out)  # an empty folder at `out` is replaced
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 @contextlib.contextmanager

@@ -7,18 +7,17 @@ attention always has a q/k/v bias (zero when the model has none).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import re
 import shutil
-import uuid
 from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 
+from gpt2exp.atomic import folder_atomic
 from gpt2exp.checkpoint import read_torch_file
 from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
@@ -244,23 +243,12 @@ def write_hf_folder(model: GPTModel, out: Path) -> Path:
     parent folders it made); an OSError propagates. A model that GPT-2's format cannot hold is
     a UserError before anything is written."""
     refuse_beyond_gpt2(model.cfg, "out: a Hugging Face GPT-2 folder")
-    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
-    staging = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
+    with folder_atomic(out) as staging:
         try:
             _write_hf_files(model, staging)
         except OSError as err:  # named as the file in `out` it was to become
             inside = err.filename and Path(err.filename).parent == staging
             raise OSError(err.errno, err.strerror, str(out / Path(err.filename).name) if inside else err.filename) from err
-        os.replace(staging, out)  # an empty folder at `out` is replaced
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
     return out
 
 

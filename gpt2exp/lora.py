@@ -7,11 +7,7 @@ base's identity, `{"init": path, "sha256": hash of its weights}`, and loads only
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, replace
 from importlib.util import find_spec
 from pathlib import Path
@@ -19,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gpt2exp.atomic import folder_atomic
 from gpt2exp.config import LoraConfig, ModelConfig
 from gpt2exp.errors import UserError
 from gpt2exp.model import GPTModel
@@ -211,18 +208,9 @@ def write_base_and_adapter(model: GPTModel, out: Path) -> Path:
     write leaves nothing (nor the parent folders it made)."""
     from gpt2exp.hf_format import write_hf_folder
 
-    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
-    staging = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with folder_atomic(out) as staging:
         write_hf_folder(base_model(model), staging / "base")
         _write_peft_adapter(model, staging / "adapter", base_path=(out / "base").resolve())
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
     return out
 
 
