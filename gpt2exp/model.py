@@ -101,7 +101,9 @@ class CausalSelfAttention(nn.Module):
             layer_kv[1, :, :, past_len:end] = v
             k, v = layer_kv[0, :, :, :end], layer_kv[1, :, :, :end]
         dropout_p = self.drop_rate if self.training else 0.0
-        is_causal = mask is None and seq_len > 1
+        # Without a cache the sequence attends causally to itself (a plain Python bool, also when
+        # torch.compile traces seq_len as a symbol); a one-token step attends to the whole cache.
+        is_causal = mask is None and (layer_kv is None or seq_len > 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         out = out.transpose(1, 2).reshape(batch, seq_len, emb_dim)
         return self.resid_drop(self.out_proj(out))

@@ -260,10 +260,11 @@ def test_score_text_uses_the_soft_cap():
 
 
 def test_compiled_loss_and_gradients_equal_eager_with_every_option():
-    """torch.compile takes the plain loss (no chunk loop) and the traced model: same loss, same gradients."""
+    """torch.compile takes the plain loss (no chunk loop) and the traced model: same loss, same
+    gradients; with sizes traced as symbols too (dynamo makes them so once a shape changes)."""
     model = perturbed(ModelConfig(**SHAPE, **OPTIONS["all"])).train()
     tokens = torch.randint(0, 50257, (2, 17))
-    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=True)
     results = []
     for run in (model, compiled):
         model.zero_grad()
