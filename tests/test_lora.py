@@ -2,6 +2,8 @@
 identity, and generate, eval, resume and export work on a LoRA run as on any run."""
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -9,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, read_jsonl, run_folders
+from helpers import SAMPLE_TEXT, TINY, read_jsonl, run_folders
+from peft import PeftModel
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gpt2exp import cli
@@ -43,8 +46,6 @@ def lora_train(root: Path, *overrides: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory) -> Path:
     """A LoRA run (rank 4 on all four block layers) of 4 steps on a tiny HF GPT-2 folder."""
-    from helpers import SAMPLE_TEXT
-
     root = tmp_path_factory.mktemp("lora")
     (root / "corpus.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
     save_hf_model(root / "hf", seed=0)
@@ -169,8 +170,6 @@ def test_export_merges_a_lora_run_with_the_unmerged_logits(lora_run, run_module,
 
 @pytest.mark.slow
 def test_export_without_merging_gives_a_base_and_a_peft_adapter_with_the_same_logits(lora_run, run_module, tmp_path):
-    from peft import PeftModel
-
     out = tmp_path / "parts"
     result = run_module("gpt2exp.export", f"ckpt={lora_run}", f"out={out}", "merge_lora=false")
     assert result.returncode == 0, result.stderr
@@ -244,11 +243,6 @@ def test_a_gpt2exp_checkpoint_is_a_base_and_the_lora_run_starts_at_its_loss(trai
 @pytest.mark.slow
 def test_readme_lora_commands_run(run_module, tmp_path):
     """The README's "LoRA fine-tuning" commands as written, with a tiny random HF GPT-2 in hf/gpt2."""
-    import re
-    import shlex
-
-    from helpers import SAMPLE_TEXT
-
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     save_hf_model(tmp_path / "hf" / "gpt2", seed=0)
     (tmp_path / "mine.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
