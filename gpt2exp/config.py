@@ -466,14 +466,16 @@ class EvalModel:
 @dataclass
 class EvalSettings:
     split: str = "test"  # valid | test (WikiText); data=text scores the whole file
-    stride: int = 512  # tokens between window starts; each token is scored once
+    stride: Optional[int] = None  # tokens between window starts (each token scored once); null: min(512, context)
     batch_size: int = 4
     device: str = "auto"
     precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (CUDA)
 
     def __post_init__(self) -> None:
         _one_of(self.split, "eval.split", EVAL_SPLITS)
-        _at_least_one(self, "eval", "stride", "batch_size")
+        _at_least_one(self, "eval", "batch_size")
+        if self.stride is not None:
+            _at_least_one(self, "eval", "stride")
         check_device(self.device, "eval.device")
         _one_of(self.precision, "eval.precision", PRECISIONS)
 

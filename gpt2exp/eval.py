@@ -42,7 +42,7 @@ def score_checkpoint(composed: DictConfig) -> float:
     from gpt2exp.data import load_eval_text, whole_files
     from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.inference_layout import to_inference_layout
-    from gpt2exp.perplexity import score_text
+    from gpt2exp.perplexity import default_stride, score_text
     from gpt2exp.tokenizer import get_encoding
     from gpt2exp.tracking import Tracker
 
@@ -52,8 +52,9 @@ def score_checkpoint(composed: DictConfig) -> float:
     precision = resolve_precision(settings.precision, device, key="eval.precision")
     model = load_model(cfg)
     context = model.cfg.context_length
-    if settings.stride > context:
-        raise UserError(f"eval.stride={settings.stride} is not allowed: must be at most the model's context ({context})")
+    stride = settings.stride or default_stride(context)
+    if stride > context:
+        raise UserError(f"eval.stride={stride} is not allowed: must be at most the model's context ({context})")
     text = load_eval_text(data, split=settings.split)
     token_ids = torch.tensor(get_encoding().encode(text, allowed_special="all"))
     if len(token_ids) < 2:
@@ -61,7 +62,7 @@ def score_checkpoint(composed: DictConfig) -> float:
     model = to_inference_layout(model.to(device).eval(), precision)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with Tracker(run_dir, config=asdict(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
-        score = score_text(model, token_ids, stride=settings.stride, batch_size=settings.batch_size,
+        score = score_text(model, token_ids, stride=stride, batch_size=settings.batch_size,
                            precision=precision)
         if math.isnan(score.nll_sum):
             raise UserError(f"eval: the model's NLL came out NaN (NaN or overflowing values in its weights or "
@@ -72,14 +73,14 @@ def score_checkpoint(composed: DictConfig) -> float:
             "mean_nll": score.mean_nll,
             "perplexity": score.perplexity,
             "bits_per_byte": score.bits_per_byte(len(text.encode("utf-8"))),
-            "stride": settings.stride,
+            "stride": stride,
             "context_length": context,
         }
         write_json_atomic(run_dir / RunLayout.EVAL, result)
         tracker.summary({f"eval/{key}": value for key, value in result.items()})
     log.info("%s: %s tokens | mean NLL %.4f | perplexity %.3f | %.4f bits/byte | stride %d of context %d",
              result["split"], f"{score.tokens:,}", score.mean_nll, score.perplexity, result["bits_per_byte"],
-             settings.stride, context)
+             stride, context)
     return score.perplexity
 
 

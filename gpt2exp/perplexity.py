@@ -10,6 +10,12 @@ import torch.nn.functional as F
 from gpt2exp.devices import FP32, Precision
 from gpt2exp.model import GPTModel
 
+STRIDE = 512  # tokens between window starts unless given (the transformers guide's), capped at the context
+
+
+def default_stride(context_length: int) -> int:
+    return min(STRIDE, context_length)
+
 
 @dataclass
 class Score:

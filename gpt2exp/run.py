@@ -278,10 +278,10 @@ def _score_test(text: str | None, model, precision, tracker, step: int) -> dict:
         return {}
     import torch
 
-    from gpt2exp.perplexity import score_text
+    from gpt2exp.perplexity import default_stride, score_text
     from gpt2exp.tokenizer import get_encoding
 
-    stride = min(512, model.cfg.context_length)
+    stride = default_stride(model.cfg.context_length)
     score = score_text(model, torch.tensor(get_encoding().encode(text, allowed_special="all")), stride=stride,
                        precision=precision)
     metrics = {"test/loss": score.mean_nll, "test/perplexity": score.perplexity}

@@ -67,6 +67,17 @@ def test_eval_entrypoint_writes_eval_json_and_a_wandb_summary(run_module, train_
 
 
 @pytest.mark.slow
+def test_eval_of_a_model_with_a_short_context_strides_by_its_context(run_module, train_run, text_file, tmp_path):
+    """The default stride is min(512, context): the quickstart's 128-token model (here 32) scores as
+    it is, where a fixed 512 refused it."""
+    result = run_module("gpt2exp.eval", f"ckpt={train_run}", "data=text", f"data.path={text_file}")
+    assert result.returncode == 0, result.stderr
+    [run_dir] = [p for p in run_folders(tmp_path) if (p / "eval.json").exists()]
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["stride"] == report["context_length"] == 32
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), [
     (["eval.stride=64"], "eval.stride=64 is not allowed: must be at most the model's context (32)"),
     (["model.init=somewhere"], "give either ckpt=<checkpoint file or run folder> or model.init="),
