@@ -37,11 +37,17 @@ def hf_folder(request, tmp_path):
     return folder, model
 
 
-def test_an_hf_folder_loads_with_the_same_logits_and_greedy_tokens(hf_folder):
-    folder, hf_model = hf_folder
+def loaded(folder) -> GPTModel:
+    """gpt2exp's model of the Hugging Face folder, with its weights, in eval mode."""
     model_cfg, weights = read_hf_folder(folder, drop_rate=0.0)
     model = GPTModel(model_cfg).eval()
     model.load_state_dict(weights)
+    return model
+
+
+def test_an_hf_folder_loads_with_the_same_logits_and_greedy_tokens(hf_folder):
+    folder, hf_model = hf_folder
+    model = loaded(folder)
     tokens = torch.randint(0, 50257, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf_model(tokens).logits, atol=1e-5, rtol=1e-5)
@@ -179,9 +185,7 @@ def test_a_bin_file_that_holds_no_state_dict_is_named(content, tmp_path):
 
 def test_an_hf_folder_with_another_layer_norm_epsilon_has_transformers_logits(tmp_path):
     hf_model = save_hf_folder(tmp_path, layer_norm_epsilon=0.1, initializer_range=0.2)
-    model_cfg, weights = read_hf_folder(tmp_path, drop_rate=0.0)
-    model = GPTModel(model_cfg).eval()
-    model.load_state_dict(weights)
+    model = loaded(tmp_path)
     tokens = torch.randint(0, 50257, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf_model(tokens).logits, atol=1e-5, rtol=1e-5)
