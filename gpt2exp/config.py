@@ -509,7 +509,7 @@ def launch_time(pattern: str) -> str:
 def register_configs() -> None:
     """The schemas in Hydra's ConfigStore, the experiments/ folders as the experiment group,
     and the launch_time resolver of the run-folder names."""
-    from gpt2exp import presets
+    from gpt2exp.cli import presets
 
     for name, schema in SCHEMAS.items():
         ConfigStore.instance().store(name=name, node=schema)

@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf.errors import OmegaConfBaseException
 
-from gpt2exp import cli
+from gpt2exp.cli import entrypoint as cli
+from gpt2exp.cli.generate import plan_generation
 from gpt2exp.config import GenerateConfig, TrainConfig
 from gpt2exp.errors import UserError
-from gpt2exp.generate import plan_generation
-from gpt2exp.resume import find_resume_point
-from gpt2exp.run import RunContext, plan_run
+from gpt2exp.training.resume import find_resume_point
+from gpt2exp.training.run import RunContext, plan_run
 
 
 def scalar_keys(schema: type, prefix: str = "") -> list[str]:

@@ -8,11 +8,11 @@ import torch
 from helpers import CONF_DIR, TINY_BENCH, run_folders
 from hydra import compose, initialize_config_dir
 
-from gpt2exp.cli import typed
+from gpt2exp.cli.entrypoint import typed
 from gpt2exp.config import BenchConfig, register_configs
 from gpt2exp.devices import bf16_supported
 from gpt2exp.errors import UserError
-from gpt2exp.inference_layout import packing_works
+from gpt2exp.modeling.inference_layout import packing_works
 
 BF16 = bf16_supported(torch.device("cpu"))
 ONEDNN = packing_works()

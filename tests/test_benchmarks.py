@@ -10,8 +10,8 @@ from gpt2exp.benchmarks.hf import to_hf
 from gpt2exp.benchmarks.layouts import decode_step_bandwidth, scoring_speed
 from gpt2exp.config import EvalSettings, ModelConfig
 from gpt2exp.devices import FP32
-from gpt2exp.inference_layout import PackedLinear, packing_works
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.inference_layout import PackedLinear, packing_works
+from gpt2exp.modeling.model import GPTModel
 
 
 @pytest.mark.parametrize(("qkv_bias", "tied"), [(False, True), (True, True), (False, False)])

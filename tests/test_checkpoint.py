@@ -6,14 +6,14 @@ import pytest
 import torch
 from helpers import TINY, read_jsonl
 
-from gpt2exp.checkpoint import (
+from gpt2exp.errors import UserError
+from gpt2exp.modeling.checkpoint import (
     load_checkpoint,
     load_latest_checkpoint,
     save_checkpoint,
     save_step_checkpoint,
     step_checkpoints,
 )
-from gpt2exp.errors import UserError
 
 
 def _trained_linear():

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from gpt2exp.compare import compare, main, search_spaces
+from gpt2exp.cli.compare import compare, main, search_spaces
 from gpt2exp.errors import UserError
 
 

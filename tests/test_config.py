@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from gpt2exp.cli import typed
+from gpt2exp.cli.entrypoint import typed
 from gpt2exp.config import (
     SCHEMAS,
     DataConfig,
@@ -149,7 +149,7 @@ def test_an_experiment_preset_in_the_working_folder_is_found_and_wins(compose_tr
 
 def test_every_allowed_strategy_has_a_wrapper():
     from gpt2exp.config import STRATEGIES
-    from gpt2exp.run import STRATEGIES as WRAPPERS
+    from gpt2exp.training.run import STRATEGIES as WRAPPERS
 
     assert set(WRAPPERS) == set(STRATEGIES)
     with pytest.raises(UserError, match="^trainer.strategy='fsdp' is not allowed: one of ddp"):

@@ -15,15 +15,16 @@ import pytest
 import torch
 from helpers import TINY, read_jsonl, requires_cuda
 
-from gpt2exp import cli, decoding
+from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, TrainerConfig
 from gpt2exp.data import build_data
-from gpt2exp.decoding import generate
 from gpt2exp.devices import Precision, resolve_precision
-from gpt2exp.model import GPTModel
-from gpt2exp.rng import capture_rng_state, restore_rng_state
-from gpt2exp.run import RunContext, plan_run
-from gpt2exp.trainer import Hooks, make_optimizer, train_model
+from gpt2exp.modeling import decoding
+from gpt2exp.modeling.decoding import generate
+from gpt2exp.modeling.model import GPTModel
+from gpt2exp.training.rng import capture_rng_state, restore_rng_state
+from gpt2exp.training.run import RunContext, plan_run
+from gpt2exp.training.trainer import Hooks, make_optimizer, train_model
 
 DEVICE = "cuda"  # the device of the training subprocesses
 
@@ -69,7 +70,7 @@ def counted_graphs(monkeypatch) -> dict:
 
 
 def graph_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "gpt2exp.decoding" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "gpt2exp.modeling.decoding" and r.levelno == logging.WARNING]
 
 
 def cuda_generators(*seeds: int) -> list[torch.Generator]:
@@ -289,7 +290,7 @@ def test_inductor_compiled_training_equals_eager(text_file, tmp_path):
 
 
 JOB_OF_ONE = """
-from gpt2exp import distributed
+from gpt2exp.training import distributed
 from gpt2exp.train import main
 
 # A job of one process still joins a process group (NCCL for CUDA tensors) and trains under DDP.

@@ -10,13 +10,13 @@ import helpers
 import pytest
 import torch
 
-from gpt2exp import decoding, inference_layout
 from gpt2exp.config import ModelConfig
-from gpt2exp.decoding import filter_logits, generate, next_token
 from gpt2exp.devices import Precision
-from gpt2exp.inference_layout import PackedLinear, to_inference_layout
-from gpt2exp.model import GPTModel
-from gpt2exp.perplexity import score_text
+from gpt2exp.evaluation.perplexity import score_text
+from gpt2exp.modeling import decoding, inference_layout
+from gpt2exp.modeling.decoding import filter_logits, generate, next_token
+from gpt2exp.modeling.inference_layout import PackedLinear, to_inference_layout
+from gpt2exp.modeling.model import GPTModel
 
 TINY = ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
 SAMPLED = {"temperature": 1.5, "top_k": 50}
@@ -195,7 +195,7 @@ class FakeCapture:
 
 
 def graph_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "gpt2exp.decoding" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "gpt2exp.modeling.decoding" and r.levelno == logging.WARNING]
 
 
 PADDED = [[5, 6], [7, 8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]
@@ -265,7 +265,7 @@ def test_a_failing_graph_warns_once_and_decoding_goes_on_with_the_same_tokens(mo
 
 
 FAILING_GRAPH_RUN = """
-from gpt2exp import decoding
+from gpt2exp.modeling import decoding
 from gpt2exp.train import main
 
 

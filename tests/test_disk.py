@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import TINY, run_folders
 
-from gpt2exp.checkpoint import folder_bytes, step_checkpoints
+from gpt2exp.modeling.checkpoint import folder_bytes, step_checkpoints
 
 pytestmark = pytest.mark.slow
 

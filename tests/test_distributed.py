@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl, run_folders
 
-from gpt2exp import run_folder
-from gpt2exp.checkpoint import load_checkpoint
+from gpt2exp.modeling.checkpoint import load_checkpoint
+from gpt2exp.runs import folder as run_folder
 
 SMALL = ["model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
          "trainer.progress=false", "trainer.precision=fp32", "trainer.eval_freq=5", "optimizer.schedule=constant",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import TINY, read_jsonl, run_folders
 
-from gpt2exp.cli import typed
+from gpt2exp.cli.entrypoint import typed
 from gpt2exp.config import TrainConfig
 from gpt2exp.errors import UserError
 

@@ -13,8 +13,8 @@ from helpers.wandb_reader import find_wandb_file, read_run
 
 from gpt2exp.benchmarks.hf import to_hf
 from gpt2exp.config import ModelConfig
-from gpt2exp.model import GPTModel
-from gpt2exp.perplexity import score_text, windows
+from gpt2exp.evaluation.perplexity import score_text, windows
+from gpt2exp.modeling.model import GPTModel
 
 
 @pytest.mark.parametrize(("n_tokens", "context", "stride"), [(100, 32, 32), (100, 32, 8), (33, 32, 16), (5, 32, 7)])
@@ -115,7 +115,7 @@ def test_a_wikitext_run_ends_scored_on_the_test_split_and_compare_shows_it(run_m
 
 def save_tiny_checkpoint(path, change_weights) -> str:
     """A checkpoint of the tiny model whose weights `change_weights(model)` altered in place."""
-    from gpt2exp.checkpoint import save_checkpoint
+    from gpt2exp.modeling.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = GPTModel(ModelConfig(**TINY_MODEL))

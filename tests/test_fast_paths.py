@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import gpt2exp.loss
+import gpt2exp.modeling.loss
 from gpt2exp.config import DataConfig, ModelConfig, OptimizerConfig, TrainerConfig
 from gpt2exp.data import build_data
-from gpt2exp.decoding import generate
 from gpt2exp.devices import Precision, bf16_supported, resolve_precision
 from gpt2exp.errors import UserError
-from gpt2exp.model import GPTModel
-from gpt2exp.trainer import make_optimizer, train_model
+from gpt2exp.modeling.decoding import generate
+from gpt2exp.modeling.model import GPTModel
+from gpt2exp.training.trainer import make_optimizer, train_model
 
 TINY = ModelConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
 
@@ -31,7 +31,7 @@ def grads(model, loss):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 16 rows, so a 3 x 20 batch takes three full chunks and a partial one."""
-    monkeypatch.setattr(gpt2exp.loss, "CHUNK_ROWS", {"cpu": 16})
+    monkeypatch.setattr(gpt2exp.modeling.loss, "CHUNK_ROWS", {"cpu": 16})
 
 
 def test_fused_loss_and_gradients_equal_cross_entropy_on_the_logits(small_chunks):

@@ -5,7 +5,7 @@ import torch
 from helpers import TINY_MODEL, generate_runs, read_jsonl, run_folders
 from helpers.wandb_reader import find_wandb_file, read_run
 
-from gpt2exp.checkpoint import save_checkpoint
+from gpt2exp.modeling.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow
 METRICS = {"gen/tokens_per_sec", "gen/distinct_1", "gen/distinct_2", "gen/repeat_4gram_rate", "gen/nll"}

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from helpers import TINY, TINY_MODEL, read_jsonl, run_folders
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from gpt2exp.checkpoint import load_trained_model, save_checkpoint
+from gpt2exp.cli.export import export
 from gpt2exp.config import ModelConfig
-from gpt2exp.decoding import generate
 from gpt2exp.errors import UserError
-from gpt2exp.export import export
-from gpt2exp.hf_format import read_hf_folder
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.checkpoint import load_trained_model, save_checkpoint
+from gpt2exp.modeling.decoding import generate
+from gpt2exp.modeling.hf_format import read_hf_folder
+from gpt2exp.modeling.model import GPTModel
 from gpt2exp.tokenizer import get_encoding
 
 HF_TINY = {"vocab_size": 50257, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}

@@ -15,13 +15,13 @@ from helpers import SAMPLE_TEXT, TINY, read_jsonl, run_folders
 from peft import PeftModel
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2exp import cli
-from gpt2exp.checkpoint import load_trained_model
+from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import LoraConfig, ModelConfig, TrainConfig
 from gpt2exp.errors import UserError
-from gpt2exp.lora import apply_lora, saved_weights
-from gpt2exp.model import GPTModel
-from gpt2exp.trainer import make_optimizer
+from gpt2exp.modeling.checkpoint import load_trained_model
+from gpt2exp.modeling.lora import apply_lora, saved_weights
+from gpt2exp.modeling.model import GPTModel
+from gpt2exp.training.trainer import make_optimizer
 
 HF_TINY = {"vocab_size": 50257, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}
 RANK = 4

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2exp.config import ModelConfig
-from gpt2exp.model import GPTModel, KVCache
+from gpt2exp.modeling.model import GPTModel, KVCache
 
 TINY = ModelConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
 

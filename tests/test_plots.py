@@ -1,6 +1,6 @@
 from PIL import Image
 
-from gpt2exp.plots import loss_figure, plot_losses
+from gpt2exp.runs.plots import loss_figure, plot_losses
 
 
 def test_plot_losses_writes_a_readable_png(tmp_path):
@@ -19,7 +19,7 @@ def test_plot_losses_writes_a_readable_png(tmp_path):
 def test_temperature_plot_shows_the_most_likely_tokens(tmp_path):
     import torch
 
-    from gpt2exp.plots import plot_next_token_probs
+    from gpt2exp.runs.plots import plot_next_token_probs
 
     torch.manual_seed(123)
     shown = []

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gpt2exp.cli import typed
+from gpt2exp.cli.entrypoint import typed
 from gpt2exp.config import TrainConfig
 
 
@@ -25,7 +25,7 @@ def test_article_is_the_tutorial_run(compose_train):
 def test_article_model_is_the_tutorials_gptmodel(compose_train):
     """The tutorial's GPTModel at context 1024: 163,009,536 parameters (an output head of its own,
     no q/k/v bias), as the book counts them; built and counted without allocating its weights."""
-    from gpt2exp.model import GPTModel
+    from gpt2exp.modeling.model import GPTModel
 
     model_cfg = typed(compose_train("experiment=article", "data.path=a.txt", "model.context_length=1024"), TrainConfig).model
     with torch.device("meta"):

@@ -15,7 +15,7 @@ import pytest
 from helpers import TINY, read_jsonl, run_folders
 
 from gpt2exp.atomic import write_atomic
-from gpt2exp.checkpoint import load_checkpoint
+from gpt2exp.modeling.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ def test_an_end_of_text_token_in_start_context_is_sampled_from(run_module, tmp_p
 # `python -m gpt2exp.train`, whose final sample (all `decoding.num_samples` of it) kills the process.
 KILLED_IN_THE_FINAL_SAMPLE = """
 import os, runpy, signal
-import gpt2exp.decoding as decoding
+import gpt2exp.modeling.decoding as decoding
 
 sample = decoding.sample_continuations
 
@@ -136,7 +136,7 @@ def test_the_final_checkpoint_is_written_before_the_final_sample(tmp_path, tiny)
 def test_a_sigterm_repeated_at_once_is_one_request_and_a_second_ctrl_c_stops_at_once():
     """SLURM signals every process of a job step and torchrun forwards the SIGTERM to its workers
     again: that second copy is the same request. A person's second Ctrl-C still stops at once."""
-    from gpt2exp.interrupt import GracefulStop
+    from gpt2exp.training.interrupt import GracefulStop
 
     with GracefulStop() as stop:
         os.kill(os.getpid(), signal.SIGTERM)

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2exp.checkpoint import save_step_checkpoint
 from gpt2exp.data import EpochSampler, create_dataloader, epoch_batches
 from gpt2exp.errors import UserError
-from gpt2exp.resume import config_fingerprint, find_resume_point, outputs_root, resume_command
-from gpt2exp.trainer import EvalPoint, TrainState
+from gpt2exp.modeling.checkpoint import save_step_checkpoint
+from gpt2exp.training.resume import config_fingerprint, find_resume_point, outputs_root, resume_command
+from gpt2exp.training.trainer import EvalPoint, TrainState
 
 CONFIG = {"model": {"emb_dim": 32}, "optimizer": {"lr": 1e-3}, "trainer": {"resume": None, "progress": True},
           "logger": {"mode": "offline"}, "data": {"cache_dir": "~/.cache/gpt2exp", "batch_size": 4}, "seed": 1}

@@ -15,7 +15,7 @@ import torch
 from helpers import SAMPLE_TEXT, TINY, run_folders
 from helpers.wandb_reader import find_wandb_file, iter_records, read_run
 
-from gpt2exp.checkpoint import step_checkpoints
+from gpt2exp.modeling.checkpoint import step_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,7 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(short_text, tmp_path, 
     (float("nan"), 3.0, "non-finite loss (nan) at step 7"),
 ])
 def test_non_finite_step_names_which_of_loss_and_gradient_norm_it_was(loss, grad_norm, message):
-    from gpt2exp.trainer import NonFiniteLoss
+    from gpt2exp.training.trainer import NonFiniteLoss
 
     assert str(NonFiniteLoss(7, loss, grad_norm)) == message
 

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from gpt2exp.reuse import adopt, claim, training_key
-from gpt2exp.tracking import Tracker
+from gpt2exp.runs.tracking import Tracker
+from gpt2exp.training.reuse import adopt, claim, training_key
 
 CONFIG = {"model": {"emb_dim": 32}, "optimizer": {"lr": 1e-3}, "decoding": {"temperature": 0.0},
           "logger": {"mode": "offline"}, "trainer": {"reuse_wait_minutes": 60.0}, "seed": 1}
@@ -80,7 +80,7 @@ def test_a_lock_file_left_by_a_job_on_another_host_holds_nothing(tmp_path):
 
 HOLD = """
 import sys, time
-from gpt2exp.reuse import claim
+from gpt2exp.training.reuse import claim
 with claim(sys.argv[1], "k", {"job": 3, "run_dir": "sweep/3"}, wait_minutes=1) as slot:
     print("holding", flush=True)
     time.sleep(600)
@@ -110,7 +110,7 @@ def wait_in_thread(tmp_path, **options):
 
 
 def test_a_waiting_job_says_who_holds_the_lock_and_trains_its_own_model_after_the_bound(tmp_path, holder, caplog):
-    caplog.set_level(logging.WARNING, logger="gpt2exp.reuse")
+    caplog.set_level(logging.WARNING, logger="gpt2exp.training.reuse")
     waiter, got = wait_in_thread(tmp_path, wait_minutes=0.005)
     waiter.join(120)  # a hang guard only: the wait is 0.3 s
     assert not waiter.is_alive()
@@ -159,7 +159,7 @@ def test_a_sweep_job_whose_model_another_job_trains_says_so_and_trains_its_own_a
 
     from helpers import TINY
 
-    from gpt2exp import cli
+    from gpt2exp.cli import entrypoint as cli
     from gpt2exp.config import TrainConfig
 
     args = [*TINY, "data=text", f"data.path={text_file}", "logger=none", "trainer.max_steps=2",

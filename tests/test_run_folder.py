@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import TINY, read_jsonl, run_folders
 
-from gpt2exp import run_folder
-from gpt2exp.checkpoint import load_checkpoint, step_checkpoints
+from gpt2exp.modeling.checkpoint import load_checkpoint, step_checkpoints
+from gpt2exp.runs import folder as run_folder
 
 pytestmark = pytest.mark.slow
 

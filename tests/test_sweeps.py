@@ -168,7 +168,7 @@ def test_compare_draws_an_optuna_sweep_on_the_scales_it_searched(optuna_sweep, m
     log axis; the other parameters that differ between the trials get linear ones."""
     from matplotlib.figure import Figure
 
-    from gpt2exp.compare import compare
+    from gpt2exp.cli.compare import compare
 
     _, jobs = optuna_sweep
     saved, savefig = {}, Figure.savefig

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from gpt2exp.text_metrics import distinct_n, mean_nll, repeat_ngram_rate
+from gpt2exp.modeling.text_metrics import distinct_n, mean_nll, repeat_ngram_rate
 
 
 def test_distinct_n_counts_unique_ngrams_across_samples():

@@ -15,7 +15,7 @@ from helpers.wandb_reader import find_wandb_file, read_run
 from PIL import Image
 
 from gpt2exp.errors import UserError
-from gpt2exp.tracking import Tracker, resolve_mode, run_identity
+from gpt2exp.runs.tracking import Tracker, resolve_mode, run_identity
 
 CONFIG = {"model": {"emb_dim": 64, "n_layers": 2}, "optimizer": {"lr": 4e-4}, "tags": ["nano"], "seed": 123}
 TRAIN_LOSSES = {0: 10.93, 5: 7.41, 10: 5.879, 15: 4.6123456789}
@@ -123,7 +123,7 @@ def test_crash_inside_with_block_still_finishes_run(wandb_offline, tmp_path):
 def test_without_wandb_only_run_folder_files_are_written(tmp_path, backend, mode):
     script = f"""
 import sys
-from gpt2exp.tracking import Tracker
+from gpt2exp.runs.tracking import Tracker
 with Tracker({str(tmp_path)!r}, config={{}}, backend={backend!r}, mode={mode!r}) as tracker:
     tracker.log_metrics({{"train_loss": 1.5}}, step=2)
     tracker.log_sample(step=2, prompt="a", text="a b", settings={{"temperature": 0.0}})

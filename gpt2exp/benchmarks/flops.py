@@ -4,8 +4,8 @@ training FLOPs per token of a GPT model."""
 import torch
 
 from gpt2exp.benchmarks.timing import time_interleaved
-from gpt2exp.inference_layout import PackedLinear, packing_works
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.inference_layout import PackedLinear, packing_works
+from gpt2exp.modeling.model import GPTModel
 
 # Rated dense peaks in FLOP/s by precision; fp32 on these GPUs means TF32 matmuls (enabled by
 # gpt2exp.devices). The first name that occurs in the device's name wins.

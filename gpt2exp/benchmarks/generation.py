@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gpt2exp.decoding import generate
 from gpt2exp.devices import FP32, Precision
-from gpt2exp.inference_layout import to_inference_layout
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.decoding import generate
+from gpt2exp.modeling.inference_layout import to_inference_layout
+from gpt2exp.modeling.model import GPTModel
 
 # "Every effort moves you", the tutorial's start context, as GPT-2 tokens.
 PROMPT = (6109, 3626, 6100, 345)

@@ -1,7 +1,7 @@
 """gpt2exp's GPTModel as a Hugging Face ``transformers.GPT2LMHeadModel`` with the same weights."""
 
-from gpt2exp.hf_format import hf_config, to_hf_state_dict
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.hf_format import hf_config, to_hf_state_dict
+from gpt2exp.modeling.model import GPTModel
 
 
 def to_hf(model: GPTModel):

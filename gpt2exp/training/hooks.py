@@ -7,11 +7,11 @@ import math
 import time
 from pathlib import Path
 
-from gpt2exp import distributed
 from gpt2exp.config import DecodingConfig, TrainConfig
-from gpt2exp.interrupt import GracefulStop
-from gpt2exp.run_folder import RunLayout
-from gpt2exp.trainer import EvalPoint, Hooks, TrainState
+from gpt2exp.runs.folder import RunLayout
+from gpt2exp.training import distributed
+from gpt2exp.training.interrupt import GracefulStop
+from gpt2exp.training.trainer import EvalPoint, Hooks, TrainState
 
 log = logging.getLogger("gpt2exp.train")
 
@@ -35,8 +35,8 @@ class Sampler:
         self.metrics: dict = {}
 
     def __call__(self, step: int, epoch: int | None, final: bool = False) -> None:
-        from gpt2exp.decoding import sample_continuations
-        from gpt2exp.text_metrics import generation_metrics
+        from gpt2exp.modeling.decoding import sample_continuations
+        from gpt2exp.modeling.text_metrics import generation_metrics
 
         final = final or step == self.total_steps
         out, seconds = sample_continuations(self.model, self.prompt_ids, self.decoding, num_samples=None if final else 1)
@@ -115,9 +115,9 @@ class RunHooks(ReplicaHooks):
         self.stop.shielded(self._write_checkpoint)(state, periodic=periodic, is_best=is_best)
 
     def _write_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
-        from gpt2exp.checkpoint import save_checkpoint, save_step_checkpoint
-        from gpt2exp.lora import saved_weights
-        from gpt2exp.rng import capture_rng_state
+        from gpt2exp.modeling.checkpoint import save_checkpoint, save_step_checkpoint
+        from gpt2exp.modeling.lora import saved_weights
+        from gpt2exp.training.rng import capture_rng_state
 
         trainer_cfg = self.cfg.trainer
         payload = {
@@ -155,13 +155,13 @@ class RunHooks(ReplicaHooks):
                                    metadata={"step": state.step, "val_loss": state.final.val_loss})
 
     def checkpoint_bytes(self) -> int:
-        from gpt2exp.checkpoint import folder_bytes
+        from gpt2exp.modeling.checkpoint import folder_bytes
 
         return folder_bytes(self.checkpoint_dir)
 
     def plot(self, state: TrainState) -> None:
         """The loss plot over the whole run (a resumed one included)."""
-        from gpt2exp.plots import plot_losses
+        from gpt2exp.runs.plots import plot_losses
 
         history = state.history
         plot_path = plot_losses(

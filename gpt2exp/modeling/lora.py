@@ -18,7 +18,7 @@ from torch import nn
 from gpt2exp.atomic import folder_atomic
 from gpt2exp.config import LoraConfig, ModelConfig
 from gpt2exp.errors import UserError
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.model import GPTModel
 
 ADAPTER = "default"  # peft's adapter name; the saved weights leave it out
 
@@ -44,7 +44,7 @@ def checkpoint_base(init: str) -> Path | None:
 
 def checkpoint_architecture(path: Path, **overrides) -> ModelConfig:
     """The model config of a gpt2exp checkpoint used as `model.init`, with `overrides`."""
-    from gpt2exp.checkpoint import load_checkpoint
+    from gpt2exp.modeling.checkpoint import load_checkpoint
 
     try:
         values = load_checkpoint(path)["config"].get("model")
@@ -60,8 +60,8 @@ def checkpoint_architecture(path: Path, **overrides) -> ModelConfig:
 
 def read_base_weights(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The weights `cfg.init` names, as a state dict of ``GPTModel(cfg)``."""
-    from gpt2exp.checkpoint import load_trained_model
-    from gpt2exp.hf_format import find_hf_folder, load_hf_weights
+    from gpt2exp.modeling.checkpoint import load_trained_model
+    from gpt2exp.modeling.hf_format import find_hf_folder, load_hf_weights
 
     path = checkpoint_base(cfg.init)
     if path is None:
@@ -206,7 +206,7 @@ def write_base_and_adapter(model: GPTModel, out: Path) -> Path:
     `adapter/`, the adapter as a PEFT folder (``PeftModel.from_pretrained(GPT2LMHeadModel...,
     out / "adapter")``); written into a hidden sibling renamed to `out` at the end, so a failed
     write leaves nothing (nor the parent folders it made)."""
-    from gpt2exp.hf_format import write_hf_folder
+    from gpt2exp.modeling.hf_format import write_hf_folder
 
     with folder_atomic(out) as staging:
         write_hf_folder(base_model(model), staging / "base")
@@ -220,7 +220,7 @@ def _write_peft_adapter(model: GPTModel, folder: Path, base_path: Path) -> None:
     from peft import LoraConfig as PeftLoraConfig
     from safetensors.torch import save_file
 
-    from gpt2exp.hf_format import HF_LAYERS
+    from gpt2exp.modeling.hf_format import HF_LAYERS
 
     lora = model.cfg.lora
     config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, fan_in_fan_out=True,

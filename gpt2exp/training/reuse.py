@@ -23,8 +23,8 @@ from pathlib import Path
 
 from gpt2exp.atomic import link_atomic, write_json_atomic
 from gpt2exp.config import config_hash
-from gpt2exp.run_folder import RunLayout
-from gpt2exp.tracking import read_jsonl
+from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.tracking import read_jsonl
 
 NOT_TRAINING = ("decoding", "logger", "trainer.reuse_wait_minutes")
 READY_FILE = "trained.json"

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from gpt2exp.checkpoint import load_latest_checkpoint, step_checkpoints, with_model_defaults
 from gpt2exp.config import config_hash, without_keys
 from gpt2exp.errors import UserError
+from gpt2exp.modeling.checkpoint import load_latest_checkpoint, step_checkpoints, with_model_defaults
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _stored_fingerprint(checkpoints: Path) -> str | None:
 
 def _check_resumable(checkpoint: dict, path: Path) -> None:
     """Raise UserError unless the checkpoint holds all that resuming reads."""
-    from gpt2exp.trainer import TrainState
+    from gpt2exp.training.trainer import TrainState
 
     extra, config = checkpoint["extra"], checkpoint["config"]
     try:

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from gpt2exp import distributed
 from gpt2exp.config import EarlyStoppingConfig, OptimizerConfig, TrainerConfig
 from gpt2exp.data import DataBundle, create_dataloader, epoch_batches, eval_batches
 from gpt2exp.devices import FP32, Precision
+from gpt2exp.training import distributed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 log = logging.getLogger("gpt2exp.train")
@@ -155,7 +155,7 @@ class NonFiniteLoss(Exception):
 
 
 class Hooks:
-    """What the loop calls back into; these do nothing (see `gpt2exp.hooks.RunHooks` for a run's)."""
+    """What the loop calls back into; these do nothing (see `gpt2exp.training.hooks.RunHooks` for a run's)."""
 
     def on_step(self, step: int, metrics: dict) -> None:
         """After every optimizer step, with its batch loss, learning rate and gradient norm."""

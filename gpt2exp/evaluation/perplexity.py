@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2exp.devices import FP32, Precision
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.model import GPTModel
 
 STRIDE = 512  # tokens between window starts unless given (the transformers guide's), capped at the context
 

@@ -24,7 +24,7 @@ import torch
 from gpt2exp.atomic import link_atomic, write_atomic
 from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.model import GPTModel
 
 FORMAT = "gpt2exp-checkpoint"
 VERSION = 1
@@ -224,7 +224,7 @@ def load_trained_model(path: Path, *, merge_lora: bool = True) -> tuple[GPTModel
     except UserError as err:
         raise UserError(f"ckpt: '{path}' declares a model that cannot be built: {err}") from None
     if cfg.lora.rank:
-        from gpt2exp import lora
+        from gpt2exp.modeling import lora
 
         model = lora.adapted_model(cfg, checkpoint, str(path))
         return (lora.merged_model(model) if merge_lora else model), checkpoint

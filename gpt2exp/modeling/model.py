@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from gpt2exp.config import ModelConfig
-from gpt2exp.loss import head_cross_entropy
+from gpt2exp.modeling.loss import head_cross_entropy
 
 
 class KVCache:
@@ -202,7 +202,7 @@ class GPTModel(nn.Module):
         """Logits [batch, seq_len, vocab_size] for [batch, seq_len] tokens (see ``hidden_states``).
 
         With ``targets`` [batch, seq_len] it returns the mean next-token cross-entropy instead,
-        computed without materialising the logits (see ``gpt2exp.loss``).
+        computed without materialising the logits (see ``gpt2exp.modeling.loss``).
         """
         hidden = self.hidden_states(token_ids, cache, pad)
         if targets is not None:

@@ -23,9 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 GROUP = "experiment"
 MAX_NODES = 100_000  # YAML nodes a preset may hold once its aliases are expanded (real ones: hundreds)
-_HERE = Path(__file__).resolve().parent
-BUILT_IN = next((path for path in (_HERE / "experiments", _HERE.parent / "experiments") if path.is_dir()),
-                _HERE / "experiments")
+_PACKAGE = Path(__file__).resolve().parents[1]
+BUILT_IN = next((path for path in (_PACKAGE / "experiments", _PACKAGE.parent / "experiments") if path.is_dir()),
+                _PACKAGE / "experiments")
 
 
 def preset_folders() -> list[Path]:

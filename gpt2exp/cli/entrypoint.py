@@ -21,17 +21,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gpt2exp import run_folder
 from gpt2exp.config import LoggerConfig
 from gpt2exp.errors import AlreadyComplete, UserError
-from gpt2exp.tracking import run_identity
+from gpt2exp.runs import folder as run_folder
+from gpt2exp.runs.tracking import run_identity
 
 # The configs: gpt2exp/conf in an installed wheel, else the checkout's top-level conf/ (a source
 # tree or an editable install). An absolute path, so that Hydra reads it as a folder however the
 # entrypoint was started (``python -m``, or a console command, for which "../conf" would be
 # taken for a package).
-CONFIG_DIR = str(next(path for path in (Path(__file__).resolve().parent / "conf",
-                                        Path(__file__).resolve().parents[1] / "conf") if path.is_dir()))
+CONFIG_DIR = str(next(path for path in (Path(__file__).resolve().parents[1] / "conf",
+                                        Path(__file__).resolve().parents[2] / "conf") if path.is_dir()))
 FAILURE_FILE = run_folder.RunLayout.FAILURE
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
 log = logging.getLogger("gpt2exp.cli")
@@ -162,7 +162,7 @@ class OwnRunFolders(Callback):
     def _claim(config: DictConfig, key: str) -> None:
         """Rank 0 claims the folder (a distributed job's is rank 0's); the other ranks wait for
         it (Hydra then finds the folder made) and stop with its line if it could not."""
-        from gpt2exp import distributed
+        from gpt2exp.training import distributed
 
         def claim() -> None:
             HydraConfig.instance().set_config(config)  # for ${hydra:...} in the folder's pattern

@@ -62,7 +62,7 @@ def plot_next_token_probs(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from gpt2exp.decoding import next_token_probs
+    from gpt2exp.modeling.decoding import next_token_probs
 
     logits = torch.as_tensor(logits, dtype=torch.float32).flatten()
     shown = torch.topk(logits, min(show, logits.numel())).indices

@@ -19,7 +19,7 @@ from typing import Any
 from gpt2exp.atomic import write_atomic, write_json_atomic
 from gpt2exp.config import MODES
 from gpt2exp.errors import UserError
-from gpt2exp.run_folder import RunLayout
+from gpt2exp.runs.folder import RunLayout
 
 # W&B's view of each job type's metrics: (name or glob, step metric, summary), in order (a
 # name's own entry after its glob's). Against tokens seen, so that runs whose steps hold

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from gpt2exp.atomic import folder_atomic
-from gpt2exp.checkpoint import read_torch_file
 from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.checkpoint import read_torch_file
+from gpt2exp.modeling.model import GPTModel
 
 OPENAI_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal masks that older checkpoints saved

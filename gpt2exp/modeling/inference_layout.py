@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2exp.devices import FP32, Precision
-from gpt2exp.model import GPTModel
+from gpt2exp.modeling.model import GPTModel
 
 # oneDNN picks a weight's blocking for this many input rows. Measured here, packing for 64 to
 # 1024 rows makes one-row steps ~1.4x and eight-row steps ~1.7x faster than packing for one row.

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from gpt2exp.config import DecodingConfig
-from gpt2exp.inference_layout import PackedLinear
-from gpt2exp.model import GPTModel, KVCache
+from gpt2exp.modeling.inference_layout import PackedLinear
+from gpt2exp.modeling.model import GPTModel, KVCache
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from gpt2exp.config import TrainConfig
 from gpt2exp.errors import AlreadyComplete, UserError
-from gpt2exp.hooks import ReplicaHooks, RunHooks, Sampler, perplexity
-from gpt2exp.run_folder import RunLayout
+from gpt2exp.runs.folder import RunLayout
+from gpt2exp.training.hooks import ReplicaHooks, RunHooks, Sampler, perplexity
 
 log = logging.getLogger("gpt2exp.train")
 
@@ -49,16 +49,17 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     is built or a file is written; raises UserError naming the key."""
     import torch
 
-    from gpt2exp import distributed, run_folder
     from gpt2exp.data import build_data
     from gpt2exp.devices import resolve_device, resolve_precision
-    from gpt2exp.resume import find_resume_point
-    from gpt2exp.trainer import TrainState, overfit_data, total_steps
+    from gpt2exp.runs import folder as run_folder
+    from gpt2exp.training import distributed
+    from gpt2exp.training.resume import find_resume_point
+    from gpt2exp.training.trainer import TrainState, overfit_data, total_steps
 
     cfg.model.check_fits_in_memory()
     base = None
     if cfg.model.lora.rank:
-        from gpt2exp.lora import check_lora, read_base
+        from gpt2exp.modeling.lora import check_lora, read_base
 
         check_lora(cfg.model)
         base = read_base(cfg.model)
@@ -86,7 +87,7 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     if not place.main and resume_dir is not None:
         resume = find_resume_point(resume_dir, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
     if base is not None and resume is not None:
-        from gpt2exp.lora import check_same_base
+        from gpt2exp.modeling.lora import check_same_base
 
         check_same_base(resume.checkpoint, base, f"trainer.resume: '{resume.path}'")
     data = distributed.main_first(lambda: build_data(  # rank 0 tokenizes into the shared cache first
@@ -149,17 +150,17 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
     """The tutorial's run (model, AdamW, the loop, the loss plot, checkpoints), from the plan's
     resume point if any; returns its summary. SIGINT/SIGTERM save a checkpoint and exit 130/143
     saying how to resume; a non-finite loss exits 1 naming the step (a multirun fails that job only)."""
-    from gpt2exp import distributed
-    from gpt2exp.checkpoint import format_bytes
-    from gpt2exp.interrupt import GracefulStop
-    from gpt2exp.model import GPTModel
-    from gpt2exp.rng import restore_rng_state
-    from gpt2exp.trainer import NonFiniteLoss, TrainState, lr_multiplier, make_optimizer, train_model
+    from gpt2exp.modeling.checkpoint import format_bytes
+    from gpt2exp.modeling.model import GPTModel
+    from gpt2exp.training import distributed
+    from gpt2exp.training.interrupt import GracefulStop
+    from gpt2exp.training.rng import restore_rng_state
+    from gpt2exp.training.trainer import NonFiniteLoss, TrainState, lr_multiplier, make_optimizer, train_model
 
     place = distributed.world()
     model = GPTModel(cfg.model, activation_checkpointing=cfg.trainer.activation_checkpointing).to(plan.device)
     if plan.base is not None:
-        from gpt2exp.lora import apply_lora
+        from gpt2exp.modeling.lora import apply_lora
 
         model.load_state_dict(plan.base.weights)
         plan.base.weights.clear()  # the model holds them now
@@ -169,7 +170,7 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
                  f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}", cfg.model.init,
                  plan.base.identity["sha256"][:12])
     elif plan.resume is None and cfg.model.init is not None:
-        from gpt2exp.lora import read_base_weights
+        from gpt2exp.modeling.lora import read_base_weights
 
         model.load_state_dict(read_base_weights(cfg.model))
         log.info("model.init: weights from %s", cfg.model.init)
@@ -278,7 +279,7 @@ def _score_test(text: str | None, model, precision, tracker, step: int) -> dict:
         return {}
     import torch
 
-    from gpt2exp.perplexity import default_stride, score_text
+    from gpt2exp.evaluation.perplexity import default_stride, score_text
     from gpt2exp.tokenizer import get_encoding
 
     stride = default_stride(model.cfg.context_length)
@@ -294,8 +295,8 @@ def _score_test(text: str | None, model, precision, tracker, step: int) -> dict:
 def reuse_run(cfg: TrainConfig, plan: RunPlan, trained, ctx: RunContext, tracker) -> dict:
     """Another job of this sweep trained this very model: adopt its files into this run and
     only sample with this job's decoding settings."""
-    from gpt2exp import reuse
-    from gpt2exp.checkpoint import load_trained_model
+    from gpt2exp.modeling.checkpoint import load_trained_model
+    from gpt2exp.training import reuse
 
     log.info("reusing the model trained by job %s (config hash %s, %s)", trained.owner["job"], trained.key,
              trained.owner["run_dir"])
@@ -326,9 +327,9 @@ def _warn_job_batch(checkpoint: dict, batch_size: int, grad_accum: int, processe
 def _restore(cfg: TrainConfig, resume, model, optimizer, train_batches: int):
     """Load the checkpoint's model and optimizer (with this run's optimizer settings); returns
     its training state, realigned to this run's batches."""
-    from gpt2exp import distributed
-    from gpt2exp.lora import is_lora, load_adapter
-    from gpt2exp.trainer import TrainState
+    from gpt2exp.modeling.lora import is_lora, load_adapter
+    from gpt2exp.training import distributed
+    from gpt2exp.training.trainer import TrainState
 
     if is_lora(model):
         load_adapter(model, resume.checkpoint["model"], f"trainer.resume: '{resume.path}'")

@@ -1,0 +1,98 @@
+"""``python -m gpt2exp.eval ckpt=<checkpoint file or run folder> [data=wikitext2]``: held-out
+perplexity the standard way (sliding windows, each token scored once) of a trained checkpoint,
+or of a Hugging Face GPT-2 folder (``model.init=<folder>``); prints it and writes ``eval.json``."""
+
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from gpt2exp.cli import entrypoint as cli
+from gpt2exp.config import EvalConfig, register_configs
+from gpt2exp.errors import UserError
+from gpt2exp.runs.folder import RunLayout
+
+log = logging.getLogger("gpt2exp.eval")
+register_configs()
+
+
+def load_model(cfg: EvalConfig):
+    """The model to score (on the CPU): the checkpoint's, or the Hugging Face folder's."""
+    from gpt2exp.modeling.checkpoint import checkpoint_path, load_trained_model
+    from gpt2exp.modeling.hf_format import find_hf_folder, read_hf_folder
+    from gpt2exp.modeling.model import GPTModel
+
+    if cfg.ckpt is not None:
+        return load_trained_model(checkpoint_path(cfg.ckpt))[0]
+    model_cfg, weights = read_hf_folder(find_hf_folder(cfg.model.init), drop_rate=0.0)
+    model = GPTModel(model_cfg)
+    model.load_state_dict(weights)
+    return model
+
+
+def score_checkpoint(composed: DictConfig) -> float:
+    """Score the split; returns its perplexity (for sweepers)."""
+    import torch
+
+    from gpt2exp.atomic import write_json_atomic
+    from gpt2exp.data import load_eval_text, whole_files
+    from gpt2exp.devices import resolve_device, resolve_precision
+    from gpt2exp.evaluation.perplexity import default_stride, score_text
+    from gpt2exp.modeling.inference_layout import to_inference_layout
+    from gpt2exp.runs.tracking import Tracker
+    from gpt2exp.tokenizer import get_encoding
+
+    cfg = cli.typed(composed, EvalConfig)
+    settings, data = cfg.eval, cfg.data
+    device = resolve_device(settings.device, key="eval.device")
+    precision = resolve_precision(settings.precision, device, key="eval.precision")
+    model = load_model(cfg)
+    context = model.cfg.context_length
+    stride = settings.stride or default_stride(context)
+    if stride > context:
+        raise UserError(f"eval.stride={stride} is not allowed: must be at most the model's context ({context})")
+    text = load_eval_text(data, split=settings.split)
+    token_ids = torch.tensor(get_encoding().encode(text, allowed_special="all"))
+    if len(token_ids) < 2:
+        raise UserError(f"eval.split={settings.split}: the text has fewer than 2 tokens")
+    model = to_inference_layout(model.to(device).eval(), precision)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with Tracker(run_dir, config=asdict(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
+        score = score_text(model, token_ids, stride=stride, batch_size=settings.batch_size,
+                           precision=precision)
+        if math.isnan(score.nll_sum):
+            raise UserError(f"eval: the model's NLL came out NaN (NaN or overflowing values in its weights or "
+                            f"activations at eval.precision={settings.precision}); no result written")
+        result = {
+            "split": "text" if whole_files(data) else settings.split,
+            "tokens": score.tokens,
+            "mean_nll": score.mean_nll,
+            "perplexity": score.perplexity,
+            "bits_per_byte": score.bits_per_byte(len(text.encode("utf-8"))),
+            "stride": stride,
+            "context_length": context,
+        }
+        write_json_atomic(run_dir / RunLayout.EVAL, result)
+        tracker.summary({f"eval/{key}": value for key, value in result.items()})
+    log.info("%s: %s tokens | mean NLL %.4f | perplexity %.3f | %.4f bits/byte | stride %d of context %d",
+             result["split"], f"{score.tokens:,}", score.mean_nll, score.perplexity, result["bits_per_byte"],
+             stride, context)
+    return score.perplexity
+
+
+@hydra.main(config_path=cli.CONFIG_DIR, config_name="eval", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float:
+    return cli.reports_user_errors(score_checkpoint)(cfg)
+
+
+def main() -> None:
+    """The ``gpt2exp-eval`` console command (``python -m gpt2exp.eval``)."""
+    cli.run(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()
