@@ -14,6 +14,9 @@ from omegaconf import DictConfig
 
 from gpt2exp.config import register_configs
 
+# Fixtures both lanes use, kept beside their helpers.
+pytest_plugins = ["helpers.bad_input", "helpers.hf_bridge", "helpers.reuse", "helpers.tracking"]
+
 
 def pytest_addoption(parser):
     parser.addoption("--run-tutorial", action="store_true",

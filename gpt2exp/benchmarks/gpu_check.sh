@@ -4,7 +4,7 @@
 # so the parts go by priority and each fits one call (run them one per call, a first):
 #   ../shared/tools/gpu-kit                # here, once: packs .gpu/
 #   device run, carry [".gpu"], timeout_s 600:  bash gpt2exp/benchmarks/gpu_check.sh [part]
-# a (default, <= 9 min): `pytest -m cuda` (every CUDA-only path: tests/test_cuda.py), then the eager
+# a (default, <= 9 min): `pytest -m cuda` (every CUDA-only path: tests/unit/test_cuda.py), then the eager
 #    bench (training, decoding).
 # b (<= 7 min): the compiled bench (training), then two identical compiled training runs (time to
 #    first step, cold and from the compile cache).
@@ -64,7 +64,7 @@ TRAIN=(model=small model.pad_vocab_to=64 data=text data.path=../shared/data/wiki
 case ${1:-a} in
 a)
   # Only the files that hold CUDA tests: the others may need packages the GPU machine lacks.
-  step tests 300 python3 -m pytest -q -p no:cacheprovider -m cuda $(grep -l requires_cuda tests/test_*.py)
+  step tests 300 python3 -m pytest -q -p no:cacheprovider -m cuda $(grep -l requires_cuda tests/*/test_*.py)
   step bench-eager 200 python3 -m gpt2exp.bench "${SMALL[@]}" bench.new_tokens=256 bench.sections=[peak,train,generate]
   ;;
 b)

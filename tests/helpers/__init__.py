@@ -35,7 +35,7 @@ TINY_MODEL = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads
 
 
 def requires_cuda(test):
-    """Mark ``test`` as a check of a CUDA-only path (tests/test_cuda.py: the CUDA-graph decoding
+    """Mark ``test`` as a check of a CUDA-only path (tests/unit/test_cuda.py: the CUDA-graph decoding
     step, the fp16 gradient scaler, TF32, the CUDA RNG state and exact resume, pinned memory,
     Inductor-compiled training, NCCL under torchrun): ``pytest -m cuda`` selects these tests, and
     they run only where a CUDA GPU is present (skipped elsewhere, as in CPU-only CI). On a

@@ -1,0 +1,3 @@
+"""What the unit and end-to-end tests of lora share."""
+
+RANK = 4

@@ -1,0 +1,41 @@
+"""``python -m gpt2exp.bench``: the table's shape (never its speeds) and its config checks."""
+import re
+
+import pytest
+from helpers import CONF_DIR
+from hydra import compose, initialize_config_dir
+
+from gpt2exp.cli.entrypoint import typed
+from gpt2exp.config import BenchConfig, register_configs
+from gpt2exp.errors import UserError
+
+
+def compose_bench(*overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="bench", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("bench.sections=[train,speed]", "bench.sections"),
+        ("bench.sections=[]", "bench.sections"),
+        ("bench.steps=0", "bench.steps"),
+        ("bench.warmup=-1", "bench.warmup"),
+        ("bench.precision=fp64", "bench.precision"),
+        ("bench.threads=0", "bench.threads"),
+    ],
+)
+def test_out_of_range_bench_settings_name_the_key(override, key):
+    typed(compose_bench("model=small"), BenchConfig)
+    with pytest.raises(UserError, match=f"^{re.escape(key)}="):
+        typed(compose_bench(override), BenchConfig)
+
+
+def test_an_absent_device_is_named_by_the_key_that_asked_for_it():
+    from gpt2exp.devices import resolve_device
+    from gpt2exp.errors import UserError
+
+    with pytest.raises(UserError, match=r"^bench.device='cuda:99' is not available on this machine"):
+        resolve_device("cuda:99", key="bench.device")
