@@ -204,7 +204,7 @@ def test_the_other_ranks_wait_for_rank_0s_preparation_past_the_process_groups_ti
     script.write_text(
         "import datetime, time\n"
         "import torch.distributed as dist\n"
-        "from gpt2exp import distributed\n"
+        "from gpt2exp.training import distributed\n"
         "dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=3))\n"
         "place = distributed.world()\n"
         "ready = distributed.main_first(lambda: time.sleep(6 if place.main else 0) or 'ready')\n"

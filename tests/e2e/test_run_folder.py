@@ -277,7 +277,7 @@ def test_a_stale_lock_from_a_dead_run_is_taken_over(tmp_path):
     folder.mkdir()
     (folder / run_folder.LOCK_FILE).write_text('{"pid": 999999, "host": "gone"}')
     claimed = run_folder.claim(folder, key="hydra.run.dir")
-    other = subprocess.run([sys.executable, "-c", "from gpt2exp import run_folder; "
+    other = subprocess.run([sys.executable, "-c", "from gpt2exp.runs import folder as run_folder; "
                             f"run_folder.claim({str(folder)!r}, key='hydra.run.dir')"], capture_output=True, text=True)
     assert other.returncode != 0 and "is in use by another run (pid" in other.stderr
     claimed.release()
