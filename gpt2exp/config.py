@@ -2,24 +2,18 @@
 place (here: the YAML options in conf/ hold only what they change), each range checked next to
 its field in ``__post_init__``, raising ``UserError`` with one line naming the key.
 
-The top-level dataclasses are registered in Hydra's ConfigStore and sit first in each primary
-config's defaults list, so a wrong type or an unknown key fails at compose time; each entrypoint
-then turns the composed config into its dataclass once (`cli.typed`), which runs the checks.
-torch-free, so that the model, the entrypoints and the tests share it cheaply.
+The command line registers the top-level dataclasses as Hydra schemas (`gpt2exp.cli.schema`),
+first in each primary config's defaults list, so a wrong type or an unknown key fails at compose
+time; each entrypoint then turns the composed config into its dataclass once (`cli.typed`), which
+runs the checks. Imports neither torch nor Hydra nor OmegaConf: the model, the entrypoints, the
+tests and a notebook share it cheaply.
 """
 
-import datetime
-import hashlib
-import json
 import math
 import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
-
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
 
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import VOCAB_SIZE
@@ -43,6 +37,7 @@ BENCH_SECTIONS = ("peak", "train", "generate", "data")
 MAX_NEW_TOKENS = 65_536
 MAX_LAYERS = 1024  # deeper than any published GPT; each block is a Python object, built one by one
 _WANDB_NAME_FORBIDDEN = "/\\#?%:"
+MISSING: Any = "???"  # OmegaConf's mark of a value the command line must give (`ckpt=...`, `model=...`)
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -493,42 +488,3 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require((self.ckpt is None) != (self.model.init is None), "ckpt", self.ckpt,
                  "give either ckpt=<checkpoint file or run folder> or model.init=<Hugging Face folder>, not both")
-
-
-SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "bench_schema": BenchConfig,
-           "eval_schema": EvalConfig}
-
-
-def launch_time(pattern: str) -> str:
-    """``${launch_time:%H-%M}`` in run-folder names: when the job was launched, the same on every
-    rank of a distributed job ($GPT2EXP_LAUNCH_TIME, set by `distributed.start`), else now."""
-    shared = os.environ.get("GPT2EXP_LAUNCH_TIME")
-    return (datetime.datetime.fromisoformat(shared) if shared else datetime.datetime.now()).strftime(pattern)
-
-
-def register_configs() -> None:
-    """The schemas in Hydra's ConfigStore, the experiments/ folders as the experiment group,
-    and the launch_time resolver of the run-folder names."""
-    from gpt2exp.cli import presets
-
-    for name, schema in SCHEMAS.items():
-        ConfigStore.instance().store(name=name, node=schema)
-    presets.register()
-    OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
-
-
-def without_keys(resolved: dict, keys: Iterable[str]) -> dict:
-    """A plain copy of a resolved config without the dotted `keys` (whole sections or leaves)."""
-    pruned = json.loads(json.dumps(resolved, default=str))
-    for key in keys:
-        *parents, leaf = key.split(".")
-        section = pruned
-        for parent in parents:
-            section = section.get(parent, {})
-        section.pop(leaf, None)
-    return pruned
-
-
-def config_hash(resolved: dict, ignored: Iterable[str] = ()) -> str:
-    """sha256 (hex) of a resolved config without the `ignored` dotted keys."""
-    return hashlib.sha256(json.dumps(without_keys(resolved, ignored), sort_keys=True).encode()).hexdigest()

@@ -12,7 +12,7 @@ from helpers import CONF_DIR, SAMPLE_TEXT, TINY, run_folders
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from gpt2exp.config import register_configs
+from gpt2exp.cli.schema import register_configs
 
 # Fixtures both lanes use, kept beside their helpers.
 pytest_plugins = ["helpers.bad_input", "helpers.hf_bridge", "helpers.reuse", "helpers.tracking"]

@@ -8,16 +8,14 @@ import resource
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gpt2exp.cli import entrypoint as cli
-from gpt2exp.config import BenchConfig, register_configs
+from gpt2exp.config import BenchConfig
 from gpt2exp.runs.folder import RunLayout
 
 log = logging.getLogger("gpt2exp.bench")
-register_configs()
 
 Row = tuple[str, str, float, str]
 
@@ -272,14 +270,7 @@ def _run(composed: DictConfig) -> None:
     (Path(HydraConfig.get().runtime.output_dir) / RunLayout.BENCH).write_text(json.dumps(records, indent=1) + "\n")
 
 
-@hydra.main(config_path=cli.CONFIG_DIR, config_name="bench", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    cli.reports_user_errors(_run)(cfg)
-
-
-def main() -> None:
-    """The ``gpt2exp-bench`` console command (``python -m gpt2exp.bench``)."""
-    cli.run(_hydra_main)
+main = cli.hydra_command("bench", _run)
 
 
 if __name__ == "__main__":

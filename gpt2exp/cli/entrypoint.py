@@ -14,6 +14,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -21,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gpt2exp.cli.schema import register_configs
 from gpt2exp.config import LoggerConfig
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.runs import folder as run_folder
@@ -258,17 +260,27 @@ def sweep_keys(hydra_cfg: Any) -> set[str]:
     return keys | {override.key_or_group for override in parsed if override.is_sweep_override()}
 
 
-def run(hydra_main: Callable[[], Any]) -> None:
-    """Call a ``@hydra.main`` function; a config that fails to compose exits 2 with one line."""
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's printer
-    try:
-        hydra_main()
-    except (HydraException, OmegaConfBaseException, UserError) as err:
-        fail(error_message(err))
-    except KeyboardInterrupt:  # before training took over Ctrl-C (see `interrupt`)
-        print("error: interrupted", file=sys.stderr, flush=True)
-        run_folder.release_all()
-        sys.stdout.flush()
-        os._exit(130)  # now: W&B's exit hooks wait minutes for a run that a slow host never started
-    finally:
-        run_folder.release_all()
+def hydra_command(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    """A console command: Hydra composes ``conf/<config_name>.yaml`` from the command line (its
+    schema, the presets and the resolvers registered first) and runs `task` on it through
+    `reports_user_errors`; a config that fails to compose exits 2 with one line."""
+    register_configs()
+    hydra_main = hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")(
+        reports_user_errors(task))
+
+    def command() -> None:
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's printer
+        try:
+            hydra_main()
+        except (HydraException, OmegaConfBaseException, UserError) as err:
+            fail(error_message(err))
+        except KeyboardInterrupt:  # before training took over Ctrl-C (see `interrupt`)
+            print("error: interrupted", file=sys.stderr, flush=True)
+            run_folder.release_all()
+            sys.stdout.flush()
+            os._exit(130)  # now: W&B's exit hooks wait minutes for a run that a slow host never started
+        finally:
+            run_folder.release_all()
+
+    command.__doc__ = f"The ``gpt2exp-{config_name}`` console command (``python -m gpt2exp.{config_name}``)."
+    return command

@@ -7,17 +7,15 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gpt2exp.cli import entrypoint as cli
-from gpt2exp.config import EvalConfig, register_configs
+from gpt2exp.config import EvalConfig
 from gpt2exp.errors import UserError
 from gpt2exp.runs.folder import RunLayout
 
 log = logging.getLogger("gpt2exp.eval")
-register_configs()
 
 
 def load_model(cfg: EvalConfig):
@@ -84,14 +82,7 @@ def score_checkpoint(composed: DictConfig) -> float:
     return score.perplexity
 
 
-@hydra.main(config_path=cli.CONFIG_DIR, config_name="eval", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float:
-    return cli.reports_user_errors(score_checkpoint)(cfg)
-
-
-def main() -> None:
-    """The ``gpt2exp-eval`` console command (``python -m gpt2exp.eval``)."""
-    cli.run(_hydra_main)
+main = cli.hydra_command("eval", score_checkpoint)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gpt2exp.cli import entrypoint as cli
-from gpt2exp.config import GenerateConfig, register_configs
+from gpt2exp.config import GenerateConfig
 from gpt2exp.errors import UserError
 from gpt2exp.runs.folder import RunLayout
 
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from gpt2exp.modeling.model import GPTModel
 
 log = logging.getLogger("gpt2exp.generate")
-register_configs()
 
 
 def wandb_checkpoint(ckpt: str, mode: str) -> Path:
@@ -137,14 +135,7 @@ def generate_samples(composed: DictConfig) -> None:
     log.info("done: %d sample%s in %s", count, "s" * (count > 1), run_dir)
 
 
-@hydra.main(config_path=cli.CONFIG_DIR, config_name="generate", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    return cli.reports_user_errors(generate_samples)(cfg)
-
-
-def main() -> None:
-    """The ``gpt2exp-generate`` console command (``python -m gpt2exp.generate``)."""
-    cli.run(_hydra_main)
+main = cli.hydra_command("generate", generate_samples)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,16 @@ import os
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gpt2exp.cli import entrypoint as cli
-from gpt2exp.config import ModelConfig, TrainConfig, register_configs
+from gpt2exp.config import ModelConfig, TrainConfig
 from gpt2exp.errors import UserError
 from gpt2exp.training import reuse
 
 log = logging.getLogger("gpt2exp.train")
-register_configs()
 
 
 def train(composed: DictConfig) -> float:
@@ -121,9 +119,7 @@ def _model_slot(hydra_cfg, resolved: dict, run_dir: Path):
                        wait_minutes=resolved["trainer"]["reuse_wait_minutes"])
 
 
-@hydra.main(config_path=cli.CONFIG_DIR, config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float:
-    return cli.reports_user_errors(train)(cfg)
+run_train = cli.hydra_command("train", train)
 
 
 def main() -> None:
@@ -136,7 +132,7 @@ def main() -> None:
         sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
                      "~hydra.job_logging.handlers.file", "hydra.job_logging.root.level=WARNING"]
     try:
-        cli.run(_hydra_main)
+        run_train()
     except Exception as err:
         if place.main:
             raise

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from gpt2exp.config import config_hash, without_keys
 from gpt2exp.errors import UserError
 from gpt2exp.modeling.checkpoint import load_latest_checkpoint, step_checkpoints, with_model_defaults
+from gpt2exp.training.fingerprint import config_hash, without_keys
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2exp.atomic import link_atomic, write_json_atomic
-from gpt2exp.config import config_hash
 from gpt2exp.runs.folder import RunLayout
 from gpt2exp.runs.tracking import read_jsonl
+from gpt2exp.training.fingerprint import config_hash
 
 NOT_TRAINING = ("decoding", "logger", "trainer.reuse_wait_minutes")
 READY_FILE = "trained.json"

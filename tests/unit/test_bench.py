@@ -6,7 +6,8 @@ from helpers import CONF_DIR
 from hydra import compose, initialize_config_dir
 
 from gpt2exp.cli.entrypoint import typed
-from gpt2exp.config import BenchConfig, register_configs
+from gpt2exp.cli.schema import register_configs
+from gpt2exp.config import BenchConfig
 from gpt2exp.errors import UserError
 
 

@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from gpt2exp.cli.entrypoint import typed
+from gpt2exp.cli.schema import SCHEMAS
 from gpt2exp.config import (
-    SCHEMAS,
     DataConfig,
     DecodingConfig,
     GenerateConfig,
