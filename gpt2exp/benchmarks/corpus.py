@@ -10,21 +10,26 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from gpt2exp.data import cached_tokens
+from gpt2exp.config import DataConfig
+from gpt2exp.data import pydocs_documents
+from gpt2exp.data.hub import split_tokens
+from gpt2exp.data.token_files import text_source, token_file
 from gpt2exp.tokenizer import get_encoding
 
 
 def measure_token_cache(text: str) -> dict[str, float]:
-    """Seconds to tokenize ``text`` and write it to an empty cache (``tokenize_s``), and to load
-    it from the cache and read every token (``reload_s``); with the corpus's size."""
+    """Seconds to tokenize ``text`` into a token file in an empty cache (``tokenize_s``), and to
+    find it there and read every token (``reload_s``); with the corpus's size."""
     get_encoding()  # built once per process, not part of either figure
     with tempfile.TemporaryDirectory(prefix="gpt2exp-bench-") as cache_dir:
         start = time.perf_counter()
-        cached_tokens(text, cache_dir=cache_dir, label="bench")
+        token_file(text_source(text, "bench"), Path(cache_dir))
         tokenize_s = time.perf_counter() - start
         start = time.perf_counter()
-        tokens = np.array(cached_tokens(text, cache_dir=cache_dir, label="bench"))
+        tokens = np.array(token_file(text_source(text, "bench"), Path(cache_dir)))
         reload_s = time.perf_counter() - start
     return {"characters": len(text), "tokens": len(tokens), "tokenize_s": tokenize_s, "reload_s": reload_s}
 
@@ -32,11 +37,6 @@ def measure_token_cache(text: str) -> dict[str, float]:
 def write_corpus(folder: Path, megabytes: float) -> Path:
     """A parquet file of about `megabytes` MB of English documents (the standard library's
     docstrings, numbered so that no two are the same) in a "text" column."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from gpt2exp.data import pydocs_documents
-
     documents, rows, size = pydocs_documents(), [], 0
     while size < megabytes * 1e6:
         text = f"{len(rows)}. {documents[len(rows) % len(documents)]}"
@@ -79,22 +79,17 @@ def _peak_rss_mb() -> float:
 
 
 def pq_text_bytes(path: Path) -> int:
-    import pyarrow.parquet as pq
-
     return sum(len(text.encode("utf-8")) for text in pq.read_table(path, columns=["text"]).column("text").to_pylist())
 
 
 def _tokenize_gpt2exp(corpus: str, out: str) -> int:
-    from gpt2exp.config import DataConfig
-    from gpt2exp.data.hf import split_tokens
-
     return sum(map(len, split_tokens(DataConfig(source="hf", path=corpus), Path(out))))
 
 
 def _tokenize_with_map(corpus: str, out: str) -> int:
     """nanoGPT's prepare.py: map encode_ordinary over the rows in processes, then copy the ids
     into a memmap shard by shard."""
-    import datasets
+    import datasets  # slow to import: only this way, not gpt2exp's, needs it
 
     datasets.disable_progress_bars()
     encoding = get_encoding()

@@ -1,4 +1,7 @@
-"""Corpora -> token arrays (cached) -> batches of the tutorial's sliding windows."""
+"""Corpora -> token files (see `data.token_files`) -> batches of the tutorial's sliding windows.
+
+The data layer: what a run trains and is scored on. Imports only the leaves (`gpt2exp.config`,
+`tokenizer`, `atomic`, `errors`) and, below it, `gpt2exp.modeling` (which it has no need of today)."""
 
 import os
 from dataclasses import dataclass
@@ -7,16 +10,15 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from gpt2exp.config import DataConfig
-from gpt2exp.data.cache import cached_tokens, tokenize
-from gpt2exp.data.hf import split_tokens
+from gpt2exp.data.hub import split_tokens
 from gpt2exp.data.loaders import EpochSampler, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
 from gpt2exp.data.sources import Splits, has_test_split, load_eval_text, load_splits, pydocs_documents, whole_files
+from gpt2exp.data.token_files import text_source, token_file
 from gpt2exp.errors import UserError
 
 __all__ = [
-    "DataBundle", "EpochSampler", "SlidingWindowDataset", "Splits", "build_data", "cached_tokens", "create_dataloader",
-    "epoch_batches", "eval_batches", "has_test_split", "load_eval_text", "load_splits", "pydocs_documents", "tokenize",
-    "whole_files",
+    "DataBundle", "EpochSampler", "SlidingWindowDataset", "Splits", "build_data", "create_dataloader", "epoch_batches",
+    "eval_batches", "has_test_split", "load_eval_text", "load_splits", "pydocs_documents", "whole_files",
 ]
 
 
@@ -32,8 +34,9 @@ class DataBundle:
 
 def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memory: bool = False, rank: int = 0,
                world_size: int = 1) -> DataBundle:
-    """Load `cfg.source`, tokenize it (cached in `cfg.cache_dir`; `hf` datasets batch by batch into
-    a token file, see `data.hf`) and wrap both splits in loaders of `context_length`-token windows.
+    """Load `cfg.source` into a token file per split (kept in `cfg.cache_dir`, see
+    `data.token_files`; `hf` datasets batch by batch, see `data.hub`) and wrap both splits in
+    loaders of `context_length`-token windows.
 
     The train loader draws its windows with `cfg.sampler` (see `create_dataloader`); the val loader
     takes the sliding windows in order and keeps its last, partial batch. In a job of `world_size`
@@ -48,8 +51,8 @@ def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memor
             train_tokens, val_tokens = split_tokens(cfg, cache_dir)
         else:
             splits = load_splits(cfg)
-            train_tokens = cached_tokens(splits.train, cache_dir=cache_dir, label=f"{source}-train")
-            val_tokens = cached_tokens(splits.val, cache_dir=cache_dir, label=f"{source}-val")
+            train_tokens = token_file(text_source(splits.train, f"{source}-train"), cache_dir)
+            val_tokens = token_file(text_source(splits.val, f"{source}-val"), cache_dir)
     except OSError as err:
         raise UserError(f"data.cache_dir: cannot keep the token cache in '{cache_dir}' ({err.strerror or err})") from None
     ratio_hint = {"train": "a larger data.train_ratio, ", "val": "a smaller data.train_ratio, "}

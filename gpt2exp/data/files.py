@@ -6,10 +6,10 @@ kind is a UserError naming it and what is wrong (the line, or the row)."""
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpt2exp.data.cache import SAFE_CUT
 from gpt2exp.errors import UserError
 
 log = logging.getLogger("gpt2exp.data")
@@ -22,6 +22,15 @@ ROWS_PER_BATCH = 1024
 CSV_BLOCK_BYTES = 1 << 22
 
 Piece = tuple[str, bool]  # a stretch of a row's text, and whether the row ends with it
+
+# GPT-2's pre-tokenizer pattern always starts a new piece at a space followed by a non-space
+# character: the piece before ends there (no piece joins a non-space character with the
+# whitespace after it, and a run of whitespace gives up its last character to the next piece),
+# and every piece that can start with a space (` ?\p{L}++`, ` ?\p{N}++`, ` ?[^\s\p{L}\p{N}]++`)
+# depends only on the text after it. So cutting the text before such a space, unless a special
+# token follows it, changes no piece and no token. (Whatever Python's re calls non-space, so
+# does the pattern.)
+SAFE_CUT = re.compile(r" (?=[^\s<])")
 
 
 def data_files(path: str) -> list[Path]:
@@ -88,11 +97,12 @@ def _arrow_errors(kind: str) -> tuple[type[Exception], ...]:
     return (pyarrow.ArrowException,)
 
 
-def row_pieces(text: str | None) -> Iterator[Piece]:
-    """A whole row's text in pieces, cut as they are taken; nothing for a null or empty one."""
+def row_pieces(text: str | None, *, cut_anyway: bool = True) -> Iterator[Piece]:
+    """A whole row's text in pieces, cut as they are taken; nothing for a null or empty one.
+    `cut_anyway`: see `_next_cut` (False: pieces are cut only where no token changes)."""
     if text:
         start = 0
-        while (cut := _next_cut(text, start)) is not None:
+        while (cut := _next_cut(text, start, cut_anyway)) is not None:
             yield text[start:cut], False
             start = cut
         yield text[start:], True
@@ -110,13 +120,16 @@ def check_column(column: str, columns: list[str], source) -> None:
         raise UserError(f"data.text_column={column!r} is not a column of '{source}' (its columns: {', '.join(columns)})")
 
 
-def _next_cut(text: str, start: int) -> int | None:
+def _next_cut(text: str, start: int, cut_anyway: bool = True) -> int | None:
     """Where the piece of `text` from `start` ends: at the first place past `PIECE_CHARS` where
-    cutting changes no token (see `cache.SAFE_CUT`: it needs only the character after it, so
-    text that goes on later may be cut as it comes), else after `MAX_PIECE_CHARS`; None when
-    the rest is not longer than that and has no such place yet."""
+    cutting changes no token (see `SAFE_CUT`: it needs only the character after it, so text
+    that goes on later may be cut as it comes), else (`cut_anyway`) after `MAX_PIECE_CHARS`;
+    None when the rest is not longer than that and has no such place yet."""
     if len(text) - start <= PIECE_CHARS:
         return None
+    if not cut_anyway:
+        cut = SAFE_CUT.search(text, start + PIECE_CHARS)
+        return None if cut is None else cut.start()
     cut = SAFE_CUT.search(text, start + PIECE_CHARS, start + MAX_PIECE_CHARS + 1)
     if cut is not None:
         return cut.start()

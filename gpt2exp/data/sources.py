@@ -13,10 +13,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
+
+import huggingface_hub
+import huggingface_hub.constants
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from gpt2exp.config import DataConfig
 from gpt2exp.data.files import data_files
-from gpt2exp.data.hf import eval_text
+from gpt2exp.data.hub import eval_text
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import EOT_TOKEN
 
@@ -58,8 +63,7 @@ def load_splits(cfg: DataConfig) -> Splits:
         return _split_characters(_read_text(cfg.path), cfg.train_ratio)
     if cfg.local_dir:
         return _read_wikitext_folder(Path(cfg.local_dir).expanduser(), raw="raw" in cfg.name)
-    dataset = _wikitext_from_hugging_face(cfg.name)
-    return Splits("".join(dataset["train"]["text"]), "".join(dataset["validation"]["text"]))
+    return Splits(_wikitext_from_hugging_face(cfg.name, "train"), _wikitext_from_hugging_face(cfg.name, "validation"))
 
 
 def whole_files(cfg: DataConfig) -> bool:
@@ -94,7 +98,7 @@ def load_eval_text(cfg: DataConfig, *, split: str) -> str:
         if file is None:
             raise UserError(f"data.local_dir: no wiki.{split}.tokens (or .raw) in {str(folder)!r}")
         return file.read_text(encoding="utf-8")
-    return "".join(_wikitext_from_hugging_face(cfg.name)["validation" if split == "valid" else "test"]["text"])
+    return _wikitext_from_hugging_face(cfg.name, "validation" if split == "valid" else "test")
 
 
 @lru_cache(maxsize=1)
@@ -229,27 +233,40 @@ def _read_wikitext_folder(folder: Path, *, raw: bool) -> Splits:
     return Splits(train_file.read_text(encoding="utf-8"), val_file.read_text(encoding="utf-8"))
 
 
-def _wikitext_from_hugging_face(name: str):
-    """The WikiText config's splits from the Hugging Face cache, else from the hub; fail in
-    seconds when neither works."""
-    import datasets  # slow to import, and only this source needs it
+def _wikitext_from_hugging_face(name: str, split: str) -> str:
+    """A WikiText config's split ("train", "validation" or "test"), its rows joined as released,
+    from the Hugging Face hub's cache, else downloaded from the hub; fail in seconds when neither
+    works."""
+    import pyarrow.parquet as pq  # slow to import, and only this source needs it
 
     try:
-        with _hugging_face_offline():
-            return datasets.load_dataset(WIKITEXT_REPO, name)
-    except OSError:  # not in the cache
-        return _download_wikitext(name)
+        files = _wikitext_files(_wikitext_snapshot(name, cached=True), name, split)
+    except LocalEntryNotFoundError:  # not in the cache
+        files = []
+    if not files:
+        files = _wikitext_files(_download_wikitext(name), name, split)
+    return "".join(text for file in files for text in pq.read_table(file, columns=["text"]).column("text").to_pylist())
 
 
-def _download_wikitext(name: str):
-    """Download through `datasets` when the hub answers; else fail with one line on what to do."""
-    import datasets
+def _wikitext_snapshot(name: str, *, cached: bool) -> str:
+    """The folder of the config's files in the hub's cache (`cached`: without asking the hub;
+    LocalEntryNotFoundError when they are not there), downloading them if need be."""
+    return cast(str, huggingface_hub.snapshot_download(WIKITEXT_REPO, repo_type="dataset",
+                                                       allow_patterns=[f"{name}/*"], local_files_only=cached))
 
+
+def _wikitext_files(folder: str, name: str, split: str) -> list[Path]:
+    """The parquet shards of `split` in a snapshot of the WikiText repository, in order."""
+    return sorted(Path(folder, name).glob(f"{split}-*.parquet"))
+
+
+def _download_wikitext(name: str) -> str:
+    """Download the config's files when the hub answers; else fail with one line on what to do."""
     problem = "the hub cannot be reached"
     if _hub_reachable():
         try:
-            return datasets.load_dataset(WIKITEXT_REPO, name)
-        except OSError as error:
+            return _wikitext_snapshot(name, cached=False)
+        except (OSError, HfHubHTTPError) as error:
             problem = f"the download failed ({type(error).__name__}: {' '.join(str(error).split())})"
     raise UserError(
         f"data: WikiText {name!r} is not in the Hugging Face cache and {problem}; set data.local_dir "
@@ -257,32 +274,8 @@ def _download_wikitext(name: str):
     )
 
 
-@contextmanager
-def _hugging_face_offline():
-    """Put datasets and huggingface_hub in offline (cache only) mode for the block."""
-    import datasets.config
-    import huggingface_hub.constants
-
-    flags = [
-        (module, flag)
-        for module in (datasets.config, huggingface_hub.constants)
-        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-        if hasattr(module, flag)
-    ]
-    saved = [getattr(module, flag) for module, flag in flags]
-    try:
-        for module, flag in flags:
-            setattr(module, flag, True)
-        yield
-    finally:
-        for (module, flag), value in zip(flags, saved):
-            setattr(module, flag, value)
-
-
 def _hub_reachable(timeout_s: float = 5.0) -> bool:
     """Whether the hub answers at all (any HTTP status counts), honouring proxy settings."""
-    import huggingface_hub.constants
-
     try:
         request = urllib.request.Request(huggingface_hub.constants.ENDPOINT, method="HEAD")
         urllib.request.urlopen(request, timeout=timeout_s).close()

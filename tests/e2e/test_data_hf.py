@@ -136,7 +136,7 @@ _PEAK = """
 import sys
 from pathlib import Path
 from gpt2exp.config import DataConfig
-from gpt2exp.data.hf import HEADER_BYTES, split_tokens
+from gpt2exp.data.hub import split_tokens
 from gpt2exp.tokenizer import get_encoding
 get_encoding()
 split_tokens(DataConfig(source="hf", path=sys.argv[1]), Path(sys.argv[2]))

@@ -1,4 +1,5 @@
-"""Tests of gpt2exp.data: corpora, the token cache and the sliding-window loaders."""
+"""Tests of gpt2exp.data: corpora, their token files and the sliding-window loaders."""
+import io
 import itertools
 import os
 import subprocess
@@ -17,15 +18,18 @@ from gpt2exp.data import (
     SlidingWindowDataset,
     Splits,
     build_data,
-    cached_tokens,
     create_dataloader,
     eval_batches,
+    files,
+    load_eval_text,
     load_splits,
     pydocs_documents,
-    tokenize,
+    sources,
+    token_files,
 )
-from gpt2exp.data.hf import split_tokens
+from gpt2exp.data.hub import split_tokens
 from gpt2exp.data.loaders import RandomOffsetSampler
+from gpt2exp.data.token_files import text_source, token_file
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import EOT_TOKEN, get_encoding
 
@@ -37,6 +41,20 @@ STORY = "\n".join(f"Line {i} of a story about a fox who jumps over the lazy dog.
 
 def encode_whole(text):
     return get_encoding().encode(text, allowed_special={EOT_TOKEN})
+
+
+def cached_tokens(text, cache_dir, label="story"):
+    """The token file of `text` held whole, as a run of data=text/pydocs/wikitext reads it."""
+    return token_file(text_source(text, label), Path(cache_dir))
+
+
+def tokenize(text, piece_chars=files.PIECE_CHARS):
+    """The ids the token file of `text` gets, its pieces cut past every `piece_chars` characters."""
+    out = io.BytesIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files, "PIECE_CHARS", piece_chars)
+        token_files.tokenize_pieces([list(text_source(text, "story").rows())], "", out, special=True)
+    return np.frombuffer(out.getvalue(), dtype=np.uint16)
 
 
 def test_windows_follow_the_tutorial_and_targets_are_shifted_by_one():
@@ -120,7 +138,7 @@ def test_eval_batches_use_every_window_of_a_small_split():
     ],
 )
 def test_chunked_tokenizing_equals_encoding_the_whole_text(text):
-    assert tokenize(text, chunk_chars=1).tolist() == encode_whole(text)
+    assert tokenize(text, piece_chars=1).tolist() == encode_whole(text)
 
 
 PIECES = ["a", "B", "'", "s", "1", ".", "<", " ", "  ", "\n", "\t", "\r", "\u00a0", "\u3000", "\x1c", "\u00e9"]
@@ -130,7 +148,7 @@ PIECES = ["a", "B", "'", "s", "1", ".", "<", " ", "  ", "\n", "\t", "\r", "\u00a
 @given(st.lists(st.sampled_from([*PIECES, EOT_TOKEN])))
 def test_chunked_tokenizing_equals_encoding_the_whole_text_for_any_mix(pieces):
     text = "".join(pieces)
-    assert tokenize(text, chunk_chars=1).tolist() == encode_whole(text)
+    assert tokenize(text, piece_chars=1).tolist() == encode_whole(text)
 
 
 @pytest.mark.skipif(not WIKITEXT_VALID.exists(), reason=f"{WIKITEXT_VALID} is not on this machine")
@@ -172,15 +190,15 @@ def test_cache_is_reused_without_tokenizing_again(tmp_path, monkeypatch):
     "corrupt",
     [
         lambda path: path.write_bytes(path.read_bytes()[:-7]),  # truncated
-        lambda path: path.write_bytes(b"not an npy file"),
-        lambda path: np.save(path, np.arange(5, dtype=np.int32)),  # wrong dtype
+        lambda path: path.write_bytes(b"not a token file"),
+        lambda path: path.write_bytes(Path(cached_tokens("Another story.", path.parent).filename).read_bytes()),
     ],
 )
 def test_corrupt_cache_is_rebuilt(tmp_path, corrupt):
     path = Path(cached_tokens(STORY, cache_dir=tmp_path, label="story").filename)
     corrupt(path)
     assert cached_tokens(STORY, cache_dir=tmp_path, label="story").tolist() == encode_whole(STORY)
-    assert np.load(path).tolist() == encode_whole(STORY)
+    assert np.fromfile(path, dtype=np.uint16, offset=token_files.HEADER_BYTES).tolist() == encode_whole(STORY)
 
 
 # Two processes build the same cache entry at once: each tokenizes, then waits for the other
@@ -188,17 +206,19 @@ def test_corrupt_cache_is_rebuilt(tmp_path, corrupt):
 _RACE = """
 import sys, time
 from pathlib import Path
-import gpt2exp.data.cache as cache
+from gpt2exp.data import token_files
+from gpt2exp.tokenizer import EOT_TOKEN, get_encoding
 cache_dir, me, other, text = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]).read_text()
-real_tokenize = cache.tokenize
-def tokenize_then_wait(text):
-    tokens = real_tokenize(text)
+real_tokenize = token_files.tokenize_pieces
+def tokenize_then_wait(*args, **kwargs):
+    tokens = real_tokenize(*args, **kwargs)
     (cache_dir / f"ready-{me}").touch()
     while not (cache_dir / f"ready-{other}").exists():
         time.sleep(0.001)
     return tokens
-cache.tokenize = tokenize_then_wait
-print(cache.cached_tokens(text, cache_dir=cache_dir, label="story").tolist() == real_tokenize(text).tolist())
+token_files.tokenize_pieces = tokenize_then_wait
+tokens = token_files.token_file(token_files.text_source(text, "story"), cache_dir)
+print(tokens.tolist() == get_encoding().encode(text, allowed_special={EOT_TOKEN}))
 """
 
 
@@ -214,7 +234,7 @@ def test_two_processes_building_the_same_cache_both_succeed(tmp_path):
     ]
     outputs = [process.communicate(timeout=120) for process in processes]
     assert [(p.returncode, out.strip()) for p, (out, _) in zip(processes, outputs)] == [(0, "True")] * 2, outputs
-    [cache_file] = cache_dir.glob("*.npy")
+    [cache_file] = cache_dir.glob("*.bin")
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted([cache_file.name, "ready-a", "ready-b"])
     assert cached_tokens(STORY, cache_dir=cache_dir, label="story").tolist() == encode_whole(STORY)
 
@@ -225,15 +245,15 @@ def test_two_processes_building_the_same_cache_both_succeed(tmp_path):
 _STUCK_WRITER = """
 import os, sys, time
 from pathlib import Path
-import gpt2exp.data.cache as cache
+from gpt2exp.data import token_files
 cache_dir, text = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
 if len(sys.argv) > 3:
     os.getpid = lambda: int(sys.argv[3])
-def tokenize_then_stop(text):
+def tokenize_then_stop(*args, **kwargs):
     (cache_dir / "writing").touch()
     time.sleep(600)
-cache.tokenize = tokenize_then_stop
-cache.cached_tokens(text, cache_dir=cache_dir, label="story")
+token_files.tokenize_pieces = tokenize_then_stop
+token_files.token_file(token_files.text_source(text, "story"), cache_dir)
 """
 
 
@@ -254,10 +274,10 @@ def test_a_killed_writers_temporary_file_is_removed_and_never_read(tmp_path):
     writer, temporary = start_stuck_writer(tmp_path, cache_dir)
     writer.kill()
     writer.wait()
-    temporary.write_bytes(b"\x93NUMPY half a header")
+    temporary.write_bytes(b"gpt2exp token file\nhalf a header")
     assert cached_tokens(STORY, cache_dir=cache_dir, label="story").tolist() == encode_whole(STORY)
     assert not temporary.exists()
-    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(["writing", *(p.name for p in cache_dir.glob("*.npy"))])
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(["writing", *(p.name for p in cache_dir.glob("*.bin"))])
 
 
 def test_a_live_writers_temporary_file_is_kept_whatever_its_pid_says(tmp_path):
@@ -349,10 +369,9 @@ def test_wikitext_unknown_config_name():
 
 
 def test_wikitext_without_cache_or_hub_fails_fast_in_one_line(tmp_path, monkeypatch):
-    import datasets.config
     import huggingface_hub.constants
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     environment = dict(os.environ)
     started = time.monotonic()
@@ -364,35 +383,56 @@ def test_wikitext_without_cache_or_hub_fails_fast_in_one_line(tmp_path, monkeypa
     assert "not in the Hugging Face cache" in message and "cannot be reached" in message
     assert "data.local_dir" in message
     assert dict(os.environ) == environment
-    assert datasets.config.HF_HUB_OFFLINE is False and huggingface_hub.constants.HF_HUB_OFFLINE is False
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
 
 
-def test_wikitext_comes_from_the_hugging_face_cache_offline(monkeypatch):
-    import datasets
+def cache_wikitext(hub_cache: Path, name: str, rows: dict) -> None:
+    """WikiText's parquet files of config `name` in a Hugging Face hub cache, as a download leaves them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = hub_cache / "datasets--Salesforce--wikitext"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit / name).mkdir(parents=True)
+    for split, texts in rows.items():
+        for shard, shard_texts in enumerate(texts):
+            path = repo / "snapshots" / commit / name / f"{split}-{shard:05d}-of-{len(texts):05d}.parquet"
+            pq.write_table(pa.table({"text": shard_texts}), path)
+
+
+def test_wikitext_comes_from_the_hugging_face_cache_offline(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    def load_dataset_from_cache(repo, name):
-        assert datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE
-        return {"train": {"text": [" = A = \n", " a .\n"]}, "validation": {"text": [" b .\n"]}}
-
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset_from_cache)
-    splits = load_splits(DataConfig(source="wikitext", name="wikitext-103-raw-v1"))
-    assert splits == Splits(train=" = A = \n a .\n", val=" b .\n")
-    assert datasets.config.HF_HUB_OFFLINE is False and huggingface_hub.constants.HF_HUB_OFFLINE is False
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # never asked
+    monkeypatch.setattr(sources, "_hub_reachable", lambda: pytest.fail("the hub was asked"))
+    cache_wikitext(tmp_path / "hub-cache", "wikitext-103-raw-v1", {
+        "train": [[" = A = \n", " a .\n"], [" c .\n"]], "validation": [[" b .\n"]], "test": [[" t .\n"]]})
+    cfg = DataConfig(source="wikitext", name="wikitext-103-raw-v1")
+    assert load_splits(cfg) == Splits(train=" = A = \n a .\n c .\n", val=" b .\n")
+    assert load_eval_text(cfg, split="test") == " t .\n"
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
 
 
 @pytest.mark.parametrize("download_works", [True, False])
-def test_wikitext_is_downloaded_when_the_hub_answers(monkeypatch, download_works):
-    import datasets
+def test_wikitext_is_downloaded_when_the_hub_answers(tmp_path, monkeypatch, download_works):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from gpt2exp.data import sources
+    cache_wikitext(tmp_path, "wikitext-2-raw-v1", {"train": [[" a .\n"]], "validation": [[" b .\n"]]})
+    [snapshot] = (tmp_path / "datasets--Salesforce--wikitext" / "snapshots").iterdir()
 
-    def load_dataset(repo, name):
-        if datasets.config.HF_HUB_OFFLINE or not download_works:
+    def snapshot_download(repo, *, repo_type, allow_patterns, local_files_only):
+        assert (repo, repo_type, allow_patterns) == ("Salesforce/wikitext", "dataset", ["wikitext-2-raw-v1/*"])
+        if local_files_only:
+            raise LocalEntryNotFoundError("not in the cache")
+        if not download_works:
             raise ConnectionError("Couldn't reach the hub\nsecond line")
-        return {"train": {"text": [" a .\n"]}, "validation": {"text": [" b .\n"]}}
+        return str(snapshot)
 
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(sources, "_hub_reachable", lambda: True)
     if download_works:
         assert load_splits(DataConfig(source="wikitext", name="wikitext-2-raw-v1")) == Splits(train=" a .\n", val=" b .\n")
@@ -524,3 +564,10 @@ def test_random_offsets_are_drawn_lazily_and_dealt_to_ranks():
     ranks[1].set_epoch(0, start=2)
     assert next(iter(ranks[1])) == list(itertools.islice(iter(one), 6))[5]  # rank 1's third: the job's sixth
     assert len(ranks[1]) == 1_500_000 - 2
+
+
+def test_a_text_held_whole_is_cut_only_where_no_token_changes(monkeypatch):
+    """A long stretch with no such place stays one piece (a row of data=hf is cut there anyway)."""
+    monkeypatch.setattr(files, "MAX_PIECE_CHARS", 37)
+    text = "x" * 1000 + f" and then words {EOT_TOKEN} and more" * 20
+    assert tokenize(text, piece_chars=5).tolist() == encode_whole(text)

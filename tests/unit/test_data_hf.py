@@ -10,7 +10,9 @@ import pytest
 from helpers.data_hf import DOCUMENTS, expected_tokens, write_parquet
 
 from gpt2exp.config import DataConfig
-from gpt2exp.data.hf import HEADER_BYTES, split_tokens
+from gpt2exp.data import files
+from gpt2exp.data.hub import split_tokens
+from gpt2exp.data.token_files import HEADER_BYTES
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import get_encoding
 
@@ -29,8 +31,6 @@ def test_a_json_array_reads_as_its_json_lines_do(tmp_path):
 
 def test_a_json_array_is_read_a_piece_at_a_time(tmp_path, monkeypatch):
     """Rows longer than the buffer the array is read into, and many rows per buffer."""
-    from gpt2exp.data import files
-
     monkeypatch.setattr(files, "PIECE_CHARS", 64)
     documents = [*DOCUMENTS[:50], " ".join(DOCUMENTS), *DOCUMENTS[50:]]
     (tmp_path / "array.json").write_text(json.dumps([{"text": d} for d in documents]))
@@ -75,8 +75,6 @@ def write_rows(folder: Path, kind: str, rows: list[str]) -> Path:
 
 @pytest.mark.parametrize("kind", ["txt", "jsonl", "parquet"])
 def test_rows_cut_into_pieces_give_the_tokens_of_each_whole_row(tmp_path, monkeypatch, kind):
-    from gpt2exp.data import files
-
     long_rows = [" ".join(ODD_ROWS), *ODD_ROWS, "".join(ODD_ROWS)]
     path = write_rows(tmp_path, kind, long_rows)
     for piece_chars in (1, 2, 3, 5, 8):
@@ -86,8 +84,6 @@ def test_rows_cut_into_pieces_give_the_tokens_of_each_whole_row(tmp_path, monkey
 
 @pytest.mark.parametrize("kind", ["txt", "parquet"])
 def test_a_row_with_no_place_to_cut_is_cut_anyway_and_keeps_its_text(tmp_path, monkeypatch, kind):
-    from gpt2exp.data import files
-
     monkeypatch.setattr(files, "PIECE_CHARS", 5)
     monkeypatch.setattr(files, "MAX_PIECE_CHARS", 40)
     rows = ["x" * 1000 + " and then words", "caf\u00e9" * 300]
