@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -17,6 +16,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from filelock import lock_descriptor
 
 _NEARLY_FULL_BYTES = 1 << 20
 _TEMPORARY_OWNER = re.compile(r"\.(?P<pid>\d+)@(?P<host>.+)\.\w+\.tmp$")
@@ -118,12 +119,14 @@ def _held(path: str | Path, *, wait: bool = True) -> Iterator[None]:
 
 
 def _lock(path: str | Path, *, wait: bool = True) -> int:
-    """A descriptor holding an exclusive flock on the file `path` names. Raises FileNotFoundError
-    when `path` names no file, or another one once the lock is held (a clean-up removed it), and,
-    when not `wait`ing, BlockingIOError while another process holds the lock."""
+    """A descriptor holding an exclusive lock (filelock's flock, as in `gpt2exp.locks`) on the
+    file `path` names. Raises FileNotFoundError when `path` names no file, or another one once the
+    lock is held (a clean-up removed it), and, when not `wait`ing, BlockingIOError while another
+    process holds the lock."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        if not lock_descriptor(fd, blocking=wait):
+            raise BlockingIOError(errno.EWOULDBLOCK, "locked by its writer", str(path))
         locked, named = os.fstat(fd), os.stat(path, follow_symlinks=False)
         if (locked.st_dev, locked.st_ino) != (named.st_dev, named.st_ino):
             raise FileNotFoundError(errno.ENOENT, "removed by a clean-up", str(path))

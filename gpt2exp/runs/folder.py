@@ -1,28 +1,23 @@
 """A run's folder has one owner: the process that claims it makes it (recording every folder it
 makes), holds its lock for the run's life, and on a user error takes back only what it added.
 
-The lock is an ``fcntl`` lock on ``<folder>/.run.lock``: the kernel releases it when its
-process dies, however it dies, so a lock is never stale; the file names the owner for the
-error that a second run gets. A folder that already holds a run (``.hydra/``, or a sweep's
+The lock is a `gpt2exp.locks` lock on ``<folder>/.run.lock`` (an flock: the kernel releases it
+when its process dies, however it dies, so a lock is never stale); the file names the owner for
+the error that a second run gets. A folder that already holds a run (``.hydra/``, or a sweep's
 ``multirun.yaml``) is refused unless the new run continues it (``trainer.resume``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import json
 import os
 import shlex
 import shutil
-import socket
-import stat
 import sys
-import time
 from pathlib import Path
 
 from gpt2exp.errors import UserError
+from gpt2exp.locks import HeldLock, NotALockFile, holder_of, try_lock
 
 
 class RunLayout:
@@ -65,7 +60,7 @@ class RunFolder:
         self.held_run = bool(self.entries & {HYDRA_DIR, SWEEP_FILE})
         self._saved = {name: _read_bytes(path / HYDRA_DIR / name) for name in _HYDRA_FILES}
         self._log_sizes = {p.name: p.stat().st_size for p in path.glob("*.log") if p.is_file()}
-        self._lock_fd: int | None = None
+        self._lock: HeldLock | None = None
 
     def held_configs(self) -> tuple[bytes | None, bytes | None]:
         """Hydra's .hydra/config.yaml in this folder as it was when claimed (the run it held) and now."""
@@ -99,46 +94,21 @@ class RunFolder:
     def release(self) -> None:
         """Give up the lock (and remove its file); later calls do nothing."""
         _claimed.pop(self.path, None)
-        if self._lock_fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path / LOCK_FILE)
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release(remove=True)
+            self._lock = None
 
-    def _lock(self) -> None:
+    def _take_lock(self) -> None:
         lock_path = self.path / LOCK_FILE
-        while True:
-            try:  # never through a link: the run would overwrite the file it points at
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-            except OSError as err:
-                if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                    raise UserError(_not_a_lock(self.key, lock_path)) from None
-                raise UserError(f"{self.key}: cannot write in '{self.path}' ({err.strerror})") from None
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                os.close(fd)
-                raise UserError(_not_a_lock(self.key, lock_path))
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise UserError(
-                    f"{self.key}: '{self.path}' is in use by another run ({_owner(lock_path)}); "
-                    "choose another folder, or wait until that run ends"
-                ) from None
-            try:
-                same_file = os.path.samestat(os.fstat(fd), os.stat(lock_path))
-            except FileNotFoundError:
-                same_file = False
-            if same_file:  # not a file that its last owner removed as we opened it
-                break
-            os.close(fd)
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                 "command": _command_line()}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(owner).encode())
-        self._lock_fd = fd
+        try:  # never through a link: the run would overwrite the file it points at
+            self._lock = try_lock(lock_path, {"command": _command_line()})
+        except NotALockFile:
+            raise UserError(_not_a_lock(self.key, lock_path)) from None
+        except OSError as err:
+            raise UserError(f"{self.key}: cannot write in '{self.path}' ({err.strerror})") from None
+        if self._lock is None:
+            raise UserError(f"{self.key}: '{self.path}' is in use by another run ({_owner(lock_path)}); "
+                            "choose another folder, or wait until that run ends")
 
 
 def claim(path: str | Path, *, key: str, may_continue: bool = False) -> RunFolder:
@@ -152,7 +122,7 @@ def claim(path: str | Path, *, key: str, may_continue: bool = False) -> RunFolde
     made = _make_folders(path, key)
     folder = RunFolder(path, key, made)
     try:
-        folder._lock()
+        folder._take_lock()
     except UserError:
         _remove_empty(made)
         raise
@@ -224,10 +194,10 @@ def _not_a_lock(key: str, lock_path: Path) -> str:
 
 
 def _owner(lock_path: Path) -> str:
+    owner = holder_of(lock_path)
     try:
-        owner = json.loads(lock_path.read_text(encoding="utf-8"))
-        return f"pid {owner['pid']} on {owner['host']}, started {owner['started']}: {owner['command']}"
-    except (OSError, ValueError, KeyError, TypeError):
+        return f"pid {owner['pid']} on {owner['host']}, started {owner['since']}: {owner['command']}"
+    except (KeyError, TypeError):
         return "a process that is starting"
 
 

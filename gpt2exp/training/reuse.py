@@ -1,8 +1,8 @@
 """Train once per training config within a sweep: a model store keyed by a hash of the
 training settings, with a lock file so that parallel jobs never train the same model twice.
 
-A store entry is ``<root>/<key>/``: ``lock`` (an ``fcntl`` lock that the job that trains holds:
-the kernel releases it when that job ends, however it ends, on any host; the file names the job),
+A store entry is ``<root>/<key>/``: ``lock`` (a `gpt2exp.locks` lock that the job that trains
+holds: the kernel releases it when that job ends, however it ends; the file names the job),
 then ``checkpoint.pt``, ``metrics.jsonl``, ``loss.png`` and last ``trained.json`` (the owner and
 its summary), whose presence means "ready".
 """
@@ -10,18 +10,15 @@ its summary), whose presence means "ready".
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
-import os
-import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2exp.atomic import link_atomic, write_json_atomic
+from gpt2exp.errors import UserError
+from gpt2exp.locks import HeldLock, NotALockFile, holder_of, try_lock
 from gpt2exp.runs.folder import RunLayout
 from gpt2exp.runs.tracking import read_jsonl
 from gpt2exp.training.fingerprint import config_hash
@@ -85,39 +82,37 @@ def claim(root: str | Path, key: str, owner: dict, *, wait_minutes: float, poll_
     While another job holds the lock (it trains the model), say who and wait up to `wait_minutes`
     for its model; after that, train this job's own copy (not published). A job that leaves
     without publishing (it failed, or was killed) releases the lock, and a waiting job trains.
+    A store where no lock can be taken (a file system without flock) is a UserError: a waiter
+    there could not tell a live holder from a dead one.
     """
     folder = Path(root) / key
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / "lock"
-    deadline = None
-    while True:
+    lock_path = folder / "lock"
+    if trained := _ready(folder, key):
+        yield Slot(folder, key, owner, trained)
+        return
+    lock = _lock(lock_path, owner)
+    if lock is None:
+        log.warning("model store: %s is training this job's model (config hash %s); waiting for it up to %g min "
+                    "(trainer.reuse_wait_minutes), then this job trains its own. The lock '%s' ends with that "
+                    "job: stop it to stop waiting", _holder(lock_path), key, wait_minutes, lock_path)
+        lock = _lock(lock_path, owner, timeout_s=60 * wait_minutes, poll_s=poll_s,
+                     give_up=(folder / READY_FILE).exists)
+    if lock is None:
         if trained := _ready(folder, key):
             yield Slot(folder, key, owner, trained)
             return
-        fd = _try_lock(lock)
-        if fd is not None:
-            break
-        if deadline is None:
-            deadline = time.monotonic() + 60 * wait_minutes
-            log.warning("model store: %s is training this job's model (config hash %s); waiting for it up to %g min "
-                        "(trainer.reuse_wait_minutes), then this job trains its own. The lock '%s' ends with that "
-                        "job: stop it to stop waiting", _holder(lock), key, wait_minutes, lock)
-        elif time.monotonic() >= deadline:
-            log.warning("model store: %s still holds '%s' after %g min (trainer.reuse_wait_minutes): this job "
-                        "trains its own model", _holder(lock), lock, wait_minutes)
-            yield Slot(folder, key, owner, None, shared=False)
-            return
-        time.sleep(poll_s)
+        log.warning("model store: %s still holds '%s' after %g min (trainer.reuse_wait_minutes): this job "
+                    "trains its own model", _holder(lock_path), lock_path, wait_minutes)
+        yield Slot(folder, key, owner, None, shared=False)
+        return
     try:
         if trained := _ready(folder, key):  # published between the look and the lock
             yield Slot(folder, key, owner, trained)
             return
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S"), **owner}).encode())
         yield Slot(folder, key, owner, None)
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def adopt(trained: TrainedModel, run_dir: Path, tracker) -> dict:
@@ -144,24 +139,22 @@ def _ready(folder: Path, key: str) -> TrainedModel | None:
     return TrainedModel(key=key, folder=folder, owner=record["owner"], summary=record["summary"])
 
 
-def _try_lock(lock: Path) -> int | None:
-    """An open descriptor of `lock` holding its flock, or None while another process holds it."""
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+def _lock(path: Path, owner: dict, **wait) -> HeldLock | None:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return try_lock(path, owner, **wait)
+    except NotALockFile:
+        raise UserError(f"model store: '{path}' is not a lock file of its own (a link, or not a regular file); "
+                        "remove it if no sweep job uses it") from None
     except OSError as err:
-        os.close(fd)
-        if err.errno in (errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
+        raise UserError(f"model store: cannot lock '{path}' ({err.strerror}); sweep jobs share a trained model "
+                        "only where the file system has file locks (flock): put hydra.sweep.dir on one") from None
 
 
 def _holder(lock: Path) -> str:
     """Who holds the lock, as its file names them."""
+    holder = holder_of(lock)
     try:
-        holder = json.loads(lock.read_text(encoding="utf-8"))
         return (f"job {holder['job']} (pid {holder['pid']} on {holder['host']}, since {holder['since']}, "
                 f"run folder {holder['run_dir']})")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return "a job that is starting"

@@ -1,12 +1,16 @@
 """The sweep's model store: one job trains a training config, the others wait and reuse it."""
+import errno
+import fcntl
 import json
 import logging
+import os
 import signal
 import socket
 import threading
 
 import pytest
 
+from gpt2exp.errors import UserError
 from gpt2exp.runs.tracking import Tracker
 from gpt2exp.training.reuse import adopt, claim, training_key
 
@@ -126,3 +130,33 @@ def test_adopting_a_model_completes_the_run_folder(tmp_path):
     assert summary == {"final/val_loss": 7.0, "reused_from": {"job": 0, "run_dir": "sweep/0"}}
     assert [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == metrics
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == b"x" and (run_dir / "loss.png").is_file()
+
+
+def test_a_store_without_file_locks_is_one_line_instead_of_a_wait_that_could_not_end(tmp_path, monkeypatch):
+    """A file system without flock (NFS mounted nolock, Lustre without -o flock): no waiter
+    there could tell a live holder from a dead one, so the job says so and stops."""
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(UserError) as error, claim(tmp_path, "k", {"job": 1}, wait_minutes=60):
+        pass
+    assert str(error.value) == (f"model store: cannot lock '{tmp_path / 'k' / 'lock'}' (No locks available); sweep jobs "
+                                "share a trained model only where the file system has file locks (flock): put "
+                                "hydra.sweep.dir on one")
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_as_it_was(tmp_path, link):
+    victim = tmp_path / "important.txt"
+    victim.write_text("a user's own file\n")
+    (tmp_path / "k").mkdir()
+    lock = tmp_path / "k" / "lock"
+    if link == "hard link":
+        os.link(victim, lock)
+    else:
+        lock.symlink_to(victim)
+    with pytest.raises(UserError, match=f"model store: '{lock}' is not a lock file of its own"), \
+            claim(tmp_path, "k", {"job": 1}, wait_minutes=60):
+        pass
+    assert victim.read_text() == "a user's own file\n"
