@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpt2exp.config import DataConfig
+from gpt2exp.config import DataConfig, DataSource
 from gpt2exp.data import pydocs_documents
 from gpt2exp.data.hub import split_tokens
 from gpt2exp.data.token_files import text_source, token_file
@@ -37,7 +37,7 @@ def measure_token_cache(text: str) -> dict[str, float]:
 def write_corpus(folder: Path, megabytes: float) -> Path:
     """A parquet file of about `megabytes` MB of English documents (the standard library's
     docstrings, numbered so that no two are the same) in a "text" column."""
-    documents, rows, size = pydocs_documents(), [], 0
+    documents, rows, size = pydocs_documents(), list[str](), 0
     while size < megabytes * 1e6:
         text = f"{len(rows)}. {documents[len(rows) % len(documents)]}"
         rows.append(text)
@@ -83,7 +83,7 @@ def pq_text_bytes(path: Path) -> int:
 
 
 def _tokenize_gpt2exp(corpus: str, out: str) -> int:
-    return sum(map(len, split_tokens(DataConfig(source="hf", path=corpus), Path(out))))
+    return sum(len(tokens) for tokens in split_tokens(DataConfig(source=DataSource.hf, path=corpus), Path(out)))
 
 
 def _tokenize_with_map(corpus: str, out: str) -> int:

@@ -1,11 +1,13 @@
 """Corpora -> token files (see `data.token_files`) -> batches of the tutorial's sliding windows.
 
-The data layer: what a run trains and is scored on. Imports only the leaves (`gpt2exp.config`,
-`tokenizer`, `atomic`, `errors`) and, below it, `gpt2exp.modeling` (which it has no need of today)."""
+The data layer: what a run trains and is scored on. Imports only the leaves at the package's top
+(`gpt2exp.config`, `tokenizer`, `atomic`, `errors`, ...) and, below it, `gpt2exp.modeling`."""
 
 import os
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from torch.utils.data import DataLoader
 
@@ -71,7 +73,7 @@ def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memor
     )
     if len(train_loader) == 0:
         raise UserError(
-            f"data: the train split gives {len(train_loader.sampler)} windows, fewer than one batch of "
+            f"data: the train split gives {len(cast(Sized, train_loader.sampler))} windows, fewer than one batch of "
             f"data.batch_size={batch_size}; use a smaller data.batch_size or data.stride, or a longer text"
         )
     val_loader = create_dataloader(

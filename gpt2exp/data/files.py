@@ -77,11 +77,12 @@ def read_pieces(files: list[Path], column: str) -> Iterator[Piece]:
     """The text of every row of `files` (column `column`; each line of a text file), in pieces."""
     for file in files:
         kind = BUILDERS[file.suffix]
+        unreadable: tuple[type[Exception], ...] = (OSError, *_arrow_errors(kind))
         try:
             yield from _READERS[kind](file, column)
         except UnicodeDecodeError:
             raise UserError(f"data.path: '{file}' line {_first_undecodable_line(file)} is not UTF-8 text") from None
-        except (OSError, *_arrow_errors(kind)) as err:
+        except unreadable as err:
             problem = " ".join(str(err).split())
             if "straddl" in problem:
                 problem = f"a row longer than {CSV_BLOCK_BYTES >> 20} MB; use parquet or json lines for such rows"

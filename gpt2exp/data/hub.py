@@ -13,10 +13,11 @@ from gpt2exp.data.token_files import TokenSource, token_file
 from gpt2exp.errors import UserError
 
 
-def split_tokens(cfg: DataConfig, cache_dir: Path) -> tuple[np.memmap, np.memmap]:
-    """(train, val) token ids: `data.split_train` and `data.split_val` of a hub dataset, or, for
-    local files (or `split_val: null`), the first `train_ratio` of the tokens and the rest."""
-    files = data_files(cfg.path)
+def split_tokens(cfg: DataConfig, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) token ids, read-only memmaps: `data.split_train` and `data.split_val` of a hub
+    dataset, or, for local files (or `split_val: null`), the first `train_ratio` of the tokens
+    and the rest."""
+    files = data_files(data_path(cfg))
     train = token_file(_source(cfg, "train" if files else cfg.split_train, files), cache_dir)
     if cfg.split_val and not files:
         return train, token_file(_source(cfg, cfg.split_val, files), cache_dir)
@@ -28,14 +29,21 @@ def eval_text(cfg: DataConfig, split: str) -> str:
     """The text `gpt2exp.eval` scores: local files whole (they have no splits), else the hub
     dataset's `split` ("valid": `data.split_val`; "test": its "test" split), rows joined by
     `data.separator` as in the token file."""
-    files = data_files(cfg.path)
+    files = data_files(data_path(cfg))
     if not files:
-        if split == "valid" and not cfg.split_val:
+        hub_split = cfg.split_val if split == "valid" else "test"
+        if hub_split is None:
             raise UserError("eval.split=valid: data.split_val is null, so the dataset has no validation split")
-        pieces = _hub_pieces(cfg, cfg.split_val if split == "valid" else "test")
+        pieces = _hub_pieces(cfg, hub_split)
     else:
         pieces = read_pieces(files, cfg.text_column)
     return "".join(text + cfg.separator if row_ends else text for text, row_ends in pieces)
+
+
+def data_path(cfg: DataConfig) -> str:
+    """`data.path`, which DataConfig requires of data=hf and data=text."""
+    assert cfg.path is not None, cfg.source
+    return cfg.path
 
 
 def _source(cfg: DataConfig, split: str, files: list[Path]) -> TokenSource:

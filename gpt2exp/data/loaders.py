@@ -1,6 +1,7 @@
 """Token ids -> (inputs, targets) batches: the tutorial's sliding windows, or windows at random offsets."""
 
 from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 import torch
@@ -100,7 +101,8 @@ def _epoch_generator(seed: int, epoch: int, *chunk: int) -> torch.Generator:
 def epoch_batches(loader: DataLoader, epoch: int, skip_batches: int = 0) -> Iterator:
     """The loader's batches of `epoch`, from batch `skip_batches` on (the loader's sampler must be
     an `EpochSampler`)."""
-    loader.sampler.set_epoch(epoch, start=skip_batches * loader.batch_size)
+    sampler = cast(EpochSampler, loader.sampler)
+    sampler.set_epoch(epoch, start=skip_batches * cast(int, loader.batch_size))
     return iter(loader)
 
 
