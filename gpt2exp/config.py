@@ -12,31 +12,113 @@ tests and a notebook share it cheaply.
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Optional, TypeVar
 
 from gpt2exp.errors import UserError
 from gpt2exp.tokenizer import VOCAB_SIZE
 
-SOURCES = ("pydocs", "text", "wikitext", "hf")
+
+class Choice(str, Enum):
+    """A key's fixed set of values: Hydra refuses any other value at compose time, naming the
+    options. A member is a ``str`` equal to its value, and prints, formats and reprs as it; its
+    name is its value (OmegaConf reads a choice by name). `plain` turns the members back into
+    plain strings for what a run records."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class DataSource(Choice):
+    pydocs = "pydocs"
+    text = "text"
+    wikitext = "wikitext"
+    hf = "hf"
+
+
+class Sampler(Choice):
+    windows = "windows"
+    random = "random"
+
+
+class WeightInit(Choice):
+    gpt2 = "gpt2"
+    torch_default = "torch_default"
+
+
+class PositionEmbedding(Choice):
+    learned = "learned"
+    rope = "rope"
+
+
+class Norm(Choice):
+    layernorm = "layernorm"
+    rmsnorm = "rmsnorm"
+
+
+class Mlp(Choice):
+    gelu = "gelu"
+    relu2 = "relu2"
+    swiglu = "swiglu"
+
+
+class OptimizerName(Choice):
+    adamw = "adamw"
+
+
+class Schedule(Choice):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class DecayTarget(Choice):
+    matrices = "matrices"
+    all = "all"
+
+
+class PrecisionName(Choice):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Strategy(Choice):
+    ddp = "ddp"  # the place for "fsdp" (torch.distributed.fsdp.fully_shard) when a model needs it
+
+
+class LoggerBackend(Choice):
+    wandb = "wandb"
+    none = "none"
+
+
+class LoggerMode(Choice):
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class EvalSplit(Choice):
+    valid = "valid"
+    test = "test"
+
+
+# Choices kept as plain strings: WikiText's config names are no Python names, YAML reads
+# `log_model: false` as a boolean, and a list of choices is checked here alike.
 WIKITEXT_NAMES = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
-SAMPLERS = ("windows", "random")
-WEIGHT_INITS = ("gpt2", "torch_default")
-POS_EMBS = ("learned", "rope")
-NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "relu2", "swiglu")
-SCHEDULES = ("constant", "cosine")
-DECAY_TARGETS = ("matrices", "all")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-STRATEGIES = ("ddp",)  # the place for "fsdp" (torch.distributed.fsdp.fully_shard) when a model needs it
-BACKENDS = ("wandb", "none")
-MODES = ("auto", "online", "offline", "disabled")
 LOG_MODEL = ("false", "best", "last", "all")
-EVAL_SPLITS = ("valid", "test")
 BENCH_SECTIONS = ("peak", "train", "generate", "data")
+MODES = tuple(mode.value for mode in LoggerMode)
+STRATEGIES = tuple(strategy.value for strategy in Strategy)
 MAX_NEW_TOKENS = 65_536
 MAX_LAYERS = 1024  # deeper than any published GPT; each block is a Python object, built one by one
 _WANDB_NAME_FORBIDDEN = "/\\#?%:"
+C = TypeVar("C", bound="Choice")
 MISSING: Any = "???"  # OmegaConf's mark of a value the command line must give (`ckpt=...`, `model=...`)
 
 
@@ -53,6 +135,20 @@ def _at_least_one(section: object, prefix: str, *names: str) -> None:
 
 def _one_of(value: Any, key: str, choices: tuple) -> None:
     _require(value in choices, key, value, "one of " + ", ".join(map(str, choices)))
+
+
+def _choice(value: Any, key: str, choices: type[C]) -> C:
+    """`value` as a member of `choices` (a section built from plain strings: a checkpoint's
+    config, a notebook), or UserError naming the key and the options."""
+    _one_of(value, key, tuple(choice.value for choice in choices))
+    return choices(value)
+
+
+def plain(section: Any) -> dict:
+    """A config section as plain values (each `Choice` as its string), as a run records it:
+    checkpoints, W&B, json files and config hashes."""
+    return asdict(section, dict_factory=lambda items: {key: value.value if isinstance(value, Choice) else value
+                                                       for key, value in items})
 
 
 def check_device(device: str, key: str) -> None:
@@ -91,14 +187,14 @@ class ModelConfig:
     qkv_bias: bool = True
     pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 suits GPU matmuls)
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2), or a Linear of its own
-    weight_init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled; torch_default: PyTorch's own
+    weight_init: WeightInit = WeightInit.gpt2  # gpt2: N(0, 0.02), residual projections scaled; torch_default
     layer_norm_epsilon: float = 1e-5  # added to the variance in every LayerNorm (GPT-2's; some HF models differ)
     # Options beyond GPT-2 (README "Model options"); each default is GPT-2's.
-    pos_emb: str = "learned"  # learned: a position embedding table; rope: rotary embeddings of queries and keys
+    pos_emb: PositionEmbedding = PositionEmbedding.learned  # learned: a position table; rope: rotary embeddings
     rope_base: float = 10000.0  # rope: the base of the rotation frequencies
-    norm: str = "layernorm"  # layernorm | rmsnorm (its epsilon: layer_norm_epsilon)
+    norm: Norm = Norm.layernorm  # layernorm | rmsnorm (its epsilon: layer_norm_epsilon)
     qk_norm: bool = False  # RMS-normalise each head's queries and keys (no weights) before attention
-    mlp: str = "gelu"  # gelu (4x wide) | relu2: relu(x)^2 (4x wide) | swiglu: silu(gate) * up (8/3x wide)
+    mlp: Mlp = Mlp.gelu  # gelu (4x wide) | relu2: relu(x)^2 (4x wide) | swiglu: silu(gate) * up (8/3x wide)
     zero_init_proj: bool = False  # the residual projections (attn.out_proj, ff.out_proj) start at zero
     bias: bool = True  # false: no bias in any Linear or norm (qkv_bias included)
     logit_softcap: Optional[float] = None  # logits become c * tanh(logits / c)
@@ -117,15 +213,15 @@ class ModelConfig:
         _require(self.vocab_size >= VOCAB_SIZE, "model.vocab_size", self.vocab_size, f"must be >= {VOCAB_SIZE}")
         _require(1 <= self.pad_vocab_to <= 4096, "model.pad_vocab_to", self.pad_vocab_to, "must be in [1, 4096]")
         _require(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "must be in [0, 1)")
-        _one_of(self.weight_init, "model.weight_init", WEIGHT_INITS)
+        self.weight_init = _choice(self.weight_init, "model.weight_init", WeightInit)
         _require(0 < self.layer_norm_epsilon < 1, "model.layer_norm_epsilon", self.layer_norm_epsilon,
                  "must be in (0, 1)")
-        _one_of(self.pos_emb, "model.pos_emb", POS_EMBS)
+        self.pos_emb = _choice(self.pos_emb, "model.pos_emb", PositionEmbedding)
         _require(1 < self.rope_base < math.inf, "model.rope_base", self.rope_base, "must be > 1 and finite")
         _require(self.pos_emb != "rope" or self.emb_dim // self.n_heads % 2 == 0, "model.pos_emb", self.pos_emb,
                  f"needs an even head width (model.emb_dim / model.n_heads = {self.emb_dim // self.n_heads})")
-        _one_of(self.norm, "model.norm", NORMS)
-        _one_of(self.mlp, "model.mlp", MLPS)
+        self.norm = _choice(self.norm, "model.norm", Norm)
+        self.mlp = _choice(self.mlp, "model.mlp", Mlp)
         _require(self.logit_softcap is None or 0 < self.logit_softcap < math.inf, "model.logit_softcap",
                  self.logit_softcap, "must be > 0 and finite, or null (off)")
 
@@ -179,7 +275,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "pydocs"  # pydocs | text | wikitext | hf
+    source: DataSource = DataSource.pydocs  # pydocs | text | wikitext | hf
     path: Optional[str] = None  # text: a file, a folder of *.txt files, or a glob; hf: a dataset or local files
     name: Optional[str] = None  # wikitext: the WikiText config; hf: the dataset's config, if it has several
     local_dir: Optional[str] = None  # wikitext: a folder with the released wiki.*.tokens (or .raw) files
@@ -191,14 +287,14 @@ class DataConfig:
     train_ratio: float = 0.9
     batch_size: int = 8
     stride: Optional[int] = None  # tokens between window starts; null: model.context_length (no overlap)
-    sampler: str = "windows"  # windows: each epoch every window once; random: windows at random offsets
+    sampler: Sampler = Sampler.windows  # windows: each epoch every window once; random: windows at random offsets
     shuffle: bool = True
     drop_last: bool = True
     num_workers: int = 0
     cache_dir: Optional[str] = None  # tokenized corpora; null: $GPT2EXP_CACHE_DIR, else ~/.cache/gpt2exp
 
     def __post_init__(self) -> None:
-        _one_of(self.source, "data.source", SOURCES)
+        self.source = _choice(self.source, "data.source", DataSource)
         if self.source == "wikitext":
             _one_of(self.name, "data.name", WIKITEXT_NAMES)
         if self.source in ("text", "hf"):
@@ -208,35 +304,35 @@ class DataConfig:
             _at_least_one(self, "data", "stride")
         _require(0 < self.train_ratio < 1, "data.train_ratio", self.train_ratio, "must be between 0 and 1 (exclusive)")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
-        _one_of(self.sampler, "data.sampler", SAMPLERS)
+        self.sampler = _choice(self.sampler, "data.sampler", Sampler)
 
 
 @dataclass
 class OptimizerConfig:
     """AdamW; weight decay on the weight matrices only (or `weight_decay_on: all`)."""
 
-    name: str = "adamw"
+    name: OptimizerName = OptimizerName.adamw
     lr: float = 1e-3
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    schedule: str = "cosine"  # constant | cosine (to min_lr_ratio * lr), after a linear warmup
+    schedule: Schedule = Schedule.cosine  # constant | cosine (to min_lr_ratio * lr), after a linear warmup
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
-    weight_decay_on: str = "matrices"
+    weight_decay_on: DecayTarget = DecayTarget.matrices
 
     def __post_init__(self) -> None:
-        _one_of(self.name, "optimizer.name", ("adamw",))
+        self.name = _choice(self.name, "optimizer.name", OptimizerName)
         _require(0 < self.lr < math.inf, "optimizer.lr", self.lr, "must be > 0 and finite")
         _require(0 <= self.weight_decay < math.inf, "optimizer.weight_decay", self.weight_decay,
                  "must be >= 0 and finite")
         betas = list(self.betas)
         _require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optimizer.betas", betas, "two values in [0, 1)")
         _require(0 < self.eps < math.inf, "optimizer.eps", self.eps, "must be > 0 and finite")
-        _one_of(self.schedule, "optimizer.schedule", SCHEDULES)
+        self.schedule = _choice(self.schedule, "optimizer.schedule", Schedule)
         _require(self.warmup_steps >= 0, "optimizer.warmup_steps", self.warmup_steps, "must be >= 0")
         _require(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
-        _one_of(self.weight_decay_on, "optimizer.weight_decay_on", DECAY_TARGETS)
+        self.weight_decay_on = _choice(self.weight_decay_on, "optimizer.weight_decay_on", DecayTarget)
 
 
 @dataclass
@@ -286,8 +382,8 @@ class DecodingConfig:
 class LoggerConfig:
     """Weights & Biases. mode auto: online when an API key is configured, else offline."""
 
-    backend: str = "wandb"  # wandb | none (the run folder's files only)
-    mode: str = "auto"
+    backend: LoggerBackend = LoggerBackend.wandb  # wandb | none (the run folder's files only)
+    mode: LoggerMode = LoggerMode.auto
     project: str = "gpt2exp"
     entity: Optional[str] = None
     group: Optional[str] = None
@@ -297,8 +393,8 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         self.log_model = str(self.log_model).lower()  # YAML's `false` arrives as "False"
-        _one_of(self.backend, "logger.backend", BACKENDS)
-        _one_of(self.mode, "logger.mode", MODES)
+        self.backend = _choice(self.backend, "logger.backend", LoggerBackend)
+        self.mode = _choice(self.mode, "logger.mode", LoggerMode)
         _one_of(self.log_model, "logger.log_model", LOG_MODEL)
         for key in ("project", "entity"):
             name = getattr(self, key)
@@ -335,10 +431,10 @@ class TrainerConfig:
     grad_accum: int = 1
     grad_clip: Optional[float] = 1.0
     device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA)
+    precision: PrecisionName = PrecisionName.auto  # auto | fp32 | bf16 | fp16 (CUDA)
     compile: bool = False
     activation_checkpointing: bool = False  # recompute each block's activations in backward
-    strategy: str = "ddp"  # with several processes (torchrun): ddp, DistributedDataParallel (FSDP: not yet)
+    strategy: Strategy = Strategy.ddp  # with several processes (torchrun): DistributedDataParallel (FSDP: not yet)
     progress: bool = True
     checkpoint_freq: Optional[int] = None  # steps between checkpoints; null: by time only
     checkpoint_minutes: Optional[float] = 30.0  # wall minutes between checkpoints; null: by steps only
@@ -366,8 +462,8 @@ class TrainerConfig:
                      "must be > 0 and finite, or null")
         _require(self.start_context != "", "trainer.start_context", self.start_context, "must not be empty")
         check_device(self.device, "trainer.device")
-        _one_of(self.precision, "trainer.precision", PRECISIONS)
-        _one_of(self.strategy, "trainer.strategy", STRATEGIES)
+        self.precision = _choice(self.precision, "trainer.precision", PrecisionName)
+        self.strategy = _choice(self.strategy, "trainer.strategy", Strategy)
         _require(0 <= self.reuse_wait_minutes < math.inf, "trainer.reuse_wait_minutes", self.reuse_wait_minutes,
                  "must be >= 0 and finite")
         if self.resume is not None:
@@ -415,12 +511,21 @@ class GenerateConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``python -m gpt2exp.export``."""
+
+    ckpt: str = MISSING  # a checkpoint file or a run folder
+    out: str = MISSING  # the Hugging Face folder to write: a new or empty one
+    merge_lora: bool = True  # false: a LoRA run as out/base (the base) and out/adapter (its PEFT adapter)
+
+
+@dataclass
 class BenchSettings:
     batch_size: int = 8
     steps: int = 10  # timed training steps per model (after warmup), taken in turn
     warmup: int = 2
     device: str = "auto"
-    precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (CUDA), for both models
+    precision: PrecisionName = PrecisionName.fp32  # auto | fp32 | bf16 | fp16 (CUDA), for both models
     compile: bool = False  # torch.compile both models for the training section
     activation_checkpointing: bool = False  # recompute each block's activations in backward (both models)
     transformers: bool = True  # train transformers' GPT2LMHeadModel beside gpt2exp (false: gpt2exp alone)
@@ -438,7 +543,7 @@ class BenchSettings:
         if self.threads is not None:
             _require(self.threads >= 1, "bench.threads", self.threads, "must be an integer >= 1 or null")
         check_device(self.device, "bench.device")
-        _one_of(self.precision, "bench.precision", PRECISIONS)
+        self.precision = _choice(self.precision, "bench.precision", PrecisionName)
         _require(bool(self.sections) and set(self.sections) <= set(BENCH_SECTIONS), "bench.sections",
                  list(self.sections), "a non-empty list of " + ", ".join(BENCH_SECTIONS))
 
@@ -460,19 +565,19 @@ class EvalModel:
 
 @dataclass
 class EvalSettings:
-    split: str = "test"  # valid | test (WikiText); data=text scores the whole file
+    split: EvalSplit = EvalSplit.test  # valid | test (WikiText); data=text scores the whole file
     stride: Optional[int] = None  # tokens between window starts (each token scored once); null: min(512, context)
     batch_size: int = 4
     device: str = "auto"
-    precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (CUDA)
+    precision: PrecisionName = PrecisionName.fp32  # auto | fp32 | bf16 | fp16 (CUDA)
 
     def __post_init__(self) -> None:
-        _one_of(self.split, "eval.split", EVAL_SPLITS)
+        self.split = _choice(self.split, "eval.split", EvalSplit)
         _at_least_one(self, "eval", "batch_size")
         if self.stride is not None:
             _at_least_one(self, "eval", "stride")
         check_device(self.device, "eval.device")
-        _one_of(self.precision, "eval.precision", PRECISIONS)
+        self.precision = _choice(self.precision, "eval.precision", PrecisionName)
 
 
 @dataclass

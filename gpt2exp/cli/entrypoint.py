@@ -242,7 +242,7 @@ def tracker_options(logger_cfg: LoggerConfig, hydra_cfg: Any = None) -> dict:
         swept=swept,
         choices=dict(hydra_cfg.runtime.choices),
     )
-    return {"backend": logger_cfg.backend, "mode": logger_cfg.mode, "project": logger_cfg.project,
+    return {"backend": str(logger_cfg.backend), "mode": str(logger_cfg.mode), "project": logger_cfg.project,
             "entity": logger_cfg.entity, "swept": sorted(swept), **identity}
 
 

@@ -4,14 +4,13 @@ or of a Hugging Face GPT-2 folder (``model.init=<folder>``); prints it and write
 
 import logging
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gpt2exp.cli import entrypoint as cli
-from gpt2exp.config import EvalConfig
+from gpt2exp.config import EvalConfig, plain
 from gpt2exp.errors import UserError
 from gpt2exp.runs.folder import RunLayout
 
@@ -59,14 +58,14 @@ def score_checkpoint(composed: DictConfig) -> float:
         raise UserError(f"eval.split={settings.split}: the text has fewer than 2 tokens")
     model = to_inference_layout(model.to(device).eval(), precision)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    with Tracker(run_dir, config=asdict(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
+    with Tracker(run_dir, config=plain(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
         score = score_text(model, token_ids, stride=stride, batch_size=settings.batch_size,
                            precision=precision)
         if math.isnan(score.nll_sum):
             raise UserError(f"eval: the model's NLL came out NaN (NaN or overflowing values in its weights or "
                             f"activations at eval.precision={settings.precision}); no result written")
         result = {
-            "split": "text" if whole_files(data) else settings.split,
+            "split": "text" if whole_files(data) else str(settings.split),
             "tokens": score.tokens,
             "mean_nll": score.mean_nll,
             "perplexity": score.perplexity,

@@ -4,7 +4,7 @@ temperature plot."""
 
 import contextlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gpt2exp.cli import entrypoint as cli
-from gpt2exp.config import GenerateConfig
+from gpt2exp.config import GenerateConfig, plain
 from gpt2exp.errors import UserError
 from gpt2exp.runs.folder import RunLayout
 
@@ -112,7 +112,7 @@ def generate_samples(composed: DictConfig) -> None:
         log.info("decoding.temperature=0 is greedy: its %d samples would be the same text, so one is made",
                  dec.num_samples)
 
-    with Tracker(run_dir, config=asdict(cfg), job_type="generate", **cli.tracker_options(cfg.logger)) as tracker:
+    with Tracker(run_dir, config=plain(cfg), job_type="generate", **cli.tracker_options(cfg.logger)) as tracker:
         out, seconds = sample_continuations(model, prompt_ids, dec)
         for i, token_ids in enumerate(out.token_ids):
             text = encoding.decode(token_ids)

@@ -9,10 +9,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from gpt2exp.cli import presets
-from gpt2exp.config import BenchConfig, EvalConfig, GenerateConfig, TrainConfig
+from gpt2exp.config import BenchConfig, EvalConfig, ExportConfig, GenerateConfig, TrainConfig
 
 SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "bench_schema": BenchConfig,
-           "eval_schema": EvalConfig}
+           "eval_schema": EvalConfig, "export_schema": ExportConfig}
 
 
 def launch_time(pattern: str) -> str:

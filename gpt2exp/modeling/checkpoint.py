@@ -16,13 +16,12 @@ import re
 import shutil
 import warnings
 import zipfile
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from gpt2exp.atomic import link_atomic, write_atomic
-from gpt2exp.config import ModelConfig
+from gpt2exp.config import ModelConfig, plain
 from gpt2exp.errors import UserError
 from gpt2exp.modeling.model import GPTModel
 
@@ -174,7 +173,7 @@ def with_model_defaults(config: dict) -> dict:
     defaults (what it was trained with), so that it compares equal to today's config of that
     run; as it is when its model config cannot be built (reading the model says why)."""
     try:
-        return config | {"model": asdict(ModelConfig.from_dict(config["model"]))}
+        return config | {"model": plain(ModelConfig.from_dict(config["model"]))}
     except (UserError, KeyError, TypeError):
         return config
 

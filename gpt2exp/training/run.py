@@ -6,11 +6,11 @@ import json
 import logging
 import signal
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpt2exp.config import TrainConfig
+from gpt2exp.config import TrainConfig, plain
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.runs.folder import RunLayout
 from gpt2exp.training.hooks import ReplicaHooks, RunHooks, Sampler, perplexity
@@ -63,7 +63,7 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
 
         check_lora(cfg.model)
         base = read_base(cfg.model)
-    resolved = asdict(cfg)
+    resolved = plain(cfg)
     place = distributed.world()
     device = resolve_device(cfg.trainer.device)
     if place.distributed and device.type == "cuda":

@@ -58,3 +58,22 @@ def test_a_model_too_deep_to_build_is_refused_before_it_is_built(run_module, bas
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "error: model.n_layers=300000 is not allowed: must be in [1, 1024]"
     assert not run_folders(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "usage: python -m gpt2exp.export ckpt=<checkpoint file or run folder> out=<folder>"),
+        (("ckpt=x.pt", "out=hf", "merge=false"), "Key 'merge' not in 'ExportConfig'"),
+        (("ckpt=x.pt", "out=hf", "merge_lora=maybe"), "merge_lora=maybe: Value 'maybe' is not a valid bool"),
+        (("ckpt=x.pt", "out=hf", "trainer.max_steps=3"), "Key 'trainer' not in 'ExportConfig'"),
+        (("ckpt=x.pt", "out=hf"), "ckpt: 'x.pt' does not exist or is not a file"),
+    ],
+    ids=["nothing", "unknown-key", "not-a-bool", "another-commands-key", "no-such-checkpoint"],
+)
+def test_export_refuses_bad_arguments_in_one_line_and_writes_nothing(run_module, tmp_path, args, message):
+    """export takes key=value arguments as the other commands do: typed, unknown keys named."""
+    result = run_module("gpt2exp.export", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and message in result.stderr
+    assert not list(tmp_path.iterdir())

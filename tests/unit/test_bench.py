@@ -5,7 +5,7 @@ import pytest
 from helpers import CONF_DIR
 from hydra import compose, initialize_config_dir
 
-from gpt2exp.cli.entrypoint import typed
+from gpt2exp.cli.entrypoint import error_message, typed
 from gpt2exp.cli.schema import register_configs
 from gpt2exp.config import BenchConfig
 from gpt2exp.errors import UserError
@@ -24,7 +24,6 @@ def compose_bench(*overrides):
         ("bench.sections=[]", "bench.sections"),
         ("bench.steps=0", "bench.steps"),
         ("bench.warmup=-1", "bench.warmup"),
-        ("bench.precision=fp64", "bench.precision"),
         ("bench.threads=0", "bench.threads"),
     ],
 )
@@ -32,6 +31,13 @@ def test_out_of_range_bench_settings_name_the_key(override, key):
     typed(compose_bench("model=small"), BenchConfig)
     with pytest.raises(UserError, match=f"^{re.escape(key)}="):
         typed(compose_bench(override), BenchConfig)
+
+
+def test_a_wrong_precision_fails_at_compose_time_naming_the_choices():
+    with pytest.raises(Exception) as info:
+        compose_bench("bench.precision=fp64")
+    message = error_message(info.value)
+    assert "bench.precision" in message and "[auto, fp32, bf16, fp16]" in message
 
 
 def test_an_absent_device_is_named_by_the_key_that_asked_for_it():

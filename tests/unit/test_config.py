@@ -1,11 +1,14 @@
-"""Every preset composes; wrong types, unknown keys and out-of-range values are refused."""
+"""Every preset composes; wrong types, unknown keys, wrong choices and out-of-range values are refused."""
 
+import io
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
+from gpt2exp.cli import entrypoint as cli
 from gpt2exp.cli.entrypoint import typed
 from gpt2exp.cli.schema import SCHEMAS
 from gpt2exp.config import (
@@ -13,10 +16,12 @@ from gpt2exp.config import (
     DecodingConfig,
     GenerateConfig,
     LoggerConfig,
+    Mlp,
     ModelConfig,
     OptimizerConfig,
     TrainConfig,
     TrainerConfig,
+    plain,
 )
 from gpt2exp.errors import UserError
 
@@ -65,19 +70,15 @@ def test_appended_unknown_key_is_refused(compose_train):
         ("model.drop_rate=1.0", "model.drop_rate"),
         ("optimizer.lr=-1", "optimizer.lr"),
         ("optimizer.betas=[0.9,1.5]", "optimizer.betas"),
-        ("optimizer.schedule=linear", "optimizer.schedule"),
         ("trainer.max_steps=0", "trainer.max_steps"),
         ("trainer.eval_freq=0", "trainer.eval_freq"),
         ("trainer.grad_clip=0", "trainer.grad_clip"),
         ("trainer.device=tpu", "trainer.device"),
-        ("trainer.precision=fp8", "trainer.precision"),
-        ("data.sampler=shuffled", "data.sampler"),
         ("model.pad_vocab_to=0", "model.pad_vocab_to"),
         ("decoding.temperature=-0.5", "decoding.temperature"),
         ("decoding.top_k=0", "decoding.top_k"),
         ("decoding.top_k=50258", "decoding.top_k"),
         ("decoding.top_p=1.5", "decoding.top_p"),
-        ("logger.backend=tensorboard", "logger.backend"),
     ],
 )
 def test_out_of_range_values_name_the_key(compose_train, override, key):
@@ -86,6 +87,48 @@ def test_out_of_range_values_name_the_key(compose_train, override, key):
         typed(cfg, TrainConfig)
     message = str(info.value)
     assert message.startswith(key) and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("override", "choices"),
+    [
+        ("optimizer.schedule=linear", "[constant, cosine]"),
+        ("trainer.precision=fp8", "[auto, fp32, bf16, fp16]"),
+        ("data.sampler=shuffled", "[windows, random]"),
+        ("logger.backend=tensorboard", "[wandb, none]"),
+        ("model.mlp=geglu", "[gelu, relu2, swiglu]"),
+        ("trainer.strategy=fsdp", "[ddp]"),
+    ],
+)
+def test_a_wrong_choice_fails_at_compose_time_naming_the_key_and_the_choices(compose_train, override, choices):
+    with pytest.raises(Exception) as info:
+        compose_train(override)
+    assert isinstance(info.value.__cause__, ValidationError)
+    message = cli.error_message(info.value)  # the line the entrypoint prints
+    assert override.partition("=")[0] in message and choices in message and "\n" not in message
+
+
+def test_a_run_records_its_choices_as_plain_strings(compose_train):
+    """Checkpoints (read back with weights_only=True), W&B, json files and config hashes hold
+    each choice as its string, as they did before choices were Enums."""
+    cfg = typed(compose_train("model.mlp=swiglu", "logger=none"), TrainConfig)
+    record = plain(cfg)
+    assert (record["model"]["mlp"], record["trainer"]["precision"], record["logger"]["backend"]) == (
+        "swiglu", "auto", "none")
+    assert type(record["model"]["mlp"]) is str and type(record["data"]["source"]) is str
+    buffer = io.BytesIO()
+    torch.save({"config": record}, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["config"] == record
+    assert cfg.model.mlp == "swiglu" and f"{cfg.model.mlp}" == "swiglu" and repr(cfg.model.mlp) == "'swiglu'"
+
+
+def test_a_section_built_from_plain_strings_holds_its_choices():
+    """A checkpoint's model config (plain strings) builds the same section as the command line."""
+    model = ModelConfig.from_dict({"context_length": 8, "emb_dim": 8, "n_heads": 2, "n_layers": 1, "mlp": "relu2"})
+    assert model.mlp is Mlp.relu2 and model.mlp_hidden_dim == 32
+    with pytest.raises(UserError, match=r"^model.norm='batchnorm' is not allowed: one of layernorm, rmsnorm$"):
+        ModelConfig(context_length=8, emb_dim=8, n_heads=2, n_layers=1, norm="batchnorm")
 
 
 @pytest.mark.parametrize("option", options("decoding"))
