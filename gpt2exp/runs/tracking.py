@@ -9,9 +9,7 @@ import os
 import re
 import shutil
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 from gpt2exp.atomic import write_atomic, write_json_atomic
 from gpt2exp.config import MODES
 from gpt2exp.errors import UserError
+from gpt2exp.network import unreachable
 from gpt2exp.runs.folder import RunLayout
 
 # W&B's view of each job type's metrics: (name or glob, step metric, summary), in order (a
@@ -51,7 +50,7 @@ def resolve_mode(mode: str) -> str:
     if mode == "auto":
         if not _has_api_key():
             return "offline"
-        problem = _unreachable()
+        problem = unreachable(_base_url().geturl(), CONNECT_TIMEOUT_S)
         if problem:
             log.warning("W&B: %s; logging offline (upload later with wandb sync <run folder>/wandb/offline-run-*)",
                         problem)
@@ -59,7 +58,7 @@ def resolve_mode(mode: str) -> str:
         return "online"
     if mode == "online":
         problem = None if _has_api_key() else "no W&B API key (run wandb login, or set WANDB_API_KEY)"
-        problem = problem or _unreachable()
+        problem = problem or unreachable(_base_url().geturl(), CONNECT_TIMEOUT_S)
         if problem:
             raise UserError(f"{key}=online: {problem}; use logger.mode=offline and wandb sync later")
     return mode
@@ -77,20 +76,6 @@ def _has_api_key() -> bool:
         return netrc.netrc(netrc_path).authenticators(_base_url().hostname or "") is not None
     except (OSError, netrc.NetrcParseError):
         return False
-
-
-def _unreachable() -> str | None:
-    """Why the W&B host gives no HTTP answer within `CONNECT_TIMEOUT_S`, or None when it does
-    (any status counts: the point is that it answers)."""
-    url = _base_url()
-    try:
-        urllib.request.urlopen(urllib.request.Request(url.geturl(), method="HEAD"), timeout=CONNECT_TIMEOUT_S).close()
-    except urllib.error.HTTPError:
-        return None
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        return f"no answer from {url.geturl()} ({getattr(reason, 'strerror', None) or reason})"
-    return None
 
 
 def _short_error(err: Exception) -> str:

@@ -1,16 +1,20 @@
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 from helpers import TINY
 from helpers.wandb_reader import find_wandb_file, read_run
 from PIL import Image
 
+from gpt2exp.data import sources
 from gpt2exp.errors import UserError
+from gpt2exp.network import unreachable
 from gpt2exp.runs.tracking import Tracker, resolve_mode, run_identity
 
 CONFIG = {"model": {"emb_dim": 64, "n_layers": 2}, "optimizer": {"lr": 4e-4}, "tags": ["nano"], "seed": 123}
@@ -257,3 +261,14 @@ def test_an_offline_run_says_where_it_is_in_one_line(run_module, text_file, monk
     [line] = [line for line in (result.stdout + result.stderr).splitlines()
               if line.startswith("wandb:") or "] W&B: " in line]
     assert "W&B: offline run; upload it with: wandb sync " in line and "/wandb/offline-run-" in line
+
+
+def test_one_probe_tells_whether_wandb_or_the_hub_answers(clean_env, monkeypatch):
+    """gpt2exp.network.unreachable is the probe of both: any HTTP status is an answer (the
+    clean_env host answers 404); a closed port or a malformed address is none, in a few words."""
+    answering = os.environ["WANDB_BASE_URL"]
+    for url, answers in ((answering, True), (f"http://127.0.0.1:{closed_port()}", False), ("hub.example", False)):
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+        assert sources._hub_reachable() is answers
+        assert (unreachable(url, timeout_s=3) is None) is answers
+    assert unreachable("hub.example", timeout_s=3) == "no answer from hub.example (unknown url type: 'hub.example')"
