@@ -186,12 +186,8 @@ def test_compare_draws_an_optuna_sweep_on_the_scales_it_searched(optuna_sweep, m
     assert saved["val_loss_vs_params.png"] == {key: "log" if key == "optimizer.lr" else "linear" for key in differing}
 
 
-def test_compare_on_a_generate_sweep(run_module, tmp_path, corpus):
-    pytest.importorskip("gpt2exp.generate")
-    trained = run_module("gpt2exp.train", *FAST, "data=text", f"data.path={corpus}", "logger=none",
-                         "hydra.run.dir=trained", cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr
-    result = run_module("gpt2exp.generate", "-m", "ckpt=trained", "decoding.temperature=0.5,1.5",
+def test_compare_on_a_generate_sweep(run_module, tmp_path, train_run):
+    result = run_module("gpt2exp.generate", "-m", f"ckpt={train_run}", "decoding.temperature=0.5,1.5",
                         "decoding.max_new_tokens=4", "logger=none", "hydra.sweep.dir=gen", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = run_module("gpt2exp.compare", str(tmp_path / "gen"), cwd=tmp_path)
