@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gpt2exp.cli import entrypoint as cli
+from gpt2exp.cli.table import format_table
 from gpt2exp.config import BenchConfig
 from gpt2exp.runs.folder import RunLayout
 
@@ -248,15 +249,10 @@ def _memory_rows(device) -> list[Row]:
     return rows
 
 
-def format_table(rows: list[Row]) -> str:
-    """The rows as aligned columns under a header."""
-    lines = [("section", "measure", "value", "unit")]
-    lines += [(section, measure, _format_value(value), unit) for section, measure, value, unit in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(3)]
-    return "\n".join(
-        f"{section:<{widths[0]}}  {measure:<{widths[1]}}  {value:>{widths[2]}}  {unit}".rstrip()
-        for section, measure, value, unit in lines
-    )
+def bench_table(rows: list[Row]) -> str:
+    """The rows as aligned columns under a header, the values aligned right."""
+    cells = [[section, measure, _format_value(value), unit] for section, measure, value, unit in rows]
+    return format_table(["section", "measure", "value", "unit"], cells, right=frozenset({2}))
 
 
 def _format_value(value: float) -> str:
@@ -265,7 +261,7 @@ def _format_value(value: float) -> str:
 
 def _run(composed: DictConfig) -> None:
     rows = bench(cli.typed(composed, BenchConfig))
-    log.info("%s", format_table(rows))
+    log.info("%s", bench_table(rows))
     records = [dict(zip(("section", "measure", "value", "unit"), row)) for row in rows]
     (Path(HydraConfig.get().runtime.output_dir) / RunLayout.BENCH).write_text(json.dumps(records, indent=1) + "\n")
 

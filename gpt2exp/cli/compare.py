@@ -19,7 +19,12 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
+from gpt2exp.cli.messages import fail
+from gpt2exp.cli.table import format_table
 from gpt2exp.errors import UserError
+from gpt2exp.runs.plots import plot_scatter_panels, plot_series
 
 FIGURES = {  # table column: metrics.jsonl key (the last value logged is the final one)
     "train_loss": "train/loss",
@@ -117,17 +122,8 @@ def write_tables(columns: list[str], cells: list[list], out_dir: Path) -> tuple[
     return csv_path, md_path
 
 
-def format_table(columns: list[str], cells: list[list]) -> str:
-    """The table as aligned plain text."""
-    text = [columns, *[[_fmt(v) for v in row] for row in cells]]
-    widths = [max(len(row[i]) for row in text) for i in range(len(columns))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in text)
-
-
 def plot_val_curves(rows: list[dict], path: Path) -> Path:
     """All runs' validation loss against tokens seen, one line per run."""
-    from gpt2exp.runs.plots import plot_series
-
     curves = [row for row in rows if row["curve"]]
     labels = run_labels(curves, swept_keys(rows))
     series = {label: tuple(zip(*row["curve"])) for label, row in zip(labels, curves)}
@@ -137,8 +133,6 @@ def plot_val_curves(rows: list[dict], path: Path) -> Path:
 def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) -> Path:
     """`metric` against the values of override `param`, one line per setting of the other swept
     keys (a grid sweep)."""
-    from gpt2exp.runs.plots import plot_series
-
     others = [k for k in swept_keys(rows) if k != param]
     names = _short_names(rows)
     points = [(row["overrides"][param], row[metric], _label(row, others, names) if others else "") for row in rows
@@ -157,8 +151,6 @@ def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) 
 def plot_search(rows: list[dict], metric: str, params: list[str], log_params: set[str], path: Path) -> Path:
     """A random or Optuna search: `metric` against each tuned parameter, one scatter panel each,
     on a log axis for the parameters searched on a log scale."""
-    from gpt2exp.runs.plots import plot_scatter_panels
-
     panels = {}
     for param in params:
         points = [(row["overrides"][param], row[metric]) for row in rows
@@ -217,7 +209,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
     out_dir = Path(out_dir) if out_dir else base
     columns, cells = table(rows)
     csv_path, md_path = write_tables(columns, cells, out_dir)
-    written = {"text": format_table(columns, cells), "rows": rows, "csv": csv_path, "markdown": md_path}
+    written = {"text": format_table(columns, [[_fmt(v) for v in row] for row in cells]), "rows": rows, "csv": csv_path, "markdown": md_path}
     if any(row["curve"] for row in rows):
         written["val_loss_plot"] = plot_val_curves(rows, out_dir / "val_loss.png")
     present_defaults = [m for m in DEFAULT_METRICS if m in present]
@@ -255,8 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         written = compare(args.paths, args.out, args.metric, args.param)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(err))
     print(written["text"])
     files = [written[k] for k in ("csv", "markdown", "val_loss_plot", "metric_plot") if k in written]
     print("wrote " + ", ".join(str(p) for p in files))
@@ -343,8 +334,6 @@ def _read_json(path: Path) -> dict | None:
 
 def _read_yaml(path: Path):
     """A YAML file's value; {} when it is absent or, with a warning, not readable YAML."""
-    import yaml
-
     try:
         return yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:

@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gpt2exp.cli.messages import error_message, fail, one_line
 from gpt2exp.cli.schema import register_configs
 from gpt2exp.config import LoggerConfig
 from gpt2exp.errors import AlreadyComplete, UserError
@@ -35,34 +36,8 @@ from gpt2exp.runs.tracking import run_identity
 CONFIG_DIR = str(next(path for path in (Path(__file__).resolve().parents[1] / "conf",
                                         Path(__file__).resolve().parents[2] / "conf") if path.is_dir()))
 FAILURE_FILE = run_folder.RunLayout.FAILURE
-_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
 log = logging.getLogger("gpt2exp.cli")
 T = TypeVar("T")
-
-
-def one_line(err: BaseException) -> str:
-    """An exception and its cause as one line, without OmegaConf's key/type trailer; the
-    config key it concerns leads when the text does not name it."""
-    parts, key = [], None
-    while err is not None and len(parts) < 2:
-        lines = [line.strip() for line in str(err).splitlines()]
-        text = " ".join(line for line in lines if line and not line.startswith(_NOISE))
-        if text and text not in parts:
-            parts.append(text.rstrip(".") if err.__cause__ else text)
-        key = key or getattr(err, "full_key", None)
-        err = err.__cause__
-    message = ": ".join(parts)
-    return message if not key or key in message else f"{key}: {message}"
-
-
-def fail(message: str, status: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(status)
-
-
-def error_message(err: BaseException) -> str:
-    """The one line an entrypoint prints for a user mistake (after "error: ")."""
-    return str(err) if isinstance(err, UserError) else one_line(err)
 
 
 def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
