@@ -15,7 +15,11 @@ import shutil
 from importlib.util import find_spec
 from pathlib import Path
 
+import huggingface_hub
+import huggingface_hub.constants
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from gpt2exp.atomic import folder_atomic
 from gpt2exp.config import ModelConfig
@@ -167,22 +171,22 @@ def from_hf_state_dict(weights: dict[str, torch.Tensor], cfg: ModelConfig, sourc
 
 def find_hf_folder(init: str) -> Path:
     """The folder that ``model.init`` names: a folder holding config.json, or one of OpenAI's
-    models in the Hugging Face cache (no download: the hub may be unreachable)."""
+    models in the Hugging Face cache, found through huggingface_hub (no download here)."""
     folder = Path(init).expanduser()
     if (folder / "config.json").is_file():
         return folder
     if init not in OPENAI_MODELS:
-        raise UserError(f"model.init={init}: no config.json in that folder, and not one of {', '.join(OPENAI_MODELS)}")
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or "~/.cache/huggingface") / "hub")
-    hub = hub.expanduser()
-    for repo in (f"models--openai-community--{init}", f"models--{init}"):
-        snapshots = sorted((hub / repo / "snapshots").glob("*/config.json"), key=lambda p: p.stat().st_mtime)
-        if snapshots:
-            return snapshots[-1].parent
+        what = f"the folder {folder} holds no config.json" if folder.is_dir() else "no such folder"
+        raise UserError(f"model.init={init}: {what}, and it is not one of {', '.join(OPENAI_MODELS)}; pass a folder "
+                        "that holds a Hugging Face GPT-2's config.json and model.safetensors, or one of those names")
+    for repo in (f"openai-community/{init}", init):
+        config = huggingface_hub.try_to_load_from_cache(repo, "config.json")
+        if isinstance(config, str):
+            return Path(config).parent
     raise UserError(
-        f"model.init={init}: not in the Hugging Face cache ({hub}) and the hub is not reached from here; put its "
-        "config.json and model.safetensors (from huggingface.co/openai-community/" + init + ") in a folder and "
-        "pass model.init=<folder>"
+        f"model.init={init}: not in the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}); put it there "
+        f"with `hf download openai-community/{init} config.json model.safetensors`, or download those two files from "
+        f"https://huggingface.co/openai-community/{init} into a folder and pass model.init=<folder>"
     )
 
 
@@ -216,7 +220,9 @@ def load_hf_weights(folder: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         source = folder / "pytorch_model.bin"
         weights = read_torch_file(source, f"model.init: {source}", "a PyTorch state dict")
     else:
-        raise UserError(f"model.init: {folder} holds config.json but neither model.safetensors nor pytorch_model.bin")
+        raise UserError(f"model.init: {folder} holds config.json but neither model.safetensors nor pytorch_model.bin; "
+                        "put the weights saved with that config.json there (transformers' save_pretrained and "
+                        "`hf download <repo> model.safetensors` write model.safetensors)")
     if not isinstance(weights, dict) or not all(isinstance(n, str) and isinstance(t, torch.Tensor)
                                                 for n, t in weights.items()):
         raise UserError(f"model.init: {source} holds no state dict of tensors")
@@ -224,9 +230,6 @@ def load_hf_weights(folder: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
 
 
 def _read_safetensors(source: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(source))
     except SafetensorError as err:
@@ -253,9 +256,6 @@ def write_hf_folder(model: GPTModel, out: Path) -> Path:
 
 
 def _write_hf_files(model: GPTModel, folder: Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
     (folder / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2) + "\n", encoding="utf-8")
     weights = folder / "model.safetensors"
     try:

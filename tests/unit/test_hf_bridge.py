@@ -1,8 +1,11 @@
 """The Hugging Face bridge: start training from an HF-format GPT-2 folder (``model.init``) and
 export a checkpoint that ``transformers`` loads (``python -m gpt2exp.export``), both offline."""
 import json
+import os
+import time
 from dataclasses import asdict
 
+import huggingface_hub.constants
 import pytest
 import torch
 from helpers import TINY_MODEL
@@ -12,10 +15,11 @@ from transformers import GPT2LMHeadModel
 from gpt2exp.cli.export import export
 from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
-from gpt2exp.modeling.checkpoint import load_trained_model, save_checkpoint
+from gpt2exp.modeling.checkpoint import save_checkpoint
 from gpt2exp.modeling.decoding import generate
-from gpt2exp.modeling.hf_format import read_hf_folder
+from gpt2exp.modeling.hf_format import find_hf_folder, read_hf_folder
 from gpt2exp.modeling.model import GPTModel
+from gpt2exp.modeling.trained import load_trained_model
 
 
 def loaded(folder) -> GPTModel:
@@ -113,3 +117,55 @@ def test_export_writes_the_layer_norm_epsilon_back(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf_model(ids).logits, model.eval()(ids), atol=1e-5, rtol=1e-5)
     assert hf_model.config.layer_norm_epsilon == 0.1
+
+
+def cache_snapshot(cache, repo: str, commit: str, **files: str):
+    """A snapshot of `repo` in a Hugging Face hub cache, laid out as huggingface_hub lays it out."""
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, text in files.items():
+        (snapshot / name).write_text(text)
+    return snapshot
+
+
+def test_model_init_gpt2_is_the_snapshot_the_caches_main_names(tmp_path, monkeypatch):
+    """huggingface_hub's look-up: the snapshot refs/main points at, not the newest folder."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    main = cache_snapshot(tmp_path, "openai-community/gpt2", "a" * 40, **{"config.json": "{}"})
+    newer = cache_snapshot(tmp_path, "openai-community/gpt2", "b" * 40, **{"config.json": "{}"})  # not main
+    os.utime(newer / "config.json", (time.time() + 100, time.time() + 100))
+    (tmp_path / "models--openai-community--gpt2" / "refs").mkdir()
+    (tmp_path / "models--openai-community--gpt2" / "refs" / "main").write_text("a" * 40)
+    assert find_hf_folder("gpt2") == main
+
+
+def test_model_init_gpt2_outside_the_cache_says_what_to_download_and_where(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError) as error:
+        find_hf_folder("gpt2-medium")
+    message = str(error.value)
+    assert message.startswith(f"model.init=gpt2-medium: not in the Hugging Face cache ({tmp_path / 'hub'})")
+    assert "hf download openai-community/gpt2-medium config.json model.safetensors" in message
+    assert "https://huggingface.co/openai-community/gpt2-medium" in message and "model.init=<folder>" in message
+    assert "reach" not in message  # nothing tried to reach the hub
+
+
+def test_model_init_that_names_no_model_folder_says_what_is_missing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=f"model.init={tmp_path / 'empty'}: the folder .* holds no config.json"):
+        find_hf_folder(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="model.init=hf/gpt2: no such folder, and it is not one of gpt2, gpt2-medium"):
+        find_hf_folder("hf/gpt2")
+
+
+def test_an_hf_folder_without_weights_says_which_file_to_put_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    snapshot = cache_snapshot(tmp_path, "gpt2", "c" * 40, **{"config.json": json.dumps(HF_TINY)})
+    (tmp_path / "models--gpt2" / "refs").mkdir()
+    (tmp_path / "models--gpt2" / "refs" / "main").write_text("c" * 40)
+    with pytest.raises(UserError) as error:
+        read_hf_folder(find_hf_folder("gpt2"))
+    assert str(error.value) == (f"model.init: {snapshot} holds config.json but neither model.safetensors nor "
+                                "pytorch_model.bin; put the weights saved with that config.json there (transformers' "
+                                "save_pretrained and `hf download <repo> model.safetensors` write model.safetensors)")
