@@ -14,7 +14,10 @@ from omegaconf import DictConfig
 from gpt2exp.cli import entrypoint as cli
 from gpt2exp.cli.table import format_table
 from gpt2exp.config import BenchConfig
+from gpt2exp.devices import Precision, bf16_supported, resolve_device, resolve_precision
+from gpt2exp.errors import UserError
 from gpt2exp.runs.folder import RunLayout
+from gpt2exp.tokenizer import EOT_TOKEN
 
 log = logging.getLogger("gpt2exp.bench")
 
@@ -26,7 +29,6 @@ def bench(cfg: BenchConfig) -> list[Row]:
     import torch
     import transformers
 
-    from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.modeling.model import GPTModel
 
     settings, sections = cfg.bench, set(cfg.bench.sections)
@@ -69,7 +71,6 @@ def _peak_rows(device) -> list[Row]:
     import torch
 
     from gpt2exp.benchmarks.flops import matmul_flops
-    from gpt2exp.devices import bf16_supported
 
     rows = [("peak", "matmul fp32", matmul_flops(device, torch.float32) / 1e9, "GFLOP/s")]
     if bf16_supported(device):
@@ -106,7 +107,6 @@ def _train_rows(cfg: BenchConfig, model, device, precision, peaks: dict[str, tup
     from gpt2exp.benchmarks.hf import to_hf
     from gpt2exp.benchmarks.timing import time_first_call, time_interleaved
     from gpt2exp.benchmarks.training import train_step
-    from gpt2exp.devices import Precision, bf16_supported
     from gpt2exp.training.trainer import make_optimizer
 
     settings = cfg.bench
@@ -203,11 +203,10 @@ def _layout_rows(model, precision) -> list[Row]:
                      "x"))
     return rows
 
+
 def _data_rows(text_path: str | None) -> list[Row]:
     from gpt2exp.benchmarks.corpus import measure_token_cache
     from gpt2exp.data import pydocs_documents
-    from gpt2exp.errors import UserError
-    from gpt2exp.tokenizer import EOT_TOKEN
 
     if text_path is None:
         name, text = "pydocs", EOT_TOKEN.join(pydocs_documents())

@@ -9,10 +9,14 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from gpt2exp.atomic import write_json_atomic
 from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import EvalConfig, plain
+from gpt2exp.devices import resolve_device, resolve_precision
 from gpt2exp.errors import UserError
 from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.tracking import Tracker
+from gpt2exp.tokenizer import get_encoding
 
 log = logging.getLogger("gpt2exp.eval")
 
@@ -35,13 +39,9 @@ def score_checkpoint(composed: DictConfig) -> float:
     """Score the split; returns its perplexity (for sweepers)."""
     import torch
 
-    from gpt2exp.atomic import write_json_atomic
     from gpt2exp.data import load_eval_text, whole_files
-    from gpt2exp.devices import resolve_device, resolve_precision
     from gpt2exp.evaluation.perplexity import default_stride, score_text
     from gpt2exp.modeling.inference_layout import to_inference_layout
-    from gpt2exp.runs.tracking import Tracker
-    from gpt2exp.tokenizer import get_encoding
 
     cfg = cli.typed(composed, EvalConfig)
     settings, data = cfg.eval, cfg.data

@@ -13,9 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import ExportConfig
 from gpt2exp.errors import UserError
-from gpt2exp.modeling.checkpoint import load_trained_model
-from gpt2exp.modeling.hf_format import write_hf_folder
-from gpt2exp.modeling.lora import is_lora, write_base_and_adapter
 from gpt2exp.runs.layout import checkpoint_file
 
 USAGE = "usage: python -m gpt2exp.export ckpt=<checkpoint file or run folder> out=<folder> [merge_lora=true|false]"
@@ -23,6 +20,10 @@ USAGE = "usage: python -m gpt2exp.export ckpt=<checkpoint file or run folder> ou
 
 def export(ckpt: str, out: str, merge_lora: bool = True) -> Path:
     """Write the checkpoint's model into `out` (a new or empty folder, whole or not at all); returns it."""
+    from gpt2exp.modeling.checkpoint import load_trained_model
+    from gpt2exp.modeling.hf_format import write_hf_folder
+    from gpt2exp.modeling.lora import is_lora, write_base_and_adapter
+
     out_dir = Path(out).expanduser()
     model, _ = load_trained_model(checkpoint_file(ckpt), merge_lora=merge_lora)
     if not merge_lora and not is_lora(model):

@@ -13,8 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import GenerateConfig, plain
+from gpt2exp.devices import resolve_device
 from gpt2exp.errors import UserError
 from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.plots import plot_next_token_probs
+from gpt2exp.runs.tracking import Tracker, resolve_mode
+from gpt2exp.tokenizer import get_encoding
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +31,6 @@ log = logging.getLogger("gpt2exp.generate")
 def wandb_checkpoint(ckpt: str, mode: str) -> Path:
     """The checkpoint file of a W&B model artifact, ``wandb:<entity>/<project>/<name>:<alias>``
     (as `logger.log_model` logs them), downloaded into W&B's artifact cache."""
-    from gpt2exp.runs.tracking import resolve_mode
-
     name = ckpt.removeprefix("wandb:")
     if resolve_mode(mode) != "online":
         raise UserError(f"ckpt={ckpt}: W&B is not reachable from here (logging offline); run "
@@ -59,7 +61,6 @@ class GenerationPlan:
 def plan_generation(composed: DictConfig) -> GenerationPlan:
     """Check everything a user can get wrong (config, checkpoint, decoding against the model)
     before a file is written; raises UserError (or a config error)."""
-    from gpt2exp.devices import resolve_device
     from gpt2exp.modeling.checkpoint import checkpoint_path, load_trained_model
 
     if OmegaConf.is_missing(composed, "ckpt"):
@@ -91,9 +92,6 @@ def generate_samples(composed: DictConfig) -> None:
     from gpt2exp.modeling.decoding import sample_continuations
     from gpt2exp.modeling.inference_layout import to_inference_layout
     from gpt2exp.modeling.text_metrics import generation_metrics
-    from gpt2exp.runs.plots import plot_next_token_probs
-    from gpt2exp.runs.tracking import Tracker
-    from gpt2exp.tokenizer import get_encoding
 
     cfg, device, dec = plan.cfg, plan.device, plan.cfg.decoding
     run_dir = Path(HydraConfig.get().runtime.output_dir)
