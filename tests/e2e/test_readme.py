@@ -18,11 +18,26 @@ from omegaconf import OmegaConf
 SHRINK = [*TINY, "trainer.max_steps=4", "trainer.eval_freq=2", "trainer.eval_iter=1", "logger=none"]
 
 
+def block_lines(pattern: str) -> list[str]:
+    """The lines of the first ```bash block after `pattern` in the README, comments stripped."""
+    block = re.search(pattern + r".*?```bash\n(.*?)```", README, re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.strip().splitlines()]
+
+
+QUICKSTART = block_lines("## Quickstart")[-1]  # the train command, after the set-up
+
+
+def decoding_sweep_lines() -> list[str]:
+    """The "Decoding sweeps" commands: a train sweep, then compare."""
+    return block_lines(r"\*\*Decoding sweeps\.\*\*")
+
+
 def train_commands() -> list[list[str]]:
     """The train lines, but those that start from Hugging Face weights or a preset the README
-    writes first (their own tests run them)."""
+    writes first, the quickstart's and the decoding sweep's (their own tests run them)."""
+    own_tests = {"model.init=", "experiment=my_run"}
     return [shlex.split(c)[3:] for c in readme_commands() if c.startswith("python -m gpt2exp.train")
-            and "model.init=" not in c and "experiment=my_run" not in c]
+            and not any(key in c for key in own_tests) and c not in (QUICKSTART, *decoding_sweep_lines())]
 
 
 def bench_commands() -> list[list[str]]:
@@ -78,12 +93,13 @@ def test_wikitext2_without_cache_or_files_exits_2_saying_how_to_fix(run_module, 
 
 
 def test_quickstart_learns_within_fifty_steps(run_module, tmp_path):
-    """The quickstart's own settings (nano, pydocs), cut to its first 50 steps."""
+    """The quickstart's command, with its own settings (nano, pydocs) cut to its first 50 steps."""
     result = run_module(
-        "gpt2exp.train", "trainer.max_steps=50", "trainer.progress=false", "logger=none", timeout=600
+        *shlex.split(QUICKSTART)[2:], "trainer.max_steps=50", "trainer.progress=false", "logger=none", timeout=600
     )
     assert result.returncode == 0, result.stderr
     [run_dir] = run_folders(tmp_path)
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
     evals = [m for m in map(json.loads, (run_dir / "metrics.jsonl").open()) if "val/loss" in m]
     assert evals[0]["val/loss"] > 10.5 and evals[-1]["val/loss"] < evals[0]["val/loss"] - 3
 
@@ -118,8 +134,7 @@ def test_readme_bench_command_runs(args, run_module):
 def test_readme_decoding_sweep_then_compare_plots_a_figure_that_varies(run_module, text_file, tmp_path):
     """The "Decoding sweeps" commands: six jobs train one (tiny) model long enough for the
     temperature to matter, then compare plots a gen/* figure against the temperature."""
-    block = re.search(r"\*\*Decoding sweeps\.\*\*.*?```bash\n(.*?)```", README, re.S).group(1)
-    train_line, compare_line = [shlex.split(line)[3:] for line in block.strip().splitlines()]
+    train_line, compare_line = [shlex.split(line)[3:] for line in decoding_sweep_lines()]
     train = run_module("gpt2exp.train", *train_line, *TINY, "data=text", f"data.path={text_file}",
                        "trainer.max_steps=30", "trainer.eval_freq=30", "optimizer.lr=3e-3", "logger=none")
     assert train.returncode == 0, train.stderr
@@ -128,6 +143,7 @@ def test_readme_decoding_sweep_then_compare_plots_a_figure_that_varies(run_modul
     assert len(summaries) == 6 and len({s["final/val_loss"] for s in summaries}) == 1  # one model
     assert len({round(s["gen/nll"], 6) for s in summaries}) > 1
     assert all(len(read_jsonl(job / "samples.jsonl")) >= 3 for job in jobs)
+    assert all((job / "checkpoints" / "last.pt").is_file() for job in jobs)
     compare = run_module("gpt2exp.compare", *compare_line)
     assert compare.returncode == 0, compare.stderr
     assert "outputs/decoding-sweep/gen_nll_vs_decoding.temperature.png" in compare.stdout
