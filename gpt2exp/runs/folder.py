@@ -159,7 +159,7 @@ def _make_folders(path: Path, key: str) -> list[Path]:
         if folder.is_dir():
             break
         missing.append(folder)
-    made = []
+    made: list[Path] = []
     for folder in reversed(missing):
         try:
             folder.mkdir()
@@ -194,10 +194,10 @@ def _not_a_lock(key: str, lock_path: Path) -> str:
 
 
 def _owner(lock_path: Path) -> str:
-    owner = holder_of(lock_path)
+    owner = holder_of(lock_path) or {}
     try:
         return f"pid {owner['pid']} on {owner['host']}, started {owner['since']}: {owner['command']}"
-    except (KeyError, TypeError):
+    except KeyError:
         return "a process that is starting"
 
 

@@ -152,9 +152,9 @@ def _lock(path: Path, owner: dict, **wait) -> HeldLock | None:
 
 def _holder(lock: Path) -> str:
     """Who holds the lock, as its file names them."""
-    holder = holder_of(lock)
+    holder = holder_of(lock) or {}
     try:
         return (f"job {holder['job']} (pid {holder['pid']} on {holder['host']}, since {holder['since']}, "
                 f"run folder {holder['run_dir']})")
-    except (KeyError, TypeError):
+    except KeyError:
         return "a job that is starting"
