@@ -2,7 +2,7 @@
 import pytest
 from helpers.console import run
 
-COMMANDS = ("gpt2exp-train", "gpt2exp-generate", "gpt2exp-compare", "gpt2exp-bench")
+COMMANDS = ("gpt2exp-train", "gpt2exp-generate", "gpt2exp-compare", "gpt2exp-bench", "gpt2exp-eval", "gpt2exp-export")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
