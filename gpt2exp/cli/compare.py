@@ -138,14 +138,15 @@ def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) 
     points = [(row["overrides"][param], row[metric], _label(row, others, names) if others else "") for row in rows
               if param in row["overrides"] and row[metric] is not None]
     numeric = all(_number(x) is not None for x, _, _ in points)
-    ticks = None if numeric else sorted({x for x, _, _ in points})
+    ticks = [] if numeric else sorted({x for x, _, _ in points})
+    position = float if numeric else ticks.index  # a tick's position: its value, or its place among the ticks
     series: dict = {}
-    for x, y, label in sorted(points, key=lambda p: _number(p[0]) if numeric else p[0]):
+    for x, y, label in sorted(points, key=lambda p: position(p[0])):
         xs, ys = series.setdefault(label or metric, ([], []))
-        xs.append(_number(x) if numeric else ticks.index(x))
+        xs.append(position(x))
         ys.append(y)
     return plot_series(series, path, xlabel=param, ylabel=metric,
-                       xticklabels=None if ticks is None else [_short_value(t) for t in ticks])
+                       xticklabels=None if numeric else [_short_value(t) for t in ticks])
 
 
 def plot_search(rows: list[dict], metric: str, params: list[str], log_params: set[str], path: Path) -> Path:
@@ -157,7 +158,7 @@ def plot_search(rows: list[dict], metric: str, params: list[str], log_params: se
                   if param in row["overrides"] and row[metric] is not None]
         numeric = all(_number(x) is not None for x, _ in points)
         ticks = None if numeric else sorted({x for x, _ in points})
-        xs = [_number(x) if numeric else ticks.index(x) for x, _ in points]
+        xs = [float(x) for x, _ in points] if ticks is None else [ticks.index(x) for x, _ in points]
         panels[param] = (xs, [y for _, y in points], param in log_params and numeric, ticks)
     return plot_scatter_panels(panels, path, ylabel=metric)
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -29,6 +29,9 @@ from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.runs import folder as run_folder
 from gpt2exp.runs.tracking import run_identity
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 # The configs: gpt2exp/conf in an installed wheel, else the checkout's top-level conf/ (a source
 # tree or an editable install). An absolute path, so that Hydra reads it as a folder however the
 # entrypoint was started (``python -m``, or a console command, for which "../conf" would be
@@ -37,7 +40,7 @@ CONFIG_DIR = str(next(path for path in (Path(__file__).resolve().parents[1] / "c
                                         Path(__file__).resolve().parents[2] / "conf") if path.is_dir()))
 FAILURE_FILE = run_folder.RunLayout.FAILURE
 log = logging.getLogger("gpt2exp.cli")
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
@@ -105,7 +108,7 @@ def _in_child_process(job: Callable[[], Any], hydra_cfg: Any) -> Any:
         pass
     finally:
         child.join()
-    code = child.exitcode
+    code = cast(int, child.exitcode)  # set once join() returned
     cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     run_dir = Path(hydra_cfg.runtime.output_dir)
     return record_failure(run_dir, hydra_cfg.job.num, list(hydra_cfg.overrides.task), f"job process {cause}")
@@ -186,7 +189,7 @@ def typed(cfg: DictConfig, schema: type[T]) -> T:
     for key, text in _strings(OmegaConf.to_container(cfg, resolve=True), ""):
         if "\x00" in text:
             raise UserError(f"{key}={text!r} is not allowed: must not contain a NUL character")
-    return OmegaConf.to_object(cfg)
+    return cast(T, OmegaConf.to_object(cfg))
 
 
 def _strings(value: Any, key: str):

@@ -5,6 +5,7 @@ or of a Hugging Face GPT-2 folder (``model.init=<folder>``); prints it and write
 import logging
 import math
 from pathlib import Path
+from typing import cast
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -29,7 +30,7 @@ def load_model(cfg: EvalConfig):
 
     if cfg.ckpt is not None:
         return load_trained_model(checkpoint_path(cfg.ckpt))[0]
-    model_cfg, weights = read_hf_folder(find_hf_folder(cfg.model.init), drop_rate=0.0)
+    model_cfg, weights = read_hf_folder(find_hf_folder(cast(str, cfg.model.init)), drop_rate=0.0)  # EvalConfig: ckpt or model.init
     model = GPTModel(model_cfg)
     model.load_state_dict(weights)
     return model

@@ -11,6 +11,7 @@ aliases would expand it past `MAX_NODES` (a "billion laughs" file).
 
 import os
 from pathlib import Path
+from typing import cast
 
 import yaml
 from hydra.core.config_search_path import ConfigSearchPath
@@ -53,7 +54,7 @@ def read_preset(path: Path) -> DictConfig:
             raise ConfigLoadError(f"{path}: a preset must be a YAML mapping (key: value lines), not a {root.id}")
         if root is not None and _expanded_size(root, {}, set()) > MAX_NODES:
             raise ConfigLoadError(f"{path}: its YAML aliases expand past {MAX_NODES:,} nodes; refusing to load it")
-        return OmegaConf.create(text)
+        return cast(DictConfig, OmegaConf.create(text))  # a mapping (or nothing): checked above
     except ConfigLoadError:
         raise
     except UnicodeDecodeError as err:

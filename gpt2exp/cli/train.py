@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -79,10 +80,11 @@ def _hf_architecture(model: ModelConfig, hydra_cfg) -> ModelConfig:
 
     given = any(o.lstrip("+~").startswith("model.drop_rate=") for o in hydra_cfg.overrides.task)
     overrides = {"drop_rate": model.drop_rate if given else 0.0, "lora": model.lora}
-    if (checkpoint := checkpoint_base(model.init)) is not None:
+    init = cast(str, model.init)  # only a run with model.init comes here
+    if (checkpoint := checkpoint_base(init)) is not None:
         return checkpoint_architecture(checkpoint, **overrides)
     refuse_beyond_gpt2(model, "model.init: a Hugging Face GPT-2")
-    folder = find_hf_folder(model.init)
+    folder = find_hf_folder(init)
     return hf_model_config(read_config(folder), source=folder / "config.json", init=str(folder.resolve()), **overrides)
 
 
