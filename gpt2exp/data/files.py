@@ -213,7 +213,7 @@ def _json_array(text, column: str, file: Path) -> Iterator[Piece]:
 
 
 def _parquet_rows(file: Path, column: str) -> Iterator[Piece]:
-    import pyarrow as pa
+    import pyarrow as pa  # imported only for the kinds that need it, as in _arrow_errors
     import pyarrow.parquet as pq
 
     # The system allocator gives each batch's memory back (mimalloc, pyarrow's default, keeps
@@ -244,7 +244,7 @@ def _parquet_batch_rows(parquet, column: str) -> int:
 
 
 def _csv_rows(file: Path, column: str) -> Iterator[Piece]:
-    import pyarrow as pa
+    import pyarrow as pa  # as in _parquet_rows
     import pyarrow.csv
 
     reader = pyarrow.csv.open_csv(file, read_options=pyarrow.csv.ReadOptions(block_size=CSV_BLOCK_BYTES),

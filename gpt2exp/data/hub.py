@@ -71,7 +71,7 @@ def _hub_pieces(cfg: DataConfig, split: str) -> Iterator[Piece]:
 
 def _load_hub(cfg: DataConfig, split: str):
     """The split as a `datasets.Dataset`, or an `IterableDataset` with `data.streaming`."""
-    import datasets
+    import datasets  # as in _hub_pieces
 
     try:
         return datasets.load_dataset(cfg.path, cfg.name, split=split, streaming=cfg.streaming)

@@ -1,15 +1,21 @@
 """Tests of gpt2exp.data: corpora, their token files and the sliding-window loaders."""
 import io
 import itertools
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import huggingface_hub
+import huggingface_hub.constants
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+from huggingface_hub.errors import LocalEntryNotFoundError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -369,8 +375,6 @@ def test_wikitext_unknown_config_name():
 
 
 def test_wikitext_without_cache_or_hub_fails_fast_in_one_line(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     environment = dict(os.environ)
@@ -388,9 +392,6 @@ def test_wikitext_without_cache_or_hub_fails_fast_in_one_line(tmp_path, monkeypa
 
 def cache_wikitext(hub_cache: Path, name: str, rows: dict) -> None:
     """WikiText's parquet files of config `name` in a Hugging Face hub cache, as a download leaves them."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     repo = hub_cache / "datasets--Salesforce--wikitext"
     commit = "0" * 40
     (repo / "refs").mkdir(parents=True)
@@ -403,8 +404,6 @@ def cache_wikitext(hub_cache: Path, name: str, rows: dict) -> None:
 
 
 def test_wikitext_comes_from_the_hugging_face_cache_offline(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # never asked
     monkeypatch.setattr(sources, "_hub_reachable", lambda: pytest.fail("the hub was asked"))
@@ -418,9 +417,6 @@ def test_wikitext_comes_from_the_hugging_face_cache_offline(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("download_works", [True, False])
 def test_wikitext_is_downloaded_when_the_hub_answers(tmp_path, monkeypatch, download_works):
-    import huggingface_hub
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
     cache_wikitext(tmp_path, "wikitext-2-raw-v1", {"train": [[" a .\n"]], "validation": [[" b .\n"]]})
     [snapshot] = (tmp_path / "datasets--Salesforce--wikitext" / "snapshots").iterdir()
 
@@ -497,11 +493,6 @@ def test_build_data_rejects_settings_that_give_no_batches(tmp_path, overrides, m
 
 def write_documents(folder: Path, kind: str, documents: list[str]) -> Path:
     """`documents` as one data file of `kind` (parquet, jsonl or txt) in `folder`."""
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"docs.{kind}"
     if kind == "parquet":
@@ -532,9 +523,6 @@ def test_hf_local_files_become_one_token_file_with_eot_between_documents(tmp_pat
 
 
 def test_hf_separator_and_text_column(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"body": ["one two", "three"]}), tmp_path / "data" / "a.parquet")
     cfg = DataConfig(source="hf", path=str(tmp_path / "data"), text_column="body", separator="", train_ratio=0.5)
