@@ -15,7 +15,7 @@ from helpers.lora import RANK
 from peft import PeftModel
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2exp.modeling.checkpoint import load_trained_model
+from gpt2exp.modeling.trained import load_trained_model
 
 HF_TINY = {"vocab_size": 50257, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}
 
@@ -48,22 +48,6 @@ def lora_run(tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_a_sweep_over_the_rank_is_one_multirun(lora_run, tmp_path):
-    root = lora_run.parents[2]
-    result = subprocess.run(
-        [sys.executable, "-m", "gpt2exp.train", "-m", *TINY, f"model.init={root / 'hf'}", "model.lora.rank=2,8",
-         "data=text", f"data.path={root / 'corpus.txt'}", "trainer.max_steps=2", "logger=none",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    ranks = []
-    for job in sorted((tmp_path / "sweep").glob("*/checkpoints/last.pt")):
-        weights = torch.load(job, weights_only=True)["model"]
-        ranks.append(weights["blocks.0.attn.qkv.lora_A.weight"].shape[0])
-    assert sorted(ranks) == [2, 8]
-
-
 def test_a_lora_checkpoint_holds_the_adapter_its_optimizer_state_and_the_base_identity(lora_run):
     checkpoint = torch.load(lora_run / "checkpoints" / "last.pt", weights_only=True)
     names = set(checkpoint["model"])
@@ -77,28 +61,35 @@ def test_a_lora_checkpoint_holds_the_adapter_its_optimizer_state_and_the_base_id
 
 
 def test_a_lora_run_resumes_on_the_curve_of_an_uninterrupted_one(lora_run, tmp_path):
+    """lora_run's 4 steps (a copy), resumed to 6, against 6 steps straight."""
     root = lora_run.parents[2]
-    shutil.copytree(root / "hf", tmp_path / "hf")
-    shutil.copy(root / "corpus.txt", tmp_path / "corpus.txt")
-    straight = lora_train(tmp_path, "trainer.max_steps=6", "hydra.run.dir=straight")
+    straight = lora_train(root, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr
-    first = lora_train(tmp_path, "trainer.max_steps=4", "hydra.run.dir=resumed")
-    assert first.returncode == 0, first.stderr
-    resumed = lora_train(tmp_path, "trainer.max_steps=6", "hydra.run.dir=resumed", "trainer.resume=resumed")
+    shutil.copytree(lora_run, tmp_path / "resumed")
+    resumed = lora_train(root, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'resumed'}",
+                         f"trainer.resume={tmp_path / 'resumed'}")
     assert resumed.returncode == 0, resumed.stderr
     losses = [[m["val/loss"] for m in read_jsonl(tmp_path / run / "metrics.jsonl") if "val/loss" in m]
               for run in ("straight", "resumed")]
     assert losses[1] == pytest.approx(losses[0], abs=1e-4) and losses[0][-1] < losses[0][0]
 
 
-def test_generate_and_eval_read_a_lora_run_as_its_merged_model(lora_run, run_module, tmp_path):
+@pytest.fixture(scope="module")
+def merged(lora_run, tmp_path_factory) -> Path:
+    """lora_run exported (``python -m gpt2exp.export``, the adapters merged) to a Hugging Face folder."""
+    out = tmp_path_factory.mktemp("merged") / "hf"
+    result = subprocess.run([sys.executable, "-m", "gpt2exp.export", f"ckpt={lora_run}", f"out={out}"],
+                            cwd=out.parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_generate_and_eval_read_a_lora_run_as_its_merged_model(lora_run, merged, run_module, tmp_path):
     root = lora_run.parents[2]
     generated = run_module("gpt2exp.generate", f"ckpt={lora_run}", "logger=none", "decoding.max_new_tokens=4")
     assert generated.returncode == 0, generated.stderr
-    exported = run_module("gpt2exp.export", f"ckpt={lora_run}", f"out={tmp_path / 'merged'}")
-    assert exported.returncode == 0, exported.stderr
     scores = []
-    for source in (f"ckpt={lora_run}", f"model.init={tmp_path / 'merged'}"):
+    for source in (f"ckpt={lora_run}", f"model.init={merged}"):
         result = run_module("gpt2exp.eval", source, "data=text", f"data.path={root / 'corpus.txt'}", "eval.stride=32",
                             "logger=none", f"hydra.run.dir={tmp_path / str(len(scores))}")
         assert result.returncode == 0, result.stderr
@@ -106,11 +97,9 @@ def test_generate_and_eval_read_a_lora_run_as_its_merged_model(lora_run, run_mod
     assert scores[0] == pytest.approx(scores[1], abs=1e-5)
 
 
-def test_export_merges_a_lora_run_with_the_unmerged_logits(lora_run, run_module, tmp_path):
-    result = run_module("gpt2exp.export", f"ckpt={lora_run}", f"out={tmp_path / 'merged'}")
-    assert result.returncode == 0, result.stderr
+def test_export_merges_a_lora_run_with_the_unmerged_logits(lora_run, merged):
     unmerged, _ = load_trained_model(lora_run / "checkpoints" / "last.pt", merge_lora=False)
-    exported = GPT2LMHeadModel.from_pretrained(tmp_path / "merged").eval()
+    exported = GPT2LMHeadModel.from_pretrained(merged).eval()
     base = GPT2LMHeadModel.from_pretrained(lora_run.parents[2] / "hf").eval()
     tokens = torch.randint(0, 50257, (2, 20))
     with torch.no_grad():
@@ -201,3 +190,8 @@ def test_readme_lora_commands_run(run_module, tmp_path):
         assert result.returncode == 0, (line, result.stderr)
     assert (tmp_path / "exported" / "gpt2-lora" / "model.safetensors").is_file()
     assert (tmp_path / "exported" / "gpt2-lora-parts" / "adapter" / "adapter_model.safetensors").is_file()
+    # The sweep over the rank is one multirun, a job for each rank.
+    [sweep] = {job.parents[1] for job in tmp_path.glob("outputs/multirun/*/*/*/checkpoints")}
+    ranks = [torch.load(job / "checkpoints" / "last.pt", weights_only=True)["model"]["blocks.0.attn.qkv.lora_A.weight"]
+             .shape[0] for job in sorted(sweep.iterdir()) if (job / "checkpoints").is_dir()]
+    assert ranks == [4, 8]
