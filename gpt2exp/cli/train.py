@@ -31,7 +31,7 @@ def train(composed: DictConfig) -> float:
 
     from gpt2exp.runs.tracking import NullTracker, Tracker
     from gpt2exp.training import distributed
-    from gpt2exp.training.run import plan_run, reuse_run, train_run
+    from gpt2exp.training.run import plan_run, reuse_trained_model, run_training
 
     hydra_cfg = HydraConfig.get()
     place = distributed.start()  # under torchrun: started by main already; a submitit task: here
@@ -59,9 +59,10 @@ def train(composed: DictConfig) -> float:
         place.main) else NullTracker()
     with _model_slot(hydra_cfg, plan.resolved, ctx.run_dir) as slot, logging_redirect_tqdm(), tracker:
         if distributed.broadcast(bool(slot and slot.trained)):  # every rank follows rank 0's store entry
-            summary = distributed.broadcast(reuse_run(cfg, plan, slot.trained, ctx, tracker) if place.main else None)
+            summary = distributed.broadcast(
+                reuse_trained_model(cfg, plan, slot.trained, ctx, tracker) if place.main else None)
         else:
-            summary = train_run(cfg, plan, ctx, tracker, options["group"])
+            summary = run_training(cfg, plan, ctx, tracker, options["group"])
             if slot:
                 summary["config_hash"] = slot.key
                 slot.publish(checkpoint=ctx.run_dir / "checkpoints" / "last.pt",

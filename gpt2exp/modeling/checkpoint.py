@@ -1,18 +1,14 @@
-"""Checkpoints: written atomically, read back with `torch.load(weights_only=True)` only.
+"""A checkpoint file: written atomically, read back with `torch.load(weights_only=True)` only.
 
-A run's checkpoint folder holds `step-<step>.pt` files (the newest `keep_last` are kept),
-`last.pt` (a hard link to the newest, or a copy where links are not possible) and `best.pt`
-(the weights at the lowest val loss), each replaced atomically. Before each write the folder's
-disk must have room for the checkpoint, else the write fails at once with ENOSPC.
+Before each write the disk must have room for the checkpoint, else the write fails at once
+with ENOSPC. (A run's rotating step checkpoints: `gpt2exp.training.step_checkpoints`.)
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import pickle
-import re
 import shutil
 import warnings
 import zipfile
@@ -20,17 +16,16 @@ from pathlib import Path
 
 import torch
 
-from gpt2exp.atomic import link_atomic, write_atomic
+from gpt2exp.atomic import write_atomic
 from gpt2exp.config import ModelConfig, plain
 from gpt2exp.errors import UserError
 from gpt2exp.modeling.model import GPTModel
 
 FORMAT = "gpt2exp-checkpoint"
 VERSION = 1
-_STEP_FILE = re.compile(r"step-(\d+)\.pt")
-_PAYLOAD_TYPES = {"model": dict, "optimizer": (dict, type(None)), "step": int, "config": dict, "extra": dict}
-
-log = logging.getLogger(__name__)
+_PAYLOAD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "optimizer": (dict, type(None)), "step": int, "config": dict, "extra": dict,
+}
 
 
 def save_checkpoint(
@@ -107,38 +102,6 @@ def format_bytes(count: int) -> str:
         if count >= size:
             return f"{count / size:.1f} {unit}"
     return f"{count} B"
-
-
-def step_checkpoints(folder: str | Path) -> list[Path]:
-    """The folder's `step-<step>.pt` files, oldest step first."""
-    folder = Path(folder)
-    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := _STEP_FILE.fullmatch(p.name))]
-    return [path for _, path in sorted(found)]
-
-
-def save_step_checkpoint(folder: str | Path, *, step: int, keep_last: int, **payload) -> Path:
-    """Save `folder/step-<step>.pt` (see `save_checkpoint` for `payload`), point `last.pt` at it
-    and delete all but the newest `keep_last` step files."""
-    folder = Path(folder)
-    path = save_checkpoint(folder / f"step-{step:08d}.pt", step=step, **payload)
-    link_atomic(path, folder / "last.pt")
-    for old in step_checkpoints(folder)[:-keep_last]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def load_latest_checkpoint(folder: str | Path, check=lambda checkpoint, path: None) -> tuple[Path, dict] | None:
-    """The newest step checkpoint in `folder` that loads and passes `check` (which raises
-    UserError); a corrupt, truncated or failing one is skipped with a warning and the one before
-    it tried. None when there is no usable one."""
-    for path in reversed(step_checkpoints(folder)):
-        try:
-            checkpoint = load_checkpoint(path)
-            check(checkpoint, path)
-            return path, checkpoint
-        except UserError as err:
-            log.warning("%s; falling back to the checkpoint before it", err)
-    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

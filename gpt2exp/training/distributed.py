@@ -18,6 +18,7 @@ import torch.distributed as dist
 from gpt2exp.errors import UserError
 
 T = TypeVar("T")
+S = TypeVar("S")
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT")  # where the processes of a job meet (torchrun sets them)
 # How long the other ranks wait for rank 0 to prepare what they then read (`main_first`): a
 # corpus to tokenize takes hours where the process group's own timeout is 30 minutes (NCCL's 10).
@@ -141,7 +142,15 @@ def main_decides(decide: Callable[[], T]) -> T:
     then exits 2 with the same line, instead of waiting on a rank that is gone)."""
     if not active():
         return decide()
-    return _tell(decide) if world().main else _told()
+    return _tell(decide, _itself) if world().main else _told()
+
+
+def main_shares(decide: Callable[[], T], share: Callable[[T], S]) -> T | S:
+    """Rank 0's ``decide()`` on rank 0; the other ranks get ``share`` of it instead (what they
+    need of a value too large to send, or None); a UserError it raises is raised on every rank."""
+    if not active():
+        return decide()
+    return _tell(decide, share) if world().main else _told()
 
 
 def main_first(run: Callable[[], T]) -> T:
@@ -151,21 +160,27 @@ def main_first(run: Callable[[], T]) -> T:
     if not active():
         return run()
     if world().main:
-        result = []
-        _tell(lambda: result.append(run()), _patient_group())
-        return result[0]
+        return _tell(run, _nothing, _patient_group())
     _told(_patient_group())
     return run()
 
 
-def _tell(decide: Callable[[], T], group=None) -> T:
-    """Rank 0: ``decide()``, and its value or its UserError to the other ranks."""
+def _itself(value: T) -> T:
+    return value
+
+
+def _nothing(value: object) -> None:
+    return None
+
+
+def _tell(decide: Callable[[], T], share: Callable[[T], object], group=None) -> T:
+    """Rank 0: ``decide()``, and ``share`` of its value, or its UserError, to the other ranks."""
     try:
         value = decide()
     except UserError as err:
         broadcast(("error", str(err)), group)
         raise
-    broadcast(("ok", value), group)
+    broadcast(("ok", share(value)), group)
     return value
 
 

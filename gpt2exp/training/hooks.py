@@ -8,9 +8,17 @@ import time
 from pathlib import Path
 
 from gpt2exp.config import DecodingConfig, TrainConfig
+from gpt2exp.modeling.checkpoint import folder_bytes, save_checkpoint
+from gpt2exp.modeling.decoding import sample_continuations
+from gpt2exp.modeling.lora import saved_weights
+from gpt2exp.modeling.text_metrics import generation_metrics
 from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.plots import plot_losses
+from gpt2exp.tokenizer import get_encoding
 from gpt2exp.training import distributed
 from gpt2exp.training.interrupt import GracefulStop
+from gpt2exp.training.rng import capture_rng_state
+from gpt2exp.training.step_checkpoints import save_step_checkpoint
 from gpt2exp.training.trainer import EvalPoint, Hooks, TrainState
 
 log = logging.getLogger("gpt2exp.train")
@@ -26,8 +34,6 @@ class Sampler:
     and scores them with generate's gen/* figures, logged and kept in `metrics`."""
 
     def __init__(self, decoding: DecodingConfig, start_context: str, model, tracker, total_steps: int | None = None):
-        from gpt2exp.tokenizer import get_encoding
-
         self.decoding, self.start_context, self.model, self.tracker = decoding, start_context, model, tracker
         self.total_steps = total_steps
         self.encoding = get_encoding()
@@ -35,9 +41,6 @@ class Sampler:
         self.metrics: dict = {}
 
     def __call__(self, step: int, epoch: int | None, final: bool = False) -> None:
-        from gpt2exp.modeling.decoding import sample_continuations
-        from gpt2exp.modeling.text_metrics import generation_metrics
-
         final = final or step == self.total_steps
         out, seconds = sample_continuations(self.model, self.prompt_ids, self.decoding, num_samples=None if final else 1)
         count, settings = len(out.token_ids), self.decoding.settings()
@@ -57,7 +60,8 @@ class ReplicaHooks(Hooks):
     """The hooks of a distributed job's ranks besides 0: they only take part in the decision
     to stop (rank 0 logs, checkpoints and samples for the job: `RunHooks`)."""
 
-    last_checkpoint = last_step = None  # rank 0's to say
+    last_checkpoint: Path | None = None  # rank 0's to say
+    last_step: int | None = None
 
     def __init__(self, stop: GracefulStop):
         self.stop = stop
@@ -115,10 +119,6 @@ class RunHooks(ReplicaHooks):
         self.stop.shielded(self._write_checkpoint)(state, periodic=periodic, is_best=is_best)
 
     def _write_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
-        from gpt2exp.modeling.checkpoint import save_checkpoint, save_step_checkpoint
-        from gpt2exp.modeling.lora import saved_weights
-        from gpt2exp.training.rng import capture_rng_state
-
         trainer_cfg = self.cfg.trainer
         payload = {
             "model": saved_weights(self.model),  # a LoRA run's: the adapter alone
@@ -155,14 +155,10 @@ class RunHooks(ReplicaHooks):
                                    metadata={"step": state.step, "val_loss": state.final.val_loss})
 
     def checkpoint_bytes(self) -> int:
-        from gpt2exp.modeling.checkpoint import folder_bytes
-
         return folder_bytes(self.checkpoint_dir)
 
     def plot(self, state: TrainState) -> None:
         """The loss plot over the whole run (a resumed one included)."""
-        from gpt2exp.runs.plots import plot_losses
-
         history = state.history
         plot_path = plot_losses(
             [p.epoch for p in history], [p.tokens_seen for p in history],

@@ -13,8 +13,10 @@ import torch
 import yaml
 
 from gpt2exp.errors import UserError
-from gpt2exp.modeling.checkpoint import load_latest_checkpoint, step_checkpoints, with_model_defaults
+from gpt2exp.modeling.checkpoint import with_model_defaults
 from gpt2exp.training.fingerprint import config_hash, without_keys
+from gpt2exp.training.step_checkpoints import load_latest_checkpoint, step_checkpoints
+from gpt2exp.training.trainer import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +171,6 @@ def _stored_fingerprint(checkpoints: Path) -> str | None:
 
 def _check_resumable(checkpoint: dict, path: Path) -> None:
     """Raise UserError unless the checkpoint holds all that resuming reads."""
-    from gpt2exp.training.trainer import TrainState
-
     extra, config = checkpoint["extra"], checkpoint["config"]
     try:
         TrainState.from_dict(extra["train_state"])

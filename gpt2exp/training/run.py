@@ -8,12 +8,47 @@ import signal
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import NoReturn, cast
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from gpt2exp.config import TrainConfig, plain
+from gpt2exp.data import DataBundle, build_data
+from gpt2exp.devices import Precision, resolve_device, resolve_precision
 from gpt2exp.errors import AlreadyComplete, UserError
+from gpt2exp.evaluation.perplexity import default_stride, score_text
+from gpt2exp.modeling.checkpoint import format_bytes, load_trained_model
+from gpt2exp.modeling.lora import (
+    Base,
+    apply_lora,
+    check_lora,
+    check_same_base,
+    is_lora,
+    load_adapter,
+    read_base,
+    read_base_weights,
+)
+from gpt2exp.modeling.model import GPTModel
+from gpt2exp.runs import folder as run_folder
 from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.tracking import NullTracker, Tracker
+from gpt2exp.tokenizer import get_encoding
+from gpt2exp.training import distributed, reuse
 from gpt2exp.training.hooks import ReplicaHooks, RunHooks, Sampler, perplexity
+from gpt2exp.training.interrupt import GracefulStop
+from gpt2exp.training.resume import ResumePoint, find_resume_point
+from gpt2exp.training.rng import restore_rng_state
+from gpt2exp.training.trainer import (
+    NonFiniteLoss,
+    Trainer,
+    TrainState,
+    lr_multiplier,
+    make_optimizer,
+    overfit_data,
+    total_steps,
+)
 
 log = logging.getLogger("gpt2exp.train")
 
@@ -35,32 +70,21 @@ class RunPlan:
     length and resume point."""
 
     resolved: dict
-    device: Any
-    precision: Any
-    data: Any
+    device: torch.device
+    precision: Precision
+    data: DataBundle
     total_steps: int
-    resume: Any
+    resume: ResumePoint | None
     test_text: str | None = None  # the held-out split rank 0 scores at the end (`trainer.test`)
-    base: Any = None  # a LoRA run's base (`lora.Base`), read and checked before anything is written
+    base: Base | None = None  # a LoRA run's base, read and checked before anything is written
 
 
 def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     """Check everything a user can get wrong (resume folder, data, model size) before a model
     is built or a file is written; raises UserError naming the key."""
-    import torch
-
-    from gpt2exp.data import build_data
-    from gpt2exp.devices import resolve_device, resolve_precision
-    from gpt2exp.runs import folder as run_folder
-    from gpt2exp.training import distributed
-    from gpt2exp.training.resume import find_resume_point
-    from gpt2exp.training.trainer import TrainState, overfit_data, total_steps
-
     cfg.model.check_fits_in_memory()
     base = None
     if cfg.model.lora.rank:
-        from gpt2exp.modeling.lora import check_lora, read_base
-
         check_lora(cfg.model)
         base = read_base(cfg.model)
     resolved = plain(cfg)
@@ -74,28 +98,21 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     # or afresh, when it holds this run's config and no checkpoint yet).
     held = own_folder.held_configs() if own_folder and own_folder.held_run else None
     root = None if held is not None else ctx.outputs_root
-    # In a distributed job rank 0 (which owns the folder) finds the run to resume; the others follow.
-    found = {}
-
-    def resume_folder() -> str | None:
-        found["point"] = find_resume_point(cfg.trainer.resume, resolved, run_dir=ctx.run_dir, root=root,
-                                           held_configs=held)
-        return str(found["point"].run_dir) if found["point"] else None
-
-    resume_dir = distributed.main_decides(resume_folder)
-    resume = found.get("point")
-    if not place.main and resume_dir is not None:
-        resume = find_resume_point(resume_dir, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
+    # In a distributed job rank 0 (which owns the folder) finds the run to resume; the others are
+    # told its folder and read its checkpoint themselves.
+    found = distributed.main_shares(
+        lambda: find_resume_point(cfg.trainer.resume, resolved, run_dir=ctx.run_dir, root=root, held_configs=held),
+        share=lambda point: str(point.run_dir) if point is not None else None)
+    resume = (find_resume_point(found, resolved, run_dir=ctx.run_dir, root=ctx.outputs_root)
+              if isinstance(found, str) else found)
     if base is not None and resume is not None:
-        from gpt2exp.modeling.lora import check_same_base
-
         check_same_base(resume.checkpoint, base, f"trainer.resume: '{resume.path}'")
     data = distributed.main_first(lambda: build_data(  # rank 0 tokenizes into the shared cache first
         cfg.data, context_length=cfg.model.context_length, seed=cfg.seed, pin_memory=device.type == "cuda",
         rank=place.rank, world_size=place.world_size))
     if cfg.trainer.overfit_batches:
         data = overfit_data(data, cfg.trainer.overfit_batches, context_length=cfg.model.context_length,
-                            stride=cfg.data.stride, seed=cfg.seed, rank=place.rank, world_size=place.world_size)
+                            stride=cast(int, cfg.data.stride), seed=cfg.seed, rank=place.rank, world_size=place.world_size)
     grad_accum = cfg.trainer.grad_accum
     if len(data.train_loader) < grad_accum:
         raise UserError(
@@ -113,9 +130,9 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
             f"its checkpoint: {resume.run_dir / 'checkpoints' / 'last.pt'}; nothing new written",
             result=summary.get("final/val_loss", resume.checkpoint["extra"]["train_state"]["best_val_loss"]),
         )
-    test_text = []  # rank 0 scores it: the others hear only whether reading it worked
-    distributed.main_decides(lambda: test_text.append(_test_text(cfg)))
-    return RunPlan(resolved, device, precision, data, steps, resume, test_text[0] if test_text else None, base)
+    # Rank 0 scores the test split: the others hear only whether reading it worked.
+    test_text = distributed.main_shares(lambda: _test_text(cfg), share=lambda text: None)
+    return RunPlan(resolved, device, precision, data, steps, resume, test_text, base)
 
 
 def _test_text(cfg: TrainConfig) -> str | None:
@@ -146,34 +163,14 @@ def _read_summary(run_dir: Path) -> dict:
         return {}
 
 
-def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_group: str | None) -> dict:
+def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Tracker | NullTracker,
+                 wandb_group: str | None) -> dict:
     """The tutorial's run (model, AdamW, the loop, the loss plot, checkpoints), from the plan's
-    resume point if any; returns its summary. SIGINT/SIGTERM save a checkpoint and exit 130/143
-    saying how to resume; a non-finite loss exits 1 naming the step (a multirun fails that job only)."""
-    from gpt2exp.modeling.checkpoint import format_bytes
-    from gpt2exp.modeling.model import GPTModel
-    from gpt2exp.training import distributed
-    from gpt2exp.training.interrupt import GracefulStop
-    from gpt2exp.training.rng import restore_rng_state
-    from gpt2exp.training.trainer import NonFiniteLoss, TrainState, lr_multiplier, make_optimizer, train_model
-
+    resume point if any; returns its summary (the final val loss alone on ranks besides 0).
+    SIGINT/SIGTERM save a checkpoint and exit 130/143 saying how to resume; a non-finite loss exits
+    1 naming the step (a multirun fails that job only)."""
     place = distributed.world()
-    model = GPTModel(cfg.model, activation_checkpointing=cfg.trainer.activation_checkpointing).to(plan.device)
-    if plan.base is not None:
-        from gpt2exp.modeling.lora import apply_lora
-
-        model.load_state_dict(plan.base.weights)
-        plan.base.weights.clear()  # the model holds them now
-        model = apply_lora(model, plan.base.identity)
-        log.info("model.lora: rank %d adapters on %s train %s parameters; the base (model.init=%s, sha256 %s) "
-                 "stays frozen", cfg.model.lora.rank, ", ".join(cfg.model.lora.targets),
-                 f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}", cfg.model.init,
-                 plan.base.identity["sha256"][:12])
-    elif plan.resume is None and cfg.model.init is not None:
-        from gpt2exp.modeling.lora import read_base_weights
-
-        model.load_state_dict(read_base_weights(cfg.model))
-        log.info("model.init: weights from %s", cfg.model.init)
+    model = _build_model(cfg, plan)
     optimizer = make_optimizer(model, cfg.optimizer)
     data = plan.data
     log.info(
@@ -196,9 +193,9 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
             restore_rng_state(plan.resume.checkpoint["extra"]["rng"])
         trainer_cfg = cfg.trainer if ctx.progress and place.main else replace(cfg.trainer, progress=False)
         try:
-            state = train_model(train_forward, optimizer, data, trainer_cfg, hooks, device=plan.device, state=state,
-                                lr_at=lambda step: lr_multiplier(step, plan.total_steps, cfg.optimizer),
-                                precision=plan.precision)
+            state = Trainer(train_forward, optimizer, data, trainer_cfg, hooks, device=plan.device, state=state,
+                            lr_at=lambda step: lr_multiplier(step, plan.total_steps, cfg.optimizer),
+                            precision=plan.precision).fit()
         except NonFiniteLoss as err:
             _fail(tracker, ctx, f"{err}; last good checkpoint: {hooks.last_checkpoint or 'none yet'}; lower "
                   "optimizer.lr, or set trainer.skip_nonfinite=true to skip such steps")
@@ -211,7 +208,7 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
                   f"{hooks.last_checkpoint or 'none yet'}; resume with: {ctx.resume_command}")
     if stop.requested():
         _exit_stopped(tracker, ctx, stop, hooks, state)
-    if not place.main:
+    if not isinstance(hooks, RunHooks):  # another rank than 0
         return {"final/val_loss": state.final.val_loss}
     hooks.plot(state)
     hooks.log_models(state)
@@ -235,10 +232,26 @@ def train_run(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker, wandb_g
     }
 
 
-def _ddp(model, device):
-    """A whole replica per process; gradients all-reduced in backward; rank 0's weights broadcast now."""
-    from torch.nn.parallel import DistributedDataParallel
+def _build_model(cfg: TrainConfig, plan: RunPlan) -> GPTModel:
+    """The run's model on its device: fresh, from `model.init`'s weights, or a LoRA run's frozen
+    base with its adapters (a resumed run's weights come from its checkpoint, later)."""
+    model = GPTModel(cfg.model, activation_checkpointing=cfg.trainer.activation_checkpointing).to(plan.device)
+    if plan.base is not None:
+        model.load_state_dict(plan.base.weights)
+        plan.base.weights.clear()  # the model holds them now
+        model = apply_lora(model, plan.base.identity)
+        log.info("model.lora: rank %d adapters on %s train %s parameters; the base (model.init=%s, sha256 %s) "
+                 "stays frozen", cfg.model.lora.rank, ", ".join(cfg.model.lora.targets),
+                 f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}", cfg.model.init,
+                 plan.base.identity["sha256"][:12])
+    elif plan.resume is None and cfg.model.init is not None:
+        model.load_state_dict(read_base_weights(cfg.model))
+        log.info("model.init: weights from %s", cfg.model.init)
+    return model
 
+
+def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """A whole replica per process; gradients all-reduced in backward; rank 0's weights broadcast now."""
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                    forward_sync_buffers=False)
 
@@ -248,7 +261,7 @@ def _ddp(model, device):
 STRATEGIES = {"ddp": _ddp}
 
 
-def _fail(tracker, ctx: RunContext, message: str) -> None:
+def _fail(tracker: Tracker | NullTracker, ctx: RunContext, message: str) -> NoReturn:
     """End the W&B run as failed; a single run exits 1 with `message`, a multirun job fails."""
     tracker.finish(exit_code=1)
     if ctx.multirun:
@@ -257,7 +270,8 @@ def _fail(tracker, ctx: RunContext, message: str) -> None:
     sys.exit(1)
 
 
-def _exit_stopped(tracker, ctx: RunContext, stop, hooks: RunHooks, state) -> None:
+def _exit_stopped(tracker: Tracker | NullTracker, ctx: RunContext, stop: GracefulStop, hooks: ReplicaHooks,
+                  state: TrainState) -> NoReturn:
     """A signal stopped training: say how to resume (from the last checkpoint) and exit 130/143."""
     tracker.finish(exit_code=stop.exit_code)
     if not isinstance(hooks, RunHooks):  # another rank: rank 0 says it
@@ -272,16 +286,12 @@ def _exit_stopped(tracker, ctx: RunContext, stop, hooks: RunHooks, state) -> Non
     sys.exit(stop.exit_code)
 
 
-def _score_test(text: str | None, model, precision, tracker, step: int) -> dict:
+def _score_test(text: str | None, model: GPTModel, precision: Precision, tracker: Tracker | NullTracker,
+                step: int) -> dict:
     """`trainer.test`: the test split's loss and perplexity as `gpt2exp.eval` scores them
     (stride min(512, context)), logged at the last step; {} when off."""
     if text is None:
         return {}
-    import torch
-
-    from gpt2exp.evaluation.perplexity import default_stride, score_text
-    from gpt2exp.tokenizer import get_encoding
-
     stride = default_stride(model.cfg.context_length)
     score = score_text(model, torch.tensor(get_encoding().encode(text, allowed_special="all")), stride=stride,
                        precision=precision)
@@ -292,12 +302,10 @@ def _score_test(text: str | None, model, precision, tracker, step: int) -> dict:
     return {**metrics, "test/tokens": score.tokens, "test/stride": stride}
 
 
-def reuse_run(cfg: TrainConfig, plan: RunPlan, trained, ctx: RunContext, tracker) -> dict:
+def reuse_trained_model(cfg: TrainConfig, plan: RunPlan, trained: reuse.TrainedModel, ctx: RunContext,
+                        tracker: Tracker | NullTracker) -> dict:
     """Another job of this sweep trained this very model: adopt its files into this run and
-    only sample with this job's decoding settings."""
-    from gpt2exp.modeling.checkpoint import load_trained_model
-    from gpt2exp.training import reuse
-
+    only sample with this job's decoding settings; returns the run's summary."""
     log.info("reusing the model trained by job %s (config hash %s, %s)", trained.owner["job"], trained.key,
              trained.owner["run_dir"])
     summary = reuse.adopt(trained, ctx.run_dir, tracker)
@@ -324,13 +332,10 @@ def _warn_job_batch(checkpoint: dict, batch_size: int, grad_accum: int, processe
                 f"to keep the job's, set {' or '.join(keep)}" if keep else "no whole per-process batch keeps the job's")
 
 
-def _restore(cfg: TrainConfig, resume, model, optimizer, train_batches: int):
+def _restore(cfg: TrainConfig, resume: ResumePoint, model: GPTModel, optimizer: torch.optim.Optimizer,
+             train_batches: int) -> TrainState:
     """Load the checkpoint's model and optimizer (with this run's optimizer settings); returns
     its training state, realigned to this run's batches."""
-    from gpt2exp.modeling.lora import is_lora, load_adapter
-    from gpt2exp.training import distributed
-    from gpt2exp.training.trainer import TrainState
-
     if is_lora(model):
         load_adapter(model, resume.checkpoint["model"], f"trainer.resume: '{resume.path}'")
     else:

@@ -3,17 +3,21 @@
 accumulation, clipping and a warmup + cosine learning-rate schedule."""
 
 import contextlib
+import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from gpt2exp.config import EarlyStoppingConfig, OptimizerConfig, TrainerConfig
-from gpt2exp.data import DataBundle, create_dataloader, epoch_batches, eval_batches
+from gpt2exp.data import DataBundle, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
 from gpt2exp.devices import FP32, Precision
 from gpt2exp.training import distributed
 
@@ -32,7 +36,8 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
     rest_decay = cfg.weight_decay if cfg.weight_decay_on == "all" else 0.0
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": rest_decay}]
     fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+    beta1, beta2 = cfg.betas
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, fused=fused)
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: OptimizerConfig) -> float:
@@ -57,24 +62,34 @@ def overfit_data(data: DataBundle, batches: int, *, context_length: int, stride:
     `world_size` processes), in order every epoch, and the same windows as the val split, so that
     both losses show how well the model learns them by heart."""
     train = data.train_loader
-    windows = batches * train.batch_size * world_size
-    tokens = train.dataset.tokens[: (windows - 1) * stride + context_length + 1]
-    loader = {"batch_size": train.batch_size, "context_length": context_length, "stride": stride, "seed": seed,
-              "shuffle": False, "pin_memory": train.pin_memory}
-    val_loader = create_dataloader(tokens, drop_last=False, **loader)
+    batch_size = loader_batch_size(train)
+    windows = batches * batch_size * world_size
+    tokens = loader_windows(train).tokens[: (windows - 1) * stride + context_length + 1]
+    loader = functools.partial(create_dataloader, tokens, batch_size=batch_size, context_length=context_length,
+                               stride=stride, seed=seed, shuffle=False, pin_memory=train.pin_memory)
+    val_loader = loader(drop_last=False)
     log.info("trainer.overfit_batches=%d: training and validating on the same %d windows (%s tokens)", batches,
-             len(val_loader.dataset), f"{len(tokens):,}")
-    return DataBundle(create_dataloader(tokens, drop_last=True, rank=rank, world_size=world_size, **loader),
-                      val_loader, len(tokens), len(tokens))
+             len(loader_windows(val_loader)), f"{len(tokens):,}")
+    return DataBundle(loader(drop_last=True, rank=rank, world_size=world_size), val_loader, len(tokens), len(tokens))
 
 
-def batch_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def loader_windows(loader: DataLoader) -> SlidingWindowDataset:
+    """The windows a loader of `create_dataloader` batches."""
+    return cast(SlidingWindowDataset, loader.dataset)
+
+
+def loader_batch_size(loader: DataLoader) -> int:
+    """The batch size of a loader of `create_dataloader` (always set: it batches by a fixed size)."""
+    return cast(int, loader.batch_size)
+
+
+def batch_loss(model: Callable[..., torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of one batch."""
     return model(inputs, targets=targets)
 
 
 @torch.no_grad()
-def evaluate(
+def mean_loss(
     model: nn.Module, batches: Sequence[Batch], device: torch.device, precision: Precision = FP32
 ) -> float:
     """Mean loss over fixed batches, in eval mode; in a distributed job each rank takes its
@@ -121,7 +136,8 @@ class TrainState:
 
     def patience_spent(self, cfg: EarlyStoppingConfig) -> bool:
         """Whether `cfg.patience` evaluations in a row brought no new best val loss (off: never)."""
-        return bool(cfg.patience) and self.evals_without_improvement >= cfg.patience
+        patience = cfg.patience or 0
+        return patience > 0 and self.evals_without_improvement >= patience
 
     def to_dict(self) -> dict:
         """Plain data, for a checkpoint."""
@@ -164,7 +180,7 @@ class Hooks:
         """After every evaluation; `extra` holds the interval's tokens_per_sec."""
 
     def on_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
-        """When a checkpoint is due (see `train_model`)."""
+        """When a checkpoint is due (see `Trainer.fit`)."""
 
     def on_sample(self, step: int, epoch: int, final: bool = False) -> None:
         """When a sample is due: after every epoch, or every `sample_freq` steps, and the last
@@ -175,164 +191,180 @@ class Hooks:
         return False
 
 
-def train_model(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: DataBundle,
-    cfg: TrainerConfig,
-    hooks: Hooks | None = None,
-    *,
-    device: torch.device,
-    state: TrainState | None = None,
-    lr_at: Callable[[int], float] = lambda step: 1.0,
-    precision: Precision = FP32,
-) -> TrainState:
-    """Train from ``state`` (a fresh run when None) up to `total_steps` optimizer steps of
-    ``cfg.grad_accum`` batches of ``data.train_loader`` each; returns the state reached.
+class Trainer:
+    """The tutorial's loop over one run's optimizer steps (`fit`), each of ``cfg.grad_accum``
+    batches of ``data.train_loader`` (`step`), with an evaluation now and then (`evaluate`).
 
-    Evaluates (``cfg.eval_iter`` fixed batches of each split) before the first step of a fresh
-    run, every ``cfg.eval_freq`` steps and after the last; samples after every epoch, or every
-    ``cfg.sample_freq`` steps when given, and after the last. After a step's eval, before its
-    sample, calls ``hooks.on_checkpoint(state, periodic=..., is_best=...)``: periodic every
-    ``cfg.checkpoint_freq`` steps, at the first step ``cfg.checkpoint_minutes`` after the previous
-    periodic one (or the start), after the last step and when ``hooks.should_stop()`` turns true
-    (training then returns early); is_best after an eval with a new best val loss, the first one
-    included. ``lr_at(step)`` scales each parameter group's initial learning rate.
-    With ``cfg.early_stopping.patience``, training ends (a last checkpoint and sample, as after the
-    last step) at the evaluation that makes it that many in a row without a val loss below the
-    best so far by ``cfg.early_stopping.min_delta``; ``state.stopped_early`` then says so.
-
-    The train loader's sampler must be an ``EpochSampler``: a resumed run starts inside its
-    epoch without replaying batches. In a distributed job ``model`` is the DistributedDataParallel
-    module and each rank's loader holds its share of the batches; losses, evaluations and token
-    counts are the whole job's.
-    Raises ``NonFiniteLoss`` for a NaN/inf loss or gradient norm unless ``cfg.skip_nonfinite``,
-    which skips the update instead and counts it in ``state.skipped_nonfinite``. The forward passes
-    run under ``precision``'s autocast; with fp16 the loss is scaled and overflowing steps are skipped.
-    With ``cfg.compile`` the training step's forward runs through ``torch.compile``; evaluation does not.
+    ``state`` is where training starts (a fresh run when None) and, as it goes, where it is.
+    ``lr_at(step)`` scales each parameter group's initial learning rate. The train loader's
+    sampler must be an ``EpochSampler``: a resumed run starts inside its epoch without replaying
+    batches. In a distributed job ``model`` is the DistributedDataParallel module and each rank's
+    loader holds its share of the batches; losses, evaluations and token counts are the whole job's.
+    The forward passes run under ``precision``'s autocast; with fp16 the loss is scaled and
+    overflowing steps are skipped. With ``cfg.compile`` the training step's forward runs through
+    ``torch.compile``; evaluation does not.
     """
-    from tqdm.auto import tqdm
 
-    state, hooks, train_loader, grad_accum = state or TrainState(), hooks or Hooks(), data.train_loader, cfg.grad_accum
-    world_size = distributed.world().world_size
-    steps = total_steps(cfg, len(train_loader))
-    batches_per_epoch = len(train_loader) // grad_accum * grad_accum
-    steps_per_epoch = batches_per_epoch // grad_accum
-    train_eval_batches, val_eval_batches = (  # of the job's batch size: the same set for any number of ranks
-        eval_batches(loader.dataset, num_batches=cfg.eval_iter, batch_size=train_loader.batch_size * world_size)
-        for loader in (train_loader, data.val_loader))
-    for group in optimizer.param_groups:  # saved with the optimizer, so a resumed run keeps it
-        group.setdefault("initial_lr", group["lr"])
-    interval_tokens, interval_start = 0, time.perf_counter()
-    scaler = precision.grad_scaler()
-    # Only the training step is compiled, for static shapes: evaluation runs the model as it is, so
-    # it adds no compile before the first step and no graph for a split's last, partial batch.
-    forward = torch.compile(model, dynamic=False) if cfg.compile else model
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: DataBundle,
+        cfg: TrainerConfig,
+        hooks: Hooks | None = None,
+        *,
+        device: torch.device,
+        state: TrainState | None = None,
+        lr_at: Callable[[int], float] = lambda step: 1.0,
+        precision: Precision = FP32,
+    ):
+        self.model, self.optimizer, self.cfg, self.device, self.precision = model, optimizer, cfg, device, precision
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.state = state if state is not None else TrainState()
+        self.lr_at = lr_at
+        self.train_loader = data.train_loader
+        self.world_size = distributed.world().world_size
+        self.total_steps = total_steps(cfg, len(self.train_loader))
+        self.batches_per_epoch = len(self.train_loader) // cfg.grad_accum * cfg.grad_accum
+        self.steps_per_epoch = self.batches_per_epoch // cfg.grad_accum
+        self.train_eval_batches, self.val_eval_batches = (  # of the job's batch size: the same set for any number of ranks
+            eval_batches(loader_windows(loader), num_batches=cfg.eval_iter,
+                         batch_size=loader_batch_size(self.train_loader) * self.world_size)
+            for loader in (self.train_loader, data.val_loader))
+        for group in optimizer.param_groups:  # saved with the optimizer, so a resumed run keeps it
+            group.setdefault("initial_lr", group["lr"])
+        self.interval_tokens, self.interval_start = 0, time.perf_counter()  # since the last evaluation
+        self.scaler = precision.grad_scaler()
+        # Only the training step is compiled, for static shapes: evaluation runs the model as it is, so
+        # it adds no compile before the first step and no graph for a split's last, partial batch.
+        self.forward = torch.compile(model, dynamic=False) if cfg.compile else model
 
-    def run_eval() -> bool:
-        nonlocal interval_tokens, interval_start
-        elapsed = time.perf_counter() - interval_start
-        point = EvalPoint(
-            step=state.step,
-            epoch=state.step / steps_per_epoch,
-            tokens_seen=state.tokens_seen,
-            train_loss=evaluate(model, train_eval_batches, device, precision),
-            val_loss=evaluate(model, val_eval_batches, device, precision),
-        )
-        # Early stopping's reference: the last val loss that counted as an improvement (as Lightning's).
-        reference = state.history[-1 - state.evals_without_improvement].val_loss if state.history else math.inf
-        improved = point.val_loss < reference - cfg.early_stopping.min_delta
-        state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
-        state.history.append(point)
-        hooks.on_eval(point, {"tokens_per_sec": interval_tokens / elapsed if interval_tokens else 0.0})
-        interval_tokens, interval_start = 0, time.perf_counter()
-        is_best = point.val_loss < state.best_val_loss
-        state.best_val_loss = min(state.best_val_loss, point.val_loss)
-        return is_best
+    def fit(self) -> TrainState:
+        """Train up to `total_steps` optimizer steps; returns the state reached.
 
-    def stop_early() -> bool:
-        """`trainer.early_stopping`: True (and one line saying why) once its patience is spent."""
-        if not state.patience_spent(cfg.early_stopping):
-            return False
-        state.stopped_early = True
-        reference = state.history[-1 - state.evals_without_improvement]
-        min_delta = cfg.early_stopping.min_delta
-        log.info("early stopping at step %d of %d: %d evaluations without a val loss below %.4f (step %d's)%s "
-                 "(trainer.early_stopping.patience=%d); the run ends with this step's checkpoint", state.step, steps,
-                 state.evals_without_improvement, reference.val_loss, reference.step,
-                 f" minus {min_delta:g} (trainer.early_stopping.min_delta)" if min_delta else "",
-                 cfg.early_stopping.patience)
-        return True
+        Evaluates (``cfg.eval_iter`` fixed batches of each split) before the first step of a fresh
+        run, every ``cfg.eval_freq`` steps and after the last; samples after every epoch, or every
+        ``cfg.sample_freq`` steps when given, and after the last. After a step's eval, before its
+        sample, calls ``hooks.on_checkpoint(state, periodic=..., is_best=...)``: periodic every
+        ``cfg.checkpoint_freq`` steps, at the first step ``cfg.checkpoint_minutes`` after the previous
+        periodic one (or the start), after the last step and when ``hooks.should_stop()`` turns true
+        (training then returns early); is_best after an eval with a new best val loss, the first one
+        included. With ``cfg.early_stopping.patience``, training ends (a last checkpoint and sample, as
+        after the last step) at the evaluation that makes it that many in a row without a val loss below
+        the best so far by ``cfg.early_stopping.min_delta``; ``state.stopped_early`` then says so.
+        Raises ``NonFiniteLoss`` for a NaN/inf loss or gradient norm unless ``cfg.skip_nonfinite``,
+        which skips the update instead and counts it in ``state.skipped_nonfinite``.
+        """
+        state, cfg, hooks = self.state, self.cfg, self.hooks
+        state.stopped_early = state.stopped_early and state.patience_spent(cfg.early_stopping)  # a resume's patience
+        self.model.train()
+        if state.step == 0 and self.evaluate():
+            hooks.on_checkpoint(state, periodic=False, is_best=True)  # best.pt, should no step improve on it
+        last_periodic = time.monotonic()
+        bar = tqdm(total=self.total_steps, initial=state.step, desc="train", unit="step", disable=not cfg.progress,
+                   dynamic_ncols=True)
+        stop = False
+        while state.step < self.total_steps and not stop and not state.stopped_early:
+            batches = epoch_batches(self.train_loader, state.epoch, skip_batches=state.batch_in_epoch)
+            epoch = state.epoch
+            while state.epoch == epoch and state.step < self.total_steps and not stop and not state.stopped_early:
+                metrics = self.step(batches)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['train/batch_loss']:.3f}")
+                hooks.on_step(state.step, metrics)
+                evaluated = state.step % cfg.eval_freq == 0 or state.step == self.total_steps
+                is_best = self.evaluate() if evaluated else False
+                last = state.step == self.total_steps or (evaluated and self._stop_early())
+                stop = hooks.should_stop()
+                periodic = last or stop or (cfg.checkpoint_freq is not None and state.step % cfg.checkpoint_freq == 0)
+                periodic = periodic or (cfg.checkpoint_minutes is not None
+                                        and time.monotonic() - last_periodic >= 60 * cfg.checkpoint_minutes)
+                if periodic or is_best:
+                    hooks.on_checkpoint(state, periodic=periodic, is_best=is_best)
+                if periodic:
+                    last_periodic = time.monotonic()
+                due = state.step % cfg.sample_freq == 0 if cfg.sample_freq is not None else state.epoch > epoch
+                if due or last:
+                    hooks.on_sample(state.step, state.epoch, final=last)
+        bar.close()
+        return state
 
-    def train_step(batches) -> dict:
-        nonlocal interval_tokens
+    def step(self, batches: Iterator[Batch]) -> dict:
+        """One optimizer step on the next ``cfg.grad_accum`` of `batches` (zero_grad, backward, step);
+        returns its metrics (batch loss, learning rate, gradient norm, tokens seen, epoch)."""
+        state, optimizer, scaler, grad_accum = self.state, self.optimizer, self.scaler, self.cfg.grad_accum
         for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * lr_at(state.step)
+            group["lr"] = group["initial_lr"] * self.lr_at(state.step)
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for micro_step in range(grad_accum):
             inputs, targets = next(batches)
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             # DistributedDataParallel: all-reduce the gradients once, on the step's last backward.
             last = micro_step == grad_accum - 1
-            with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-                with precision.autocast():
-                    loss = batch_loss(forward, inputs, targets) / grad_accum
+            no_sync = getattr(self.model, "no_sync", None)
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                with self.precision.autocast():
+                    loss = batch_loss(self.forward, inputs, targets) / grad_accum
                 scaler.scale(loss).backward()
             step_loss += loss.item()
-            state.tokens_seen += inputs.numel() * world_size
-            interval_tokens += inputs.numel() * world_size
+            state.tokens_seen += inputs.numel() * self.world_size
+            self.interval_tokens += inputs.numel() * self.world_size
         step_loss = distributed.mean(step_loss)
         state.batch_in_epoch += grad_accum
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf).item()
         metrics = {
             "train/batch_loss": step_loss, "lr": optimizer.param_groups[0]["lr"], "train/grad_norm": grad_norm,
         }
         if math.isfinite(step_loss) and (math.isfinite(grad_norm) or scaler.is_enabled()):
             scaler.step(optimizer)  # with fp16 the scaler skips a step whose gradients overflowed
             scaler.update()
-        elif cfg.skip_nonfinite:
+        elif self.cfg.skip_nonfinite:
             state.skipped_nonfinite += 1
         else:
             raise NonFiniteLoss(state.step + 1, step_loss, grad_norm)
-        if cfg.skip_nonfinite:
+        if self.cfg.skip_nonfinite:
             metrics["train/skipped_nonfinite"] = state.skipped_nonfinite
         state.step += 1
-        metrics |= {"tokens_seen": state.tokens_seen, "epoch": state.step / steps_per_epoch}
-        return metrics
+        if state.batch_in_epoch == self.batches_per_epoch:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        return metrics | {"tokens_seen": state.tokens_seen, "epoch": state.step / self.steps_per_epoch}
 
-    state.stopped_early = state.stopped_early and state.patience_spent(cfg.early_stopping)  # a resume's patience
-    model.train()
-    if state.step == 0 and run_eval():
-        hooks.on_checkpoint(state, periodic=False, is_best=True)  # best.pt, should no step improve on it
-    last_periodic = time.monotonic()
-    bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", disable=not cfg.progress,
-               dynamic_ncols=True)
-    stop = False
-    while state.step < steps and not stop and not state.stopped_early:
-        batches = epoch_batches(train_loader, state.epoch, skip_batches=state.batch_in_epoch)
-        epoch = state.epoch
-        while state.epoch == epoch and state.step < steps and not stop and not state.stopped_early:
-            metrics = train_step(batches)
-            if state.batch_in_epoch == batches_per_epoch:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train/batch_loss']:.3f}")
-            hooks.on_step(state.step, metrics)
-            evaluated = state.step % cfg.eval_freq == 0 or state.step == steps
-            is_best = run_eval() if evaluated else False
-            last = state.step == steps or (evaluated and stop_early())
-            stop = hooks.should_stop()
-            periodic = last or stop or (cfg.checkpoint_freq is not None and state.step % cfg.checkpoint_freq == 0)
-            periodic = periodic or (cfg.checkpoint_minutes is not None
-                                    and time.monotonic() - last_periodic >= 60 * cfg.checkpoint_minutes)
-            if periodic or is_best:
-                hooks.on_checkpoint(state, periodic=periodic, is_best=is_best)
-            if periodic:
-                last_periodic = time.monotonic()
-            due = state.step % cfg.sample_freq == 0 if cfg.sample_freq is not None else state.epoch > epoch
-            if due or last:
-                hooks.on_sample(state.step, state.epoch, final=last)
-    bar.close()
-    return state
+    def evaluate(self) -> bool:
+        """The mean loss of each split's fixed batches at this step, added to ``state.history`` and
+        passed to ``hooks.on_eval``; returns whether the val loss is the best so far."""
+        state, min_delta = self.state, self.cfg.early_stopping.min_delta
+        elapsed = time.perf_counter() - self.interval_start
+        point = EvalPoint(
+            step=state.step,
+            epoch=state.step / self.steps_per_epoch,
+            tokens_seen=state.tokens_seen,
+            train_loss=mean_loss(self.model, self.train_eval_batches, self.device, self.precision),
+            val_loss=mean_loss(self.model, self.val_eval_batches, self.device, self.precision),
+        )
+        # Early stopping's reference: the last val loss that counted as an improvement (as Lightning's).
+        reference = state.history[-1 - state.evals_without_improvement].val_loss if state.history else math.inf
+        improved = point.val_loss < reference - min_delta
+        state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+        state.history.append(point)
+        self.hooks.on_eval(point, {"tokens_per_sec": self.interval_tokens / elapsed if self.interval_tokens else 0.0})
+        self.interval_tokens, self.interval_start = 0, time.perf_counter()
+        is_best = point.val_loss < state.best_val_loss
+        state.best_val_loss = min(state.best_val_loss, point.val_loss)
+        return is_best
+
+    def _stop_early(self) -> bool:
+        """`trainer.early_stopping`: True (and one line saying why) once its patience is spent."""
+        state, early_stopping = self.state, self.cfg.early_stopping
+        if not state.patience_spent(early_stopping):
+            return False
+        state.stopped_early = True
+        reference = state.history[-1 - state.evals_without_improvement]
+        min_delta = early_stopping.min_delta
+        log.info("early stopping at step %d of %d: %d evaluations without a val loss below %.4f (step %d's)%s "
+                 "(trainer.early_stopping.patience=%d); the run ends with this step's checkpoint", state.step,
+                 self.total_steps, state.evals_without_improvement, reference.val_loss, reference.step,
+                 f" minus {min_delta:g} (trainer.early_stopping.min_delta)" if min_delta else "",
+                 early_stopping.patience)
+        return True

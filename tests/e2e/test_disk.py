@@ -11,7 +11,8 @@ import pytest
 import torch
 from helpers import TINY, run_folders
 
-from gpt2exp.modeling.checkpoint import folder_bytes, step_checkpoints
+from gpt2exp.modeling.checkpoint import folder_bytes
+from gpt2exp.training.step_checkpoints import step_checkpoints
 
 
 def train(tmp_path, text_file, *args, steps=12):

@@ -15,7 +15,7 @@ import torch
 from helpers import SAMPLE_TEXT, TINY, run_folders
 from helpers.wandb_reader import find_wandb_file, iter_records, read_run
 
-from gpt2exp.modeling.checkpoint import step_checkpoints
+from gpt2exp.training.step_checkpoints import step_checkpoints
 
 # Two epochs of 12 batches, with dropout (so torch's RNG matters) and warmup + cosine schedule.
 RESUMABLE = [

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from helpers import TINY, read_jsonl, run_folders
 
-from gpt2exp.modeling.checkpoint import load_checkpoint, step_checkpoints
+from gpt2exp.modeling.checkpoint import load_checkpoint
 from gpt2exp.runs import folder as run_folder
+from gpt2exp.training.step_checkpoints import step_checkpoints
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -6,13 +6,8 @@ import pytest
 import torch
 
 from gpt2exp.errors import UserError
-from gpt2exp.modeling.checkpoint import (
-    load_checkpoint,
-    load_latest_checkpoint,
-    save_checkpoint,
-    save_step_checkpoint,
-    step_checkpoints,
-)
+from gpt2exp.modeling.checkpoint import load_checkpoint, save_checkpoint
+from gpt2exp.training.step_checkpoints import load_latest_checkpoint, save_step_checkpoint, step_checkpoints
 
 
 def _trained_linear():

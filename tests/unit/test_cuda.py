@@ -24,7 +24,7 @@ from gpt2exp.modeling.decoding import generate
 from gpt2exp.modeling.model import GPTModel
 from gpt2exp.training.rng import capture_rng_state, restore_rng_state
 from gpt2exp.training.run import RunContext, plan_run
-from gpt2exp.training.trainer import Hooks, make_optimizer, train_model
+from gpt2exp.training.trainer import Hooks, Trainer, make_optimizer
 
 DEVICE = "cuda"  # the device of the training subprocesses
 
@@ -174,8 +174,8 @@ def test_fp16_scaler_skips_overflowing_steps_and_then_trains(text_file, tmp_path
     initial = model.tok_emb.weight.detach().clone()
     record = Record(model)
     cfg = TrainerConfig(max_steps=60, eval_freq=60, eval_iter=1, progress=False)
-    train_model(model, make_optimizer(model, OptimizerConfig(lr=1e-3)), tiny_data(text_file, tmp_path), cfg, record,
-                device=torch.device("cuda"), precision=precision)
+    Trainer(model, make_optimizer(model, OptimizerConfig(lr=1e-3)), tiny_data(text_file, tmp_path), cfg, record,
+            device=torch.device("cuda"), precision=precision).fit()
     grad_norms = [metrics["train/grad_norm"] for metrics, _ in record.steps]
     overflowed = [not math.isfinite(norm) for norm in grad_norms]
     assert overflowed[0] and not overflowed[-1], grad_norms
@@ -280,8 +280,8 @@ def test_inductor_compiled_training_equals_eager(text_file, tmp_path):
         model = GPTModel(ModelConfig(context_length=32, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0)).cuda()
         cfg = TrainerConfig(max_steps=8, eval_freq=4, eval_iter=2, compile=compile_, progress=False)
         record = Record(model)
-        state = train_model(model, make_optimizer(model, OptimizerConfig(lr=1e-3)), tiny_data(text_file, tmp_path),
-                            cfg, record, device=torch.device("cuda"))
+        state = Trainer(model, make_optimizer(model, OptimizerConfig(lr=1e-3)), tiny_data(text_file, tmp_path),
+                        cfg, record, device=torch.device("cuda")).fit()
         return [metrics["train/batch_loss"] for metrics, _ in record.steps] + [p.val_loss for p in state.history]
 
     eager, compiled = run(False), run(True)

@@ -12,7 +12,7 @@ from gpt2exp.devices import Precision, bf16_supported, resolve_precision
 from gpt2exp.errors import UserError
 from gpt2exp.modeling.decoding import generate
 from gpt2exp.modeling.model import GPTModel
-from gpt2exp.training.trainer import make_optimizer, train_model
+from gpt2exp.training.trainer import Trainer, make_optimizer
 
 TINY = ModelConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
 
@@ -186,7 +186,7 @@ def test_compiled_training_compiles_the_step_once(tmp_path, monkeypatch):
         data = build_data(data_cfg, context_length=TINY.context_length, seed=0)
         assert len(data.val_loader.dataset) % 4, "the val split must end in a partial batch"
         cfg = TrainerConfig(max_steps=6, eval_freq=1, eval_iter=100, compile=compile_, progress=False)
-        state = train_model(model, make_optimizer(model, OptimizerConfig()), data, cfg, device=torch.device("cpu"))
+        state = Trainer(model, make_optimizer(model, OptimizerConfig()), data, cfg, device=torch.device("cpu")).fit()
         return [point.val_loss for point in state.history], len(graphs)
 
     eager_losses, _ = run(False)

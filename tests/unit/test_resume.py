@@ -8,8 +8,8 @@ import torch
 
 from gpt2exp.data import EpochSampler, create_dataloader, epoch_batches
 from gpt2exp.errors import UserError
-from gpt2exp.modeling.checkpoint import save_step_checkpoint
 from gpt2exp.training.resume import config_fingerprint, find_resume_point, outputs_root, resume_command
+from gpt2exp.training.step_checkpoints import save_step_checkpoint
 from gpt2exp.training.trainer import EvalPoint, TrainState
 
 CONFIG = {"model": {"emb_dim": 32}, "optimizer": {"lr": 1e-3}, "trainer": {"resume": None, "progress": True},
