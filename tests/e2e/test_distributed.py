@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl, run_folders
+from helpers import SAMPLE_TEXT, read_jsonl, run_folders
 
 from gpt2exp.modeling.checkpoint import load_checkpoint
 from gpt2exp.runs import folder as run_folder
@@ -23,6 +23,38 @@ SMALL = ["model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "mode
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2exp.train"]
 SINGLE = [sys.executable, "-m", "gpt2exp.train"]
 
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The run the data-parallel ones are held against: one process, the whole batch of 8,
+    20 steps (each test reads as many of its steps as it needs)."""
+    root = tmp_path_factory.mktemp("one_process")
+    (root / "corpus.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "GPT2EXP_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "token-cache")}
+    result = subprocess.run(
+        [*SINGLE, *SMALL, "data=text", f"data.path={root / 'corpus.txt'}", "data.batch_size=8",
+         "trainer.max_steps=20", "logger=none", "hydra.run.dir=one"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return root / "one"
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """torchrun, two processes of 4 sequences a step, 20 steps, W&B offline: the process and
+    its root folder (cwd)."""
+    root = tmp_path_factory.mktemp("two_processes")
+    (root / "corpus.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "GPT2EXP_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "token-cache")}
+    for key in ("WANDB_API_KEY", "WANDB_SERVICE"):
+        env.pop(key, None)
+    result = subprocess.run(
+        [*TORCHRUN, *SMALL, "data=text", f"data.path={root / 'corpus.txt'}", "data.batch_size=4",
+         "trainer.max_steps=20", "logger.mode=offline"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return result, root
 
 
 @pytest.fixture
@@ -46,19 +78,17 @@ def assert_close(first: list[float], second: list[float], tolerance: float = 1e-
     assert len(first) == len(second) and max(abs(a - b) for a, b in zip(first, second)) < tolerance, (first, second)
 
 
-def test_two_processes_train_as_one_with_twice_the_batch(train, tmp_path):
-    two = train(TORCHRUN, "data.batch_size=4", "trainer.max_steps=20", "logger.mode=offline")
+def test_two_processes_train_as_one_with_twice_the_batch(two_processes, one_process):
+    two, root = two_processes
     assert two.returncode == 0, two.stderr
-    [two_dir] = run_folders(tmp_path)  # one timestamped folder: the ranks agreed on its name
-    one = train(SINGLE, "data.batch_size=8", "trainer.max_steps=20", "logger=none", "hydra.run.dir=one")
-    assert one.returncode == 0, one.stderr
-    (steps_two, evals_two), (steps_one, evals_one) = losses(two_dir), losses(tmp_path / "one")
+    [two_dir] = run_folders(root)  # one timestamped folder: the ranks agreed on its name
+    (steps_two, evals_two), (steps_one, evals_one) = losses(two_dir), losses(one_process)
     assert len(steps_two) == 20 and len(evals_two) == 5
     assert_close(steps_two, steps_one)
     assert_close(evals_two, evals_one)
     tokens = [m["tokens_seen"] for m in read_jsonl(two_dir / "metrics.jsonl") if "tokens_seen" in m]
     assert tokens[-1] == 20 * 8 * 32  # the job's tokens, not rank 0's
-    assert len(list(tmp_path.rglob("offline-run-*"))) == 1  # one W&B run, in the run folder
+    assert len(list(root.rglob("offline-run-*"))) == 1  # one W&B run, in the run folder
     assert list(two_dir.glob("wandb/offline-run-*"))
     assert two.stdout.count("done: val loss") == 1  # rank 0 alone speaks
 
@@ -89,9 +119,10 @@ def test_a_rank_0_that_stops_alone_leaves_no_file_and_no_traceback(train, tmp_pa
         holder.release()
 
 
-def test_a_killed_rank_ends_the_job_and_resume_continues_it(train, text_file, tmp_path):
+def test_a_killed_rank_ends_the_job_and_resume_continues_it(train, two_processes, text_file, tmp_path):
     """Rank 0, which owns the folder, is killed: the other rank ends with one line, and resume
-    continues from the last checkpoint bit for bit."""
+    continues from the last checkpoint bit for bit (against two_processes' run when that
+    checkpoint is step 10's, else a run of as many steps)."""
     command = [*TORCHRUN, *SMALL, "data=text", f"data.path={text_file}", "data.batch_size=4", "logger=none",
                "trainer.max_steps=100000", "trainer.checkpoint_freq=10", "hydra.run.dir=run"]
     job = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -117,13 +148,18 @@ def test_a_killed_rank_ends_the_job_and_resume_continues_it(train, text_file, tm
     assert resumed.returncode == 0, resumed.stderr
     assert f"(step {step}," in resumed.stdout
     assert load_checkpoint(last)["step"] == step + 10
-    straight = train(TORCHRUN, "data.batch_size=4", "logger=none", f"trainer.max_steps={step + 10}",
-                     "hydra.run.dir=straight")
-    assert straight.returncode == 0, straight.stderr
-    assert losses(tmp_path / "run")[0][-10:] == losses(tmp_path / "straight")[0][-10:]  # bit for bit
+    if step == 10:
+        assert two_processes[0].returncode == 0, two_processes[0].stderr
+        [straight_dir] = run_folders(two_processes[1])
+    else:
+        straight = train(TORCHRUN, "data.batch_size=4", "logger=none", f"trainer.max_steps={step + 10}",
+                         "hydra.run.dir=straight")
+        assert straight.returncode == 0, straight.stderr
+        straight_dir = tmp_path / "straight"
+    assert losses(tmp_path / "run")[0][-10:] == losses(straight_dir)[0][-10:]  # bit for bit
 
 
-def test_resume_on_another_number_of_processes_continues_the_same_run(train, tmp_path):
+def test_resume_on_another_number_of_processes_continues_the_same_run(train, one_process, tmp_path):
     """Ten steps on two processes, ten more on one with the same job batch: the curve of twenty
     steps on one process. Resumed on one process with the same per-process batch, a step takes
     half the sequences, and a warning says so and how to keep them."""
@@ -137,10 +173,8 @@ def test_resume_on_another_number_of_processes_continues_the_same_run(train, tmp
     rest = train(SINGLE, "data.batch_size=8", "trainer.max_steps=20", "logger=none", "hydra.run.dir=split",
                  "trainer.resume=auto")
     assert rest.returncode == 0, rest.stderr
-    whole = train(SINGLE, "data.batch_size=8", "trainer.max_steps=20", "logger=none", "hydra.run.dir=whole")
-    assert whole.returncode == 0, whole.stderr
-    assert_close(losses(tmp_path / "split")[0], losses(tmp_path / "whole")[0])
-    assert_close(losses(tmp_path / "split")[1], losses(tmp_path / "whole")[1])
+    assert_close(losses(tmp_path / "split")[0], losses(one_process)[0])
+    assert_close(losses(tmp_path / "split")[1], losses(one_process)[1])
     assert "a step takes" not in rest.stdout
 
 
@@ -217,16 +251,16 @@ def test_the_other_ranks_wait_for_rank_0s_preparation_past_the_process_groups_ti
     assert "rank 1: ready" in result.stdout
 
 
-def test_a_slurm_style_job_of_two_tasks_trains_as_one_process(train, tmp_path):
+def test_a_slurm_style_job_of_two_tasks_trains_as_one_process(train, one_process, tmp_path):
     """hydra/launcher=submitit_local with two tasks: the tasks form the process group from
-    submitit's variables, as SLURM tasks do, and train as one process with the whole batch."""
+    submitit's variables, as SLURM tasks do, and train as one process with the whole batch
+    (its 10 steps and 3 evaluations: the first of one_process's)."""
     job = train([*SINGLE, "-m"], "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "data.batch_size=4",
                 "trainer.max_steps=10", "logger=none", "hydra.sweep.dir=sweep")
     assert job.returncode == 0, job.stderr
-    one = train(SINGLE, "data.batch_size=8", "trainer.max_steps=10", "logger=none", "hydra.run.dir=one")
-    assert one.returncode == 0, one.stderr
-    assert_close(losses(tmp_path / "sweep" / "0")[0], losses(tmp_path / "one")[0])
-    assert_close(losses(tmp_path / "sweep" / "0")[1], losses(tmp_path / "one")[1])
+    (steps_job, evals_job), (steps_one, evals_one) = losses(tmp_path / "sweep" / "0"), losses(one_process)
+    assert_close(steps_job, steps_one[:10])
+    assert_close(evals_job, evals_one[:3])  # before the first step, after the 5th and the 10th
 
 
 def rank_pid(marker: str, rank: int) -> int:
