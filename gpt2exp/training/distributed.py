@@ -96,6 +96,7 @@ def _from_submitit() -> None:
     tasks_per_node > 1): torchrun's variables from SLURM's (the first node as the rendezvous)."""
     if _described_job() or "SUBMITIT_EXECUTOR" not in os.environ:
         return
+    # The optional `sweeps` extra's, so imported here, in its tasks only.
     from submitit.helpers import TorchDistributedEnvironment
 
     if TorchDistributedEnvironment().world_size > 1:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gpt2exp.config import TrainConfig, plain
-from gpt2exp.data import DataBundle, build_data
+from gpt2exp.data import DataBundle, build_data, has_test_split, load_eval_text
 from gpt2exp.devices import Precision, resolve_device, resolve_precision
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.evaluation.perplexity import default_stride, score_text
@@ -138,8 +138,6 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
 def _test_text(cfg: TrainConfig) -> str | None:
     """The source's test split when `trainer.test` is on (null: on when the source has one and it
     can be read, off otherwise; see `data.has_test_split`)."""
-    from gpt2exp.data import has_test_split, load_eval_text
-
     test, data = cfg.trainer.test, cfg.data
     if test is False or (test is None and not has_test_split(data)):
         return None
