@@ -20,6 +20,7 @@ from typing import Any, cast
 import huggingface_hub
 import huggingface_hub.constants
 import torch
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -29,8 +30,11 @@ from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
 from gpt2exp.modeling.checkpoint import read_torch_file
 from gpt2exp.modeling.model import GPTModel, TransformerBlock
+from gpt2exp.network import unreachable
 
 OPENAI_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+_DOWNLOADED = ("config.json", "model.safetensors")  # what model.init=<OpenAI name> fetches
+HUB_TIMEOUT_S = 5.0
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal masks that older checkpoints saved
 # A block's Linear layers: GPTModel's name -> GPT2LMHeadModel's (a Conv1D there).
 HF_LAYERS = {"attn.qkv": "attn.c_attn", "attn.out_proj": "attn.c_proj", "ff.fc": "mlp.c_fc", "ff.out_proj": "mlp.c_proj"}
@@ -174,7 +178,8 @@ def from_hf_state_dict(weights: dict[str, torch.Tensor], cfg: ModelConfig, sourc
 
 def find_hf_folder(init: str) -> Path:
     """The folder that ``model.init`` names: a folder holding config.json, or one of OpenAI's
-    models in the Hugging Face cache, found through huggingface_hub (no download here)."""
+    models in the Hugging Face cache, found through huggingface_hub; one that is not there yet is
+    downloaded (its config.json and model.safetensors) when the hub answers."""
     folder = Path(init).expanduser()
     if (folder / "config.json").is_file():
         return folder
@@ -186,10 +191,20 @@ def find_hf_folder(init: str) -> Path:
         config = huggingface_hub.try_to_load_from_cache(repo, "config.json")
         if isinstance(config, str):
             return Path(config).parent
+    repo = f"openai-community/{init}"
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        problem: str | None = "HF_HUB_OFFLINE is set"
+    else:
+        problem = unreachable(huggingface_hub.constants.ENDPOINT, HUB_TIMEOUT_S)
+    if problem is None:
+        try:
+            return Path(huggingface_hub.snapshot_download(repo, allow_patterns=list(_DOWNLOADED)))
+        except (HfHubHTTPError, OSError) as err:
+            problem = f"the download failed ({type(err).__name__}: {' '.join(str(err).split())})"
     raise UserError(
-        f"model.init={init}: not in the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}); put it there "
-        f"with `hf download openai-community/{init} config.json model.safetensors`, or download those two files from "
-        f"https://huggingface.co/openai-community/{init} into a folder and pass model.init=<folder>"
+        f"model.init={init}: not in the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) and {problem}; "
+        f"put it there with `hf download {repo} {' '.join(_DOWNLOADED)}`, or download those two files from "
+        f"https://huggingface.co/{repo} into a folder and pass model.init=<folder>"
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TINY, TINY_MODEL, read_jsonl, run_folders
-from helpers.hf_bridge import save_hf_folder, tiny_checkpoint
+from helpers.hf_bridge import REPO_COMMIT, save_hf_folder, tiny_checkpoint
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from gpt2exp.config import ModelConfig
@@ -38,10 +38,35 @@ def test_fine_tuning_from_an_hf_folder_starts_at_its_loss_and_lowers_it(hf_folde
 
 def test_model_init_without_files_says_where_to_put_them(run_module, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # else, where the hub answers, the run would download GPT-2
     result = run_module("gpt2exp.train", *TINY, "model.init=gpt2", "logger=none")
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: model.init=gpt2: not in the Hugging Face cache") and "model.init=<folder>" in line
+
+
+def test_model_init_gpt2_downloads_its_config_and_safetensors_through_huggingface_hub(
+        local_hub, run_module, tmp_path, text_file, monkeypatch):
+    """With a hub that answers (one on this machine, through HF_ENDPOINT), model.init=gpt2 fetches
+    its config.json and model.safetensors into the Hugging Face cache and trains from them; the
+    next run finds them there and downloads nothing."""
+    url, asked, _ = local_hub
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    args = [*TINY, "model.init=gpt2", "data=text", f"data.path={text_file}", "trainer.max_steps=2", "logger=none"]
+    first = run_module("gpt2exp.train", *args, "hydra.run.dir=first")
+    assert first.returncode == 0, first.stderr
+    snapshot = tmp_path / "hf" / "hub" / "models--openai-community--gpt2" / "snapshots" / REPO_COMMIT
+    assert sorted(path.name for path in snapshot.iterdir()) == ["config.json", "model.safetensors"]
+    downloads = sorted(path.rsplit("/", 1)[-1] for path in asked if "/resolve/" in path)
+    assert set(downloads) == {"config.json", "model.safetensors"}
+    again = run_module("gpt2exp.train", *args, "hydra.run.dir=again")
+    assert again.returncode == 0, again.stderr
+    assert sorted(path.rsplit("/", 1)[-1] for path in asked if "/resolve/" in path) == downloads
+    for run in ("first", "again"):
+        config = torch.load(tmp_path / run / "checkpoints" / "last.pt", weights_only=True)["config"]["model"]
+        assert config["init"] == str(snapshot.resolve()) and (config["emb_dim"], config["n_layers"]) == (32, 2)
 
 
 def test_export_gives_a_folder_transformers_loads_with_the_same_logits_and_text(train_run, tmp_path):

@@ -15,11 +15,11 @@ from transformers import GPT2LMHeadModel
 from gpt2exp.cli.export import export
 from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
-from gpt2exp.modeling.checkpoint import save_checkpoint
+from gpt2exp.modeling import hf_format
+from gpt2exp.modeling.checkpoint import load_trained_model, save_checkpoint
 from gpt2exp.modeling.decoding import generate
 from gpt2exp.modeling.hf_format import find_hf_folder, read_hf_folder
 from gpt2exp.modeling.model import GPTModel
-from gpt2exp.modeling.trained import load_trained_model
 
 
 def loaded(folder) -> GPTModel:
@@ -142,13 +142,23 @@ def test_model_init_gpt2_is_the_snapshot_the_caches_main_names(tmp_path, monkeyp
 
 def test_model_init_gpt2_outside_the_cache_says_what_to_download_and_where(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed port
     with pytest.raises(UserError) as error:
         find_hf_folder("gpt2-medium")
     message = str(error.value)
-    assert message.startswith(f"model.init=gpt2-medium: not in the Hugging Face cache ({tmp_path / 'hub'})")
+    assert message.startswith(f"model.init=gpt2-medium: not in the Hugging Face cache ({tmp_path / 'hub'}) and no "
+                              f"answer from {huggingface_hub.constants.ENDPOINT} (")
     assert "hf download openai-community/gpt2-medium config.json model.safetensors" in message
     assert "https://huggingface.co/openai-community/gpt2-medium" in message and "model.init=<folder>" in message
-    assert "reach" not in message  # nothing tried to reach the hub
+
+
+def test_model_init_gpt2_offline_asks_no_hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_format, "unreachable", lambda *args: pytest.fail("the hub was asked"))
+    with pytest.raises(UserError, match=r"model.init=gpt2: not in the Hugging Face cache \(.*\) and HF_HUB_OFFLINE is "
+                                        "set; put it there with `hf download openai-community/gpt2 "):
+        find_hf_folder("gpt2")
 
 
 def test_model_init_that_names_no_model_folder_says_what_is_missing(tmp_path):
