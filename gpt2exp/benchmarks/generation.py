@@ -75,7 +75,7 @@ def measure_generation(
 def _hf_generate(model: GPTModel, prompts: list[list[int]], **options) -> Callable[[int], list[int]]:
     """A function generating n tokens with transformers' ``generate`` and ``options`` (greedy by
     default); it returns the first row's new tokens."""
-    from gpt2exp.benchmarks.hf import to_hf
+    from gpt2exp.benchmarks.transformers_baseline import to_hf
 
     hf_model = to_hf(model).eval()
     hf_model.generation_config.eos_token_id = None

@@ -12,7 +12,7 @@ from torch import nn
 from gpt2exp.benchmarks.timing import time_interleaved
 from gpt2exp.config import EvalSettings
 from gpt2exp.devices import Precision
-from gpt2exp.evaluation.perplexity import score_text
+from gpt2exp.evaluation.sliding_windows import score_text
 from gpt2exp.modeling.inference_layout import PackedLinear, packing_works, to_inference_layout
 from gpt2exp.modeling.model import GPTModel
 

@@ -16,7 +16,7 @@ from gpt2exp.cli.table import format_table
 from gpt2exp.config import BenchConfig
 from gpt2exp.devices import Precision, bf16_supported, resolve_device, resolve_precision
 from gpt2exp.errors import UserError
-from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.layout import RunLayout
 from gpt2exp.tokenizer import EOT_TOKEN
 
 log = logging.getLogger("gpt2exp.bench")
@@ -104,9 +104,9 @@ def _train_rows(cfg: BenchConfig, model, device, precision, peaks: dict[str, tup
     import torch
 
     from gpt2exp.benchmarks.flops import train_flops_per_token
-    from gpt2exp.benchmarks.hf import to_hf
     from gpt2exp.benchmarks.timing import time_first_call, time_interleaved
     from gpt2exp.benchmarks.training import train_step
+    from gpt2exp.benchmarks.transformers_baseline import to_hf
     from gpt2exp.training.trainer import make_optimizer
 
     settings = cfg.bench

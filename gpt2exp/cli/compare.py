@@ -24,6 +24,8 @@ import yaml
 from gpt2exp.cli.messages import fail
 from gpt2exp.cli.table import format_table
 from gpt2exp.errors import UserError
+from gpt2exp.runs.jsonl import read_jsonl
+from gpt2exp.runs.layout import RunLayout
 from gpt2exp.runs.plots import plot_scatter_panels, plot_series
 
 FIGURES = {  # table column: metrics.jsonl key (the last value logged is the final one)
@@ -51,7 +53,7 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise UserError(f"{path}: no such folder")
-        found = [path] if (path / ".hydra" / "config.yaml").is_file() else sorted(
+        found = [path] if (path / RunLayout.HYDRA / "config.yaml").is_file() else sorted(
             (p.parent.parent for p in path.rglob(".hydra/config.yaml")), key=_natural_key
         )
         if not found:
@@ -66,11 +68,11 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
     "tokens_per_sec" (mean over the training's evaluations), "sample" (the last one),
     "reused_from" and "curve" (tokens seen, val loss pairs)."""
     folder = Path(folder)
-    overrides = _read_yaml(folder / ".hydra" / "overrides.yaml")
+    overrides = _read_yaml(folder / RunLayout.HYDRA / "overrides.yaml")
     overrides = [o for o in overrides if isinstance(o, str)] if isinstance(overrides, list) else []
-    metrics = _read_records(folder / "metrics.jsonl", lambda m: all(_is_number(m[k]) for k in NUMBERS if k in m))
-    summary = _read_json(folder / "summary.json")
-    failure = _read_json(folder / "failure.json")
+    metrics = read_jsonl(folder / RunLayout.METRICS, lambda m: all(_is_number(m[k]) for k in NUMBERS if k in m), log)
+    summary = _read_json(folder / RunLayout.SUMMARY)
+    failure = _read_json(folder / RunLayout.FAILURE)
     row = {
         "run": name or folder.name,
         "status": "failed" if failure else "ok" if summary else "incomplete",
@@ -81,7 +83,7 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
     for column, key in FIGURES.items():
         values = [m[key] for m in metrics if key in m]
         row[column] = values[-1] if values else None
-    samples = _read_records(folder / "samples.jsonl", lambda s: isinstance(s.get("text"), str))
+    samples = read_jsonl(folder / RunLayout.SAMPLES, lambda s: isinstance(s.get("text"), str), log)
     row["sample"] = samples[-1]["text"] if samples else ""
     speeds = [m["tokens_per_sec"] for m in metrics if m.get("tokens_per_sec")]
     row["tokens_per_sec"] = sum(speeds) / len(speeds) if speeds else None
@@ -182,7 +184,7 @@ def search_spaces(runs: list[Path]) -> dict[str, str]:
     also writes a multirun.yaml)."""
     spaces: dict[str, str] = {}
     for run in runs:
-        config = _read_yaml(run / ".hydra" / "hydra.yaml")
+        config = _read_yaml(run / RunLayout.HYDRA / "hydra.yaml")
         params = _section(_section(_section(config, "hydra"), "sweeper"), "params")
         spaces |= {str(key): space for key, space in params.items() if isinstance(space, str)}
     return spaces
@@ -342,28 +344,6 @@ def _read_yaml(path: Path):
     except (OSError, ValueError, yaml.YAMLError) as err:
         log.warning("%s: not readable YAML (%s); skipping it", path, " ".join(str(err).split()))
         return {}
-
-
-def _read_records(path: Path, valid) -> list[dict]:
-    """A JSON-lines run file's records (metrics.jsonl, samples.jsonl) for which `valid(record)`
-    holds; the other lines (torn, hand-edited, not UTF-8) are skipped, with one warning naming
-    the file and their line numbers."""
-    if not path.is_file():
-        return []
-    records, skipped = [], []
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except ValueError:
-            record = None
-        if isinstance(record, dict) and valid(record):
-            records.append(record)
-        elif line.strip():
-            skipped.append(number)
-    if skipped:
-        shown = ", ".join(map(str, skipped[:10])) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        log.warning("%s: skipping %d malformed line%s (line %s)", path, len(skipped), "s"[: len(skipped) > 1], shown)
-    return records
 
 
 def _section(config, key: str) -> dict:

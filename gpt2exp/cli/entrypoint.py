@@ -27,6 +27,7 @@ from gpt2exp.cli.schema import register_configs
 from gpt2exp.config import LoggerConfig
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.runs import folder as run_folder
+from gpt2exp.runs.layout import RunLayout
 from gpt2exp.runs.tracking import run_identity
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 # taken for a package).
 CONFIG_DIR = str(next(path for path in (Path(__file__).resolve().parents[1] / "conf",
                                         Path(__file__).resolve().parents[2] / "conf") if path.is_dir()))
-FAILURE_FILE = run_folder.RunLayout.FAILURE
 log = logging.getLogger("gpt2exp.cli")
 T = TypeVar("T", bound="DataclassInstance")
 
@@ -66,7 +66,7 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         folder = run_folder.claimed(run_dir)
         if multirun:
-            (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+            (run_dir / RunLayout.FAILURE).unlink(missing_ok=True)
         try:
             return task(cfg)
         except AlreadyComplete as done:
@@ -119,7 +119,7 @@ def record_failure(run_dir: Path, job: int, overrides: list[str], message: str) 
     log.error("error: %s", message)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": "failed", "job": job, "overrides": overrides, "error": message}
-    (run_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (run_dir / RunLayout.FAILURE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return float("inf")
 
 
@@ -149,7 +149,7 @@ class OwnRunFolders(Callback):
             path = os.path.abspath(str(OmegaConf.select(config, key)))  # `now` is cached: Hydra gets this name
             resume = OmegaConf.select(config, "trainer.resume", default=None)
             continues = resume == "auto" or (resume is not None and os.path.abspath(os.path.expanduser(resume)) in (
-                path, os.path.join(path, "checkpoints")))
+                path, os.path.join(path, RunLayout.CHECKPOINTS)))
             run_folder.claim(path, key=key, may_continue=continues)
 
         try:
@@ -163,13 +163,13 @@ class FailedJobs(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = {p.parent for p in [*sweep_dir.rglob(".hydra"), *sweep_dir.rglob(FAILURE_FILE)]}
-        failures = sorted((json.loads((job / FAILURE_FILE).read_text()) for job in jobs
-                           if (job / FAILURE_FILE).is_file()), key=lambda f: f["job"])
+        jobs = {p.parent for p in [*sweep_dir.rglob(RunLayout.HYDRA), *sweep_dir.rglob(RunLayout.FAILURE)]}
+        failures = sorted((json.loads((job / RunLayout.FAILURE).read_text()) for job in jobs
+                           if (job / RunLayout.FAILURE).is_file()), key=lambda f: f["job"])
         if failures:
             numbers = ", ".join(str(f["job"]) for f in failures)
             print(
-                f"error: {len(failures)} of {len(jobs)} jobs failed (job {numbers}; {FAILURE_FILE} in each "
+                f"error: {len(failures)} of {len(jobs)} jobs failed (job {numbers}; {RunLayout.FAILURE} in each "
                 f"job's folder under {sweep_dir}); job {failures[0]['job']}: {failures[0]['error']}",
                 file=sys.stderr,
             )

@@ -15,7 +15,7 @@ from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import EvalConfig, plain
 from gpt2exp.devices import resolve_device, resolve_precision
 from gpt2exp.errors import UserError
-from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.layout import RunLayout
 from gpt2exp.runs.tracking import Tracker
 from gpt2exp.tokenizer import get_encoding
 
@@ -24,12 +24,13 @@ log = logging.getLogger("gpt2exp.eval")
 
 def load_model(cfg: EvalConfig):
     """The model to score (on the CPU): the checkpoint's, or the Hugging Face folder's."""
-    from gpt2exp.modeling.checkpoint import checkpoint_path, load_trained_model
     from gpt2exp.modeling.hf_format import find_hf_folder, read_hf_folder
     from gpt2exp.modeling.model import GPTModel
+    from gpt2exp.modeling.trained import load_trained_model
+    from gpt2exp.runs.layout import checkpoint_file
 
     if cfg.ckpt is not None:
-        return load_trained_model(checkpoint_path(cfg.ckpt))[0]
+        return load_trained_model(checkpoint_file(cfg.ckpt))[0]
     model_cfg, weights = read_hf_folder(find_hf_folder(cast(str, cfg.model.init)), drop_rate=0.0)  # EvalConfig: ckpt or model.init
     model = GPTModel(model_cfg)
     model.load_state_dict(weights)
@@ -41,7 +42,7 @@ def score_checkpoint(composed: DictConfig) -> float:
     import torch
 
     from gpt2exp.data import load_eval_text, whole_files
-    from gpt2exp.evaluation.perplexity import default_stride, score_text
+    from gpt2exp.evaluation.sliding_windows import default_stride, score_text
     from gpt2exp.modeling.inference_layout import to_inference_layout
 
     cfg = cli.typed(composed, EvalConfig)

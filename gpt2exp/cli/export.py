@@ -20,9 +20,9 @@ USAGE = "usage: python -m gpt2exp.export ckpt=<checkpoint file or run folder> ou
 
 def export(ckpt: str, out: str, merge_lora: bool = True) -> Path:
     """Write the checkpoint's model into `out` (a new or empty folder, whole or not at all); returns it."""
-    from gpt2exp.modeling.checkpoint import load_trained_model
     from gpt2exp.modeling.hf_format import write_hf_folder
     from gpt2exp.modeling.lora import is_lora, write_base_and_adapter
+    from gpt2exp.modeling.trained import load_trained_model
 
     out_dir = Path(out).expanduser()
     model, _ = load_trained_model(checkpoint_file(ckpt), merge_lora=merge_lora)

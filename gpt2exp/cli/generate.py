@@ -15,7 +15,7 @@ from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import GenerateConfig, plain
 from gpt2exp.devices import resolve_device
 from gpt2exp.errors import UserError
-from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.layout import LAST_CHECKPOINT, RunLayout, checkpoint_file
 from gpt2exp.runs.plots import plot_next_token_probs
 from gpt2exp.runs.tracking import Tracker, resolve_mode
 from gpt2exp.tokenizer import get_encoding
@@ -61,7 +61,7 @@ class GenerationPlan:
 def plan_generation(composed: DictConfig) -> GenerationPlan:
     """Check everything a user can get wrong (config, checkpoint, decoding against the model)
     before a file is written; raises UserError (or a config error)."""
-    from gpt2exp.modeling.checkpoint import checkpoint_path, load_trained_model
+    from gpt2exp.modeling.trained import load_trained_model
 
     if OmegaConf.is_missing(composed, "ckpt"):
         newest = _newest_run(Path("outputs"))
@@ -69,7 +69,7 @@ def plan_generation(composed: DictConfig) -> GenerationPlan:
                         + (f"; the newest run here is ckpt={newest}" if newest else ""))
     cfg = cli.typed(composed, GenerateConfig)
     ckpt_path = wandb_checkpoint(cfg.ckpt, cfg.logger.mode) if cfg.ckpt.startswith("wandb:") else (
-        checkpoint_path(cfg.ckpt))
+        checkpoint_file(cfg.ckpt))
     model, checkpoint = load_trained_model(ckpt_path)
     cfg.decoding.check_vocab(model.cfg.vocab_size)
     return GenerationPlan(cfg, ckpt_path, checkpoint, model, resolve_device(cfg.device, key="device"))
@@ -78,7 +78,7 @@ def plan_generation(composed: DictConfig) -> GenerationPlan:
 def _newest_run(outputs: Path) -> Path | None:
     """The run folder under `outputs` whose last.pt was written last, if any."""
     runs = []
-    for last in outputs.glob("**/checkpoints/last.pt"):
+    for last in outputs.glob(f"**/{RunLayout.CHECKPOINTS}/{LAST_CHECKPOINT}"):
         with contextlib.suppress(OSError):
             runs.append((last.stat().st_mtime, last.parent.parent))
     return max(runs)[1] if runs else None

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import ModelConfig, TrainConfig
 from gpt2exp.errors import UserError
+from gpt2exp.runs.layout import RunLayout, init_checkpoint
 from gpt2exp.training import reuse
 
 log = logging.getLogger("gpt2exp.train")
@@ -65,8 +66,8 @@ def train(composed: DictConfig) -> float:
             summary = run_training(cfg, plan, ctx, tracker, options["group"])
             if slot:
                 summary["config_hash"] = slot.key
-                slot.publish(checkpoint=ctx.run_dir / "checkpoints" / "last.pt",
-                             metrics=ctx.run_dir / "metrics.jsonl", loss_plot=ctx.run_dir / "loss.png",
+                slot.publish(checkpoint=RunLayout.last_checkpoint(ctx.run_dir),
+                             metrics=ctx.run_dir / RunLayout.METRICS, loss_plot=ctx.run_dir / RunLayout.LOSS_PLOT,
                              summary=summary)
         tracker.summary(summary)
     return summary["final/val_loss"]
@@ -77,12 +78,12 @@ def _hf_architecture(model: ModelConfig, hydra_cfg) -> ModelConfig:
     checkpoint's (dropout off unless `model.drop_rate` was given on the command line; this run's
     `model.lora`), so that the run's config records it."""
     from gpt2exp.modeling.hf_format import find_hf_folder, hf_model_config, read_config, refuse_beyond_gpt2
-    from gpt2exp.modeling.lora import checkpoint_architecture, checkpoint_base
+    from gpt2exp.modeling.trained import checkpoint_architecture
 
     given = any(o.lstrip("+~").startswith("model.drop_rate=") for o in hydra_cfg.overrides.task)
     overrides = {"drop_rate": model.drop_rate if given else 0.0, "lora": model.lora}
     init = cast(str, model.init)  # only a run with model.init comes here
-    if (checkpoint := checkpoint_base(init)) is not None:
+    if (checkpoint := init_checkpoint(init)) is not None:
         return checkpoint_architecture(checkpoint, **overrides)
     refuse_beyond_gpt2(model, "model.init: a Hugging Face GPT-2")
     folder = find_hf_folder(init)

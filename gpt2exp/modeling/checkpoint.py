@@ -19,7 +19,6 @@ import torch
 from gpt2exp.atomic import write_atomic
 from gpt2exp.config import ModelConfig, plain
 from gpt2exp.errors import UserError
-from gpt2exp.modeling.model import GPTModel
 
 FORMAT = "gpt2exp-checkpoint"
 VERSION = 1
@@ -155,50 +154,6 @@ def read_torch_file(path: Path, name: str, kind: str, map_location: str | torch.
         raise UserError(f"{name} is corrupt or truncated") from None
     except OSError as e:
         raise UserError(f"{name} cannot be read ({e.strerror})") from None
-
-
-def checkpoint_path(ckpt: str) -> Path:
-    """`ckpt` as a checkpoint file: as given, or a run folder's ``checkpoints/last.pt``."""
-    path = Path(ckpt).expanduser()
-    try:
-        is_dir = path.is_dir()
-    except OSError as err:  # e.g. a name too long for the file system
-        raise UserError(f"ckpt: '{ckpt}' cannot be read ({err.strerror})") from None
-    if is_dir:
-        path = path / "checkpoints" / "last.pt"
-        if not path.is_file():
-            raise UserError(f"ckpt: run folder '{ckpt}' has no checkpoints/last.pt")
-    return path
-
-
-def load_trained_model(path: Path, *, merge_lora: bool = True) -> tuple[GPTModel, dict]:
-    """(the model on the CPU, the checkpoint) of a checkpoint file whose model can be built on
-    this machine and whose weights fit its config; raises UserError naming what does not. A LoRA
-    checkpoint's model is its base (read from `model.init`, checked) with its adapter, merged
-    into plain weights unless `merge_lora` is false."""
-    checkpoint = load_checkpoint(path)
-    values = checkpoint["config"].get("model")
-    if not isinstance(values, dict):
-        raise UserError(f"ckpt: '{path}' holds no model config")
-    try:
-        cfg = ModelConfig.from_dict(values)
-        cfg.check_fits_in_memory()
-    except UserError as err:
-        raise UserError(f"ckpt: '{path}' declares a model that cannot be built: {err}") from None
-    if cfg.lora.rank:
-        from gpt2exp.modeling import lora
-
-        model = lora.adapted_model(cfg, checkpoint, str(path))
-        return (lora.merged_model(model) if merge_lora else model), checkpoint
-    with torch.device("meta"):  # names and shapes first, before any memory is spent on the model
-        expected = GPTModel(cfg).state_dict()
-    weights = checkpoint["model"]
-    for name in sorted(expected.keys() | weights.keys()):
-        if name not in weights or name not in expected or weights[name].shape != expected[name].shape:
-            raise UserError(f"ckpt: '{path}' holds weights that do not fit its model config (first: {name})")
-    model = GPTModel(cfg)
-    model.load_state_dict(weights)
-    return model, checkpoint
 
 
 def _check_crcs(path: Path) -> None:

@@ -1,78 +1,28 @@
-"""LoRA adapters (`model.lora`) through Hugging Face peft on GPTModel's own Linear layers, and
-the base model they adapt (`model.init`: an HF GPT-2 folder or name, or a gpt2exp checkpoint).
+"""LoRA adapters (`model.lora`) through Hugging Face peft on GPTModel's own Linear layers:
+added, saved, loaded, merged, and written as a PEFT folder beside their base. (Reading the
+base a LoRA checkpoint names: `gpt2exp.modeling.trained`.)
 
-A LoRA checkpoint holds the adapter (and its optimizer state), not the base: it records the
-base's identity, `{"init": path, "sha256": hash of its weights}`, and loads only on that base.
+peft is imported where it is used: its import takes seconds, and only LoRA runs need it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib.util import find_spec
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from gpt2exp.atomic import folder_atomic
 from gpt2exp.config import LoraConfig, ModelConfig
 from gpt2exp.errors import UserError
+from gpt2exp.modeling.hf_format import HF_LAYERS, write_hf_folder
 from gpt2exp.modeling.model import GPTModel
 
 ADAPTER = "default"  # peft's adapter name; the saved weights leave it out
-
-
-@dataclass
-class Base:
-    """The weights a fine-tune starts from and their identity (what a LoRA checkpoint records)."""
-
-    weights: dict[str, torch.Tensor]
-    identity: dict
-
-
-def checkpoint_base(init: str) -> Path | None:
-    """The gpt2exp checkpoint that `model.init` names (a .pt file, or a run folder's last.pt);
-    None when it names a Hugging Face folder or model instead."""
-    path = Path(init).expanduser()
-    if path.is_file():
-        return path.resolve()
-    if (path / "checkpoints" / "last.pt").is_file() and not (path / "config.json").is_file():
-        return (path / "checkpoints" / "last.pt").resolve()
-    return None
-
-
-def checkpoint_architecture(path: Path, **overrides) -> ModelConfig:
-    """The model config of a gpt2exp checkpoint used as `model.init`, with `overrides`."""
-    from gpt2exp.modeling.checkpoint import load_checkpoint
-
-    try:
-        values = load_checkpoint(path)["config"].get("model")
-    except UserError as err:
-        raise UserError(f"model.init={path}: {err} (a Hugging Face model is a folder holding config.json)") from None
-    if not isinstance(values, dict):
-        raise UserError(f"model.init: '{path}' holds no model config")
-    try:
-        return ModelConfig.from_dict({**values, **overrides, "init": str(path)})
-    except UserError as err:
-        raise UserError(f"model.init: '{path}' declares a model that cannot be built: {err}") from None
-
-
-def read_base_weights(cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """The weights `cfg.init` names, as a state dict of ``GPTModel(cfg)``."""
-    from gpt2exp.modeling.checkpoint import load_trained_model
-    from gpt2exp.modeling.hf_format import find_hf_folder, load_hf_weights
-
-    path = checkpoint_base(cfg.init)
-    if path is None:
-        return load_hf_weights(find_hf_folder(cfg.init), cfg)
-    return load_trained_model(path)[0].state_dict()  # a LoRA run's: merged
-
-
-def read_base(cfg: ModelConfig) -> Base:
-    """`read_base_weights` and their identity."""
-    weights = read_base_weights(cfg)
-    return Base(weights, {"init": cfg.init, "sha256": weights_sha256(weights)})
 
 
 def weights_sha256(weights: dict[str, torch.Tensor]) -> str:
@@ -149,33 +99,6 @@ def load_adapter(model: GPTModel, weights: dict[str, torch.Tensor], where: str) 
     set_peft_model_state_dict(model, weights, adapter_name=ADAPTER)
 
 
-def check_same_base(checkpoint: dict, base: Base, where: str) -> None:
-    """A LoRA checkpoint loads only on the base it was trained on (by the hash of its weights);
-    a UserError starts with `where`, the key and file."""
-    recorded = checkpoint["extra"].get("lora_base")
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
-        raise UserError(f"{where} is a LoRA adapter that does not record its base model")
-    if recorded["sha256"] != base.identity["sha256"]:
-        raise UserError(f"{where} is a LoRA adapter of another base: model.init='{base.identity['init']}' "
-                        f"now holds weights with sha256 {base.identity['sha256'][:12]}, the adapter's base had "
-                        f"{recorded['sha256'][:12]}; put its base back there")
-
-
-def adapted_model(cfg: ModelConfig, checkpoint: dict, source: str) -> GPTModel:
-    """The LoRA model of a checkpoint (on the CPU, unmerged): its base, checked, and its adapter."""
-    try:
-        base = read_base(cfg)
-    except UserError as err:
-        raise UserError(f"ckpt: '{source}' is a LoRA adapter whose base cannot be read ({err}); the base "
-                        f"model.init='{cfg.init}' must be where it was trained") from None
-    check_same_base(checkpoint, base, f"ckpt: '{source}'")
-    model = GPTModel(cfg)
-    model.load_state_dict(base.weights)
-    model = apply_lora(model, base.identity)
-    load_adapter(model, checkpoint["model"], f"ckpt: '{source}'")
-    return model
-
-
 @torch.no_grad()
 def merged_model(model: GPTModel) -> GPTModel:
     """A plain GPTModel whose weights are the LoRA model's base plus its adapters' product
@@ -206,8 +129,6 @@ def write_base_and_adapter(model: GPTModel, out: Path) -> Path:
     `adapter/`, the adapter as a PEFT folder (``PeftModel.from_pretrained(GPT2LMHeadModel...,
     out / "adapter")``); written into a hidden sibling renamed to `out` at the end, so a failed
     write leaves nothing (nor the parent folders it made)."""
-    from gpt2exp.modeling.hf_format import write_hf_folder
-
     with folder_atomic(out) as staging:
         write_hf_folder(base_model(model), staging / "base")
         _write_peft_adapter(model, staging / "adapter", base_path=(out / "base").resolve())
@@ -218,9 +139,6 @@ def _write_peft_adapter(model: GPTModel, folder: Path, base_path: Path) -> None:
     """adapter_config.json and adapter_model.safetensors as peft saves a LoRA adapter of
     transformers' GPT2LMHeadModel: its layer names, Conv1D layers (fan_in_fan_out)."""
     from peft import LoraConfig as PeftLoraConfig
-    from safetensors.torch import save_file
-
-    from gpt2exp.modeling.hf_format import HF_LAYERS
 
     lora = model.cfg.lora
     config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, fan_in_fan_out=True,

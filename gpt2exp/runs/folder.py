@@ -18,34 +18,10 @@ from pathlib import Path
 
 from gpt2exp.errors import UserError
 from gpt2exp.locks import HeldLock, NotALockFile, holder_of, try_lock
-
-
-class RunLayout:
-    """The one list of what a run of any command (Hydra included) writes at the top of its folder,
-    besides its log file: the only names an undo removes, and those that make a folder no new
-    run's. Writers name their files from here."""
-
-    HYDRA = ".hydra"
-    CHECKPOINTS = "checkpoints"
-    WANDB = "wandb"
-    METRICS = "metrics.jsonl"
-    SAMPLES = "samples.jsonl"
-    SUMMARY = "summary.json"
-    LOSS_PLOT = "loss.png"
-    NEXT_TOKEN_PLOT = "next_token_probs.png"
-    EVAL = "eval.json"
-    BENCH = "bench.json"
-    FAILURE = "failure.json"
-
-    @classmethod
-    def entries(cls) -> tuple[str, ...]:
-        return tuple(value for name, value in vars(cls).items() if name.isupper())
-
+from gpt2exp.runs.layout import RunLayout
 
 LOCK_FILE = ".run.lock"
-HYDRA_DIR = RunLayout.HYDRA
 SWEEP_FILE = "multirun.yaml"
-RUN_ENTRIES = RunLayout.entries()
 _HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 _claimed: dict[Path, RunFolder] = {}
@@ -57,20 +33,20 @@ class RunFolder:
     def __init__(self, path: Path, key: str, made: list[Path]):
         self.path, self.key, self.made = path, key, made
         self.entries = {p.name for p in path.iterdir()}
-        self.held_run = bool(self.entries & {HYDRA_DIR, SWEEP_FILE})
-        self._saved = {name: _read_bytes(path / HYDRA_DIR / name) for name in _HYDRA_FILES}
+        self.held_run = bool(self.entries & {RunLayout.HYDRA, SWEEP_FILE})
+        self._saved = {name: _read_bytes(path / RunLayout.HYDRA / name) for name in _HYDRA_FILES}
         self._log_sizes = {p.name: p.stat().st_size for p in path.glob("*.log") if p.is_file()}
         self._lock: HeldLock | None = None
 
     def held_configs(self) -> tuple[bytes | None, bytes | None]:
         """Hydra's .hydra/config.yaml in this folder as it was when claimed (the run it held) and now."""
-        return self._saved["config.yaml"], _read_bytes(self.path / HYDRA_DIR / "config.yaml")
+        return self._saved["config.yaml"], _read_bytes(self.path / RunLayout.HYDRA / "config.yaml")
 
     def undo(self) -> None:
         """Take back what this run added: the run's own entries that were not there when it
         claimed the folder, Hydra's .hydra files as they were, log files cut back to their old
         length, then each folder the claim made, if it is empty."""
-        for name in RUN_ENTRIES + tuple(p.name for p in self.path.glob("*.log")):
+        for name in RunLayout.entries() + tuple(p.name for p in self.path.glob("*.log")):
             target = self.path / name
             if name in self.entries or not (target.exists() or target.is_symlink()):
                 continue
@@ -80,7 +56,7 @@ class RunFolder:
                 target.unlink(missing_ok=True)
         if self.held_run:
             for name, data in self._saved.items():
-                target = self.path / HYDRA_DIR / name
+                target = self.path / RunLayout.HYDRA / name
                 if data is None:
                     target.unlink(missing_ok=True)
                 elif _read_bytes(target) != data:
@@ -132,7 +108,7 @@ def claim(path: str | Path, *, key: str, may_continue: bool = False) -> RunFolde
             f"{key}: '{path}' already holds a run; choose a new folder (or leave {key} unset), "
             "or continue that run with trainer.resume=auto"
         )
-    clashes = sorted(folder.entries & set(RUN_ENTRIES))
+    clashes = sorted(folder.entries & set(RunLayout.entries()))
     if clashes and not folder.held_run:
         folder.release()
         raise UserError(f"{key}: '{path}' holds files of the names a run writes ({', '.join(clashes)}); "

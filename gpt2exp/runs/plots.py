@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | Path) -> Path:
@@ -98,8 +103,11 @@ def _settings_title(temperature: float, top_k: int | None, top_p: float | None) 
     return "Sampling, " + ", ".join(parts)
 
 
-def _save(fig, path: str | Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Write `fig` as a PNG at `path` (its folder made), laid out tight unless the figure has
+    a layout engine of its own."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -114,8 +122,6 @@ def plot_series(series: dict, path: str | Path, *, xlabel: str, ylabel: str, xti
     """One line per `{label: (xs, ys)}` entry on shared axes, as a PNG, the legend below the axes
     (long labels wrapped, the figure taller for it); `xticklabels` names the integer x positions
     of a categorical axis (upright when long); `short_x` writes x ticks 1.2M-style."""
-    import textwrap
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -139,10 +145,7 @@ def plot_series(series: dict, path: str | Path, *, xlabel: str, ylabel: str, xti
     ax.set_ylabel(ylabel)
     if series:
         fig.legend(loc="outside lower center", fontsize="x-small", frameon=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, path)
 
 
 def plot_scatter_panels(panels: dict, path: str | Path, *, ylabel: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import netrc
 import os
@@ -18,7 +17,8 @@ from gpt2exp.atomic import write_atomic, write_json_atomic
 from gpt2exp.config import MODES
 from gpt2exp.errors import UserError
 from gpt2exp.network import unreachable
-from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.jsonl import append_jsonl, jsonl_line, read_jsonl
+from gpt2exp.runs.layout import RunLayout
 
 # W&B's view of each job type's metrics: (name or glob, step metric, summary), in order (a
 # name's own entry after its glob's). Against tokens seen, so that runs whose steps hold
@@ -162,30 +162,6 @@ def _is_bookkeeping(override: str) -> bool:
     return _override_key(override).split(".")[0].split("/")[0] in ("logger", "hydra")
 
 
-def _jsonl_line(record: dict) -> str:
-    return json.dumps(record, default=float) + "\n"
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(_jsonl_line(record))
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """A run file's records (metrics.jsonl, samples.jsonl); a missing file is empty and a torn
-    line (a killed run's last) is dropped."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 class Tracker:
     """Writes metrics and samples to the run folder (always) and to W&B (when enabled)."""
 
@@ -226,7 +202,7 @@ class Tracker:
                 job_type=job_type, notes=notes, id=run_id, resume="allow" if run_id else None,
                 reinit="finish_previous", settings=wandb.Settings(quiet=True, silent=True, console="off"),
             )
-            wandb_dir = self.run_dir / "wandb"
+            wandb_dir = self.run_dir / RunLayout.WANDB
             before = set(wandb_dir.glob("run-*"))
             try:
                 self._run = _interruptible(lambda: wandb.init(mode=self.mode, **options))
@@ -261,21 +237,21 @@ class Tracker:
         folder, what the old run logged after its checkpoint is dropped); W&B already has them."""
         for name in (RunLayout.METRICS, RunLayout.SAMPLES):
             records = [r for r in read_jsonl(Path(previous_run_dir) / name) if r.get("step", 0) <= up_to_step]
-            lines = "".join(map(_jsonl_line, records))
+            lines = "".join(map(jsonl_line, records))
             write_atomic(self.run_dir / name, lambda file, lines=lines: file.write(lines.encode()))
             if name == RunLayout.SAMPLES:
                 self._samples.extend(records)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """One line `{"step": step, **metrics}` in metrics.jsonl, and the same values at `step` in W&B."""
-        _append_jsonl(self.run_dir / RunLayout.METRICS, {"step": step, **metrics})
+        append_jsonl(self.run_dir / RunLayout.METRICS, {"step": step, **metrics})
         if self._run:
             self._run.log(metrics, step=step)
 
     def log_sample(self, *, step: int, prompt: str, text: str, settings: dict) -> None:
         """One line in samples.jsonl; W&B gets all samples as one table at `finish`."""
         sample = {"step": step, "prompt": prompt, "text": text, "settings": dict(settings)}
-        _append_jsonl(self.run_dir / RunLayout.SAMPLES, sample)
+        append_jsonl(self.run_dir / RunLayout.SAMPLES, sample)
         self._samples.append(sample)
 
     def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:

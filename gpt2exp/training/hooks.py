@@ -12,7 +12,7 @@ from gpt2exp.modeling.checkpoint import folder_bytes, save_checkpoint
 from gpt2exp.modeling.decoding import sample_continuations
 from gpt2exp.modeling.lora import saved_weights
 from gpt2exp.modeling.text_metrics import generation_metrics
-from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.layout import BEST_CHECKPOINT, RunLayout
 from gpt2exp.runs.plots import plot_losses
 from gpt2exp.tokenizer import get_encoding
 from gpt2exp.training import distributed
@@ -24,7 +24,8 @@ from gpt2exp.training.trainer import EvalPoint, Hooks, TrainState
 log = logging.getLogger("gpt2exp.train")
 
 
-def perplexity(loss: float) -> float:
+def capped_perplexity(loss: float) -> float:
+    """exp(loss), the loss capped at 50 nats: a diverged run logs a finite number."""
     return math.exp(min(loss, 50.0))
 
 
@@ -96,8 +97,8 @@ class RunHooks(ReplicaHooks):
         metrics = {
             "train/loss": point.train_loss,
             "val/loss": point.val_loss,
-            "train/perplexity": perplexity(point.train_loss),
-            "val/perplexity": perplexity(point.val_loss),
+            "train/perplexity": capped_perplexity(point.train_loss),
+            "val/perplexity": capped_perplexity(point.val_loss),
             "tokens_seen": point.tokens_seen,
             "epoch": point.epoch,
             **extra,
@@ -139,13 +140,13 @@ class RunHooks(ReplicaHooks):
             )
             self.last_step = state.step
         if is_best and trainer_cfg.keep_best:
-            save_checkpoint(self.checkpoint_dir / "best.pt", step=state.step, optimizer=None, **payload)
+            save_checkpoint(self.checkpoint_dir / BEST_CHECKPOINT, step=state.step, optimizer=None, **payload)
 
     def log_models(self, state: TrainState) -> None:
         """`logger.log_model`: best (best.pt, alias "best"), last (the final checkpoint, alias
         "latest") or all (both) as versions of the run's W&B model artifact."""
         choice = self.cfg.logger.log_model
-        best = self.checkpoint_dir / "best.pt"
+        best = self.checkpoint_dir / BEST_CHECKPOINT
         if choice in ("best", "all") and best.is_file():
             best_step = min(state.history, key=lambda point: point.val_loss)
             self.tracker.log_model(best, aliases=["best"], metadata={"step": best_step.step,

@@ -14,6 +14,7 @@ import yaml
 
 from gpt2exp.errors import UserError
 from gpt2exp.modeling.checkpoint import with_model_defaults
+from gpt2exp.runs.layout import RunLayout
 from gpt2exp.training.fingerprint import config_hash, without_keys
 from gpt2exp.training.step_checkpoints import load_latest_checkpoint, step_checkpoints
 from gpt2exp.training.trainer import TrainState
@@ -91,17 +92,17 @@ def find_resume_point(resume: str | None, config: dict, *, run_dir: Path, root: 
 
 def _named_point(resume: str, config: dict) -> ResumePoint:
     folder = Path(resume).expanduser()
-    if folder.name == "checkpoints":
+    if folder.name == RunLayout.CHECKPOINTS:
         folder = folder.parent
     try:
         exists = folder.is_dir()
-        found = load_latest_checkpoint(folder / "checkpoints", check=_check_resumable) if exists else None
+        found = load_latest_checkpoint(folder / RunLayout.CHECKPOINTS, check=_check_resumable) if exists else None
     except OSError as err:
         raise UserError(f"trainer.resume: cannot read '{resume}' ({err.strerror})") from None
     if not exists:
         raise UserError(f"trainer.resume: no such run folder '{resume}'")
     if found is None:
-        raise UserError(f"trainer.resume: no usable checkpoint in '{folder / 'checkpoints'}'")
+        raise UserError(f"trainer.resume: no usable checkpoint in '{folder / RunLayout.CHECKPOINTS}'")
     point = ResumePoint(folder, *found)
     _check_compatible(point, config)
     return point
@@ -110,7 +111,7 @@ def _named_point(resume: str, config: dict) -> ResumePoint:
 def _own_point(run_dir: Path, config: dict, held_configs: tuple[bytes | None, bytes | None] | None):
     """In a fixed run folder, "auto" continues the folder's own newest checkpoint; without one it
     starts afresh (in a folder that holds a run, only if that run had this config)."""
-    if step_checkpoints(run_dir / "checkpoints"):
+    if step_checkpoints(run_dir / RunLayout.CHECKPOINTS):
         return _named_point(str(run_dir), config)
     if held_configs is None:
         log.info("trainer.resume=auto: no checkpoint in this run's folder '%s' (a fixed run folder continues "
@@ -139,7 +140,7 @@ def _newest_matching(root: Path, fingerprint: str, *, prefer: Path) -> ResumePoi
     """The run folder under `root` (or `prefer`, this run's own, first) whose newest checkpoint
     has this fingerprint, newest first."""
     candidates = []
-    folders = {c.parent.resolve(): c for c in [prefer / "checkpoints", *root.rglob("checkpoints")]}
+    folders = {c.parent.resolve(): c for c in [prefer / RunLayout.CHECKPOINTS, *root.rglob(RunLayout.CHECKPOINTS)]}
     for checkpoints in folders.values():
         files = step_checkpoints(checkpoints)
         try:
@@ -150,9 +151,9 @@ def _newest_matching(root: Path, fingerprint: str, *, prefer: Path) -> ResumePoi
             own = checkpoints.parent.resolve() == prefer.resolve()
             candidates.append((own, mtime, checkpoints.parent))
     for _, _, folder in sorted(candidates, key=lambda c: c[:2], reverse=True):
-        if _stored_fingerprint(folder / "checkpoints") != fingerprint:
+        if _stored_fingerprint(folder / RunLayout.CHECKPOINTS) != fingerprint:
             continue
-        found = load_latest_checkpoint(folder / "checkpoints", check=_check_resumable)
+        found = load_latest_checkpoint(folder / RunLayout.CHECKPOINTS, check=_check_resumable)
         if found is not None:
             return ResumePoint(folder, *found)
     return None

@@ -19,8 +19,8 @@ from pathlib import Path
 from gpt2exp.atomic import link_atomic, write_json_atomic
 from gpt2exp.errors import UserError
 from gpt2exp.locks import HeldLock, NotALockFile, holder_of, try_lock
-from gpt2exp.runs.folder import RunLayout
-from gpt2exp.runs.tracking import read_jsonl
+from gpt2exp.runs.jsonl import read_jsonl
+from gpt2exp.runs.layout import RunLayout
 from gpt2exp.training.fingerprint import config_hash
 
 NOT_TRAINING = ("decoding", "logger", "trainer.reuse_wait_minutes")
@@ -124,7 +124,7 @@ def adopt(trained: TrainedModel, run_dir: Path, tracker) -> dict:
         step = metrics.pop("step")
         if training := {key: value for key, value in metrics.items() if not key.startswith("gen/")}:
             tracker.log_metrics(training, step=step)
-    link_atomic(trained.checkpoint, run_dir / RunLayout.CHECKPOINTS / "last.pt")
+    link_atomic(trained.checkpoint, RunLayout.last_checkpoint(run_dir))
     link_atomic(trained.loss_plot, run_dir / RunLayout.LOSS_PLOT)
     tracker.log_image("loss_plot", run_dir / RunLayout.LOSS_PLOT)
     summary = {key: value for key, value in trained.summary.items() if not key.startswith("gen/")}

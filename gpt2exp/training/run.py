@@ -18,25 +18,17 @@ from gpt2exp.config import TrainConfig, plain
 from gpt2exp.data import DataBundle, build_data, has_test_split, load_eval_text
 from gpt2exp.devices import Precision, resolve_device, resolve_precision
 from gpt2exp.errors import AlreadyComplete, UserError
-from gpt2exp.evaluation.perplexity import default_stride, score_text
-from gpt2exp.modeling.checkpoint import format_bytes, load_trained_model
-from gpt2exp.modeling.lora import (
-    Base,
-    apply_lora,
-    check_lora,
-    check_same_base,
-    is_lora,
-    load_adapter,
-    read_base,
-    read_base_weights,
-)
+from gpt2exp.evaluation.sliding_windows import default_stride, score_text
+from gpt2exp.modeling.checkpoint import format_bytes
+from gpt2exp.modeling.lora import apply_lora, check_lora, is_lora, load_adapter
 from gpt2exp.modeling.model import GPTModel
+from gpt2exp.modeling.trained import Base, check_same_base, load_trained_model, read_base, read_base_weights
 from gpt2exp.runs import folder as run_folder
-from gpt2exp.runs.folder import RunLayout
+from gpt2exp.runs.layout import RunLayout
 from gpt2exp.runs.tracking import NullTracker, Tracker
 from gpt2exp.tokenizer import get_encoding
 from gpt2exp.training import distributed, reuse
-from gpt2exp.training.hooks import ReplicaHooks, RunHooks, Sampler, perplexity
+from gpt2exp.training.hooks import ReplicaHooks, RunHooks, Sampler, capped_perplexity
 from gpt2exp.training.interrupt import GracefulStop
 from gpt2exp.training.resume import ResumePoint, find_resume_point
 from gpt2exp.training.rng import restore_rng_state
@@ -127,7 +119,7 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
         how = ", stopped early: raise trainer.early_stopping.patience (0: off) to go on" if stopped_early else ""
         raise AlreadyComplete(
             f"run {resume.run_dir} is already complete (step {resume.checkpoint['step']} of {steps}{how}); "
-            f"its checkpoint: {resume.run_dir / 'checkpoints' / 'last.pt'}; nothing new written",
+            f"its checkpoint: {RunLayout.last_checkpoint(resume.run_dir)}; nothing new written",
             result=summary.get("final/val_loss", resume.checkpoint["extra"]["train_state"]["best_val_loss"]),
         )
     # Rank 0 scores the test split: the others hear only whether reading it worked.
@@ -218,7 +210,7 @@ def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Trac
     return {
         "final/train_loss": final.train_loss,
         "final/val_loss": final.val_loss,
-        "final/val_perplexity": perplexity(final.val_loss),
+        "final/val_perplexity": capped_perplexity(final.val_loss),
         "best/val_loss": state.best_val_loss,
         "steps": state.step,
         "tokens_seen": state.tokens_seen,
@@ -307,7 +299,7 @@ def reuse_trained_model(cfg: TrainConfig, plan: RunPlan, trained: reuse.TrainedM
     log.info("reusing the model trained by job %s (config hash %s, %s)", trained.owner["job"], trained.key,
              trained.owner["run_dir"])
     summary = reuse.adopt(trained, ctx.run_dir, tracker)
-    model, checkpoint = load_trained_model(ctx.run_dir / "checkpoints" / "last.pt")
+    model, checkpoint = load_trained_model(RunLayout.last_checkpoint(ctx.run_dir))
     model = model.to(plan.device)
     sampler = Sampler(cfg.decoding, cfg.trainer.start_context, model, tracker)
     sampler(checkpoint["step"], None, final=True)

@@ -15,6 +15,7 @@ from helpers import TINY, read_jsonl, run_folders
 
 from gpt2exp.modeling.checkpoint import load_checkpoint
 from gpt2exp.runs import folder as run_folder
+from gpt2exp.runs.layout import RunLayout
 from gpt2exp.training.step_checkpoints import step_checkpoints
 
 
@@ -129,7 +130,7 @@ def test_eval_never_replaces_a_users_eval_json_and_every_command_writes_only_the
     assert result.returncode == 0, result.stderr
     assert "eval.json" in written_entries(tmp_path / "scored")
     for run_dir in (trained, tmp_path / "scored"):
-        assert written_entries(run_dir) <= set(run_folder.RUN_ENTRIES), run_dir
+        assert written_entries(run_dir) <= set(RunLayout.entries()), run_dir
 
 
 @pytest.mark.parametrize("link", ["symlink", "dangling symlink", "hard link"])

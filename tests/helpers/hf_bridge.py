@@ -4,7 +4,6 @@ import hashlib
 import http.server
 import json
 import threading
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 from helpers import TINY_MODEL
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2exp.config import ModelConfig
+from gpt2exp.config import ModelConfig, plain
 from gpt2exp.modeling.checkpoint import save_checkpoint
 from gpt2exp.modeling.model import GPTModel
 
@@ -41,7 +40,7 @@ def tiny_checkpoint(path: Path, **model) -> Path:
     """A checkpoint of the tests' tiny model, `model` changing its config."""
     torch.manual_seed(0)
     cfg = ModelConfig(**TINY_MODEL | model)
-    save_checkpoint(path, model=GPTModel(cfg).state_dict(), optimizer=None, step=1, config={"model": asdict(cfg)})
+    save_checkpoint(path, model=GPTModel(cfg).state_dict(), optimizer=None, step=1, config={"model": plain(cfg)})
     return path
 
 

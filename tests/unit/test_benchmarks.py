@@ -6,8 +6,8 @@ import torch
 
 import gpt2exp.benchmarks.layouts
 from gpt2exp.benchmarks.generation import measure_generation
-from gpt2exp.benchmarks.hf import to_hf
 from gpt2exp.benchmarks.layouts import decode_step_bandwidth, scoring_speed
+from gpt2exp.benchmarks.transformers_baseline import to_hf
 from gpt2exp.config import EvalSettings, ModelConfig
 from gpt2exp.devices import FP32
 from gpt2exp.modeling.inference_layout import PackedLinear, packing_works

@@ -8,7 +8,7 @@ import torch
 
 from gpt2exp.config import ModelConfig
 from gpt2exp.devices import Precision
-from gpt2exp.evaluation.perplexity import score_text
+from gpt2exp.evaluation.sliding_windows import score_text
 from gpt2exp.modeling import decoding, inference_layout
 from gpt2exp.modeling.decoding import filter_logits, generate, next_token
 from gpt2exp.modeling.inference_layout import PackedLinear, to_inference_layout

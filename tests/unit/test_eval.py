@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from helpers import TINY_MODEL
 
-from gpt2exp.benchmarks.hf import to_hf
+from gpt2exp.benchmarks.transformers_baseline import to_hf
 from gpt2exp.config import ModelConfig
-from gpt2exp.evaluation.perplexity import score_text, windows
+from gpt2exp.evaluation.sliding_windows import score_text, windows
 from gpt2exp.modeling.model import GPTModel
 
 

@@ -85,7 +85,7 @@ def test_vocabulary_padding_changes_no_loss_and_no_sample(small_chunks):
 
 
 def test_loss_matches_hugging_face_gpt2_with_the_same_weights():
-    from gpt2exp.benchmarks.hf import to_hf
+    from gpt2exp.benchmarks.transformers_baseline import to_hf
 
     torch.manual_seed(0)
     model = GPTModel(TINY).eval()

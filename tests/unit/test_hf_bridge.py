@@ -3,7 +3,6 @@ export a checkpoint that ``transformers`` loads (``python -m gpt2exp.export``), 
 import json
 import os
 import time
-from dataclasses import asdict
 
 import huggingface_hub.constants
 import pytest
@@ -13,7 +12,7 @@ from helpers.hf_bridge import HF_TINY, save_hf_folder, tiny_checkpoint
 from transformers import GPT2LMHeadModel
 
 from gpt2exp.cli.export import export
-from gpt2exp.config import ModelConfig
+from gpt2exp.config import ModelConfig, plain
 from gpt2exp.errors import UserError
 from gpt2exp.modeling import hf_format
 from gpt2exp.modeling.checkpoint import load_trained_model, save_checkpoint
@@ -60,7 +59,7 @@ def test_export_of_an_untied_or_padded_model_gives_transformers_the_same_logits(
     model = GPTModel(cfg).eval()
     if "pad_vocab_to" in variant:
         assert model.tok_emb.weight.shape[0] == 50304  # 47 rows the export must leave out
-    save_checkpoint(tmp_path / "model.pt", model=model.state_dict(), optimizer=None, step=1, config={"model": asdict(cfg)})
+    save_checkpoint(tmp_path / "model.pt", model=model.state_dict(), optimizer=None, step=1, config={"model": plain(cfg)})
     hf_model = GPT2LMHeadModel.from_pretrained(export(str(tmp_path / "model.pt"), str(tmp_path / "hf"))).eval()
     assert hf_model.config.tie_word_embeddings == cfg.tie_embeddings
     ids = torch.randint(0, cfg.vocab_size, (2, 20))
