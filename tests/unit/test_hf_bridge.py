@@ -15,10 +15,11 @@ from gpt2exp.cli.export import export
 from gpt2exp.config import ModelConfig, plain
 from gpt2exp.errors import UserError
 from gpt2exp.modeling import hf_format
-from gpt2exp.modeling.checkpoint import load_trained_model, save_checkpoint
+from gpt2exp.modeling.checkpoint import save_checkpoint
 from gpt2exp.modeling.decoding import generate
 from gpt2exp.modeling.hf_format import find_hf_folder, read_hf_folder
 from gpt2exp.modeling.model import GPTModel
+from gpt2exp.modeling.trained import load_trained_model
 
 
 def loaded(folder) -> GPTModel:
