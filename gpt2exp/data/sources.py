@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import cast
 
 import huggingface_hub
 import huggingface_hub.constants
@@ -19,7 +18,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from gpt2exp.config import DataConfig
 from gpt2exp.data.files import data_files
-from gpt2exp.data.hub import eval_text
+from gpt2exp.data.hub import data_path, eval_text
 from gpt2exp.errors import UserError
 from gpt2exp.network import unreachable
 from gpt2exp.tokenizer import EOT_TOKEN
@@ -59,16 +58,17 @@ def load_splits(cfg: DataConfig) -> Splits:
     if cfg.source == "pydocs":
         return _split_documents(pydocs_documents(), cfg.train_ratio)
     if cfg.source == "text":
-        return _split_characters(_read_text(cfg.path), cfg.train_ratio)
+        return _split_characters(_read_text(data_path(cfg)), cfg.train_ratio)
+    name = _wikitext_name(cfg)
     if cfg.local_dir:
-        return _read_wikitext_folder(Path(cfg.local_dir).expanduser(), raw="raw" in cfg.name)
-    return Splits(_wikitext_from_hugging_face(cfg.name, "train"), _wikitext_from_hugging_face(cfg.name, "validation"))
+        return _read_wikitext_folder(Path(cfg.local_dir).expanduser(), raw="raw" in name)
+    return Splits(_wikitext_from_hugging_face(name, "train"), _wikitext_from_hugging_face(name, "validation"))
 
 
 def whole_files(cfg: DataConfig) -> bool:
     """Whether `cfg` reads a person's own files, which have no splits (data=text, and data=hf on
     local files): an evaluation scores them whole, and a run has no test split of them."""
-    return cfg.source == "text" or (cfg.source == "hf" and bool(data_files(cfg.path)))
+    return cfg.source == "text" or (cfg.source == "hf" and bool(data_files(data_path(cfg))))
 
 
 def has_test_split(cfg: DataConfig) -> bool:
@@ -80,24 +80,31 @@ def has_test_split(cfg: DataConfig) -> bool:
 
 def load_eval_text(cfg: DataConfig, *, split: str) -> str:
     """The text a held-out evaluation scores: WikiText's `split` (valid or test) from
-    `local_dir` or the Hugging Face cache or hub; a hub dataset's split (see `hf.eval_text`);
+    `local_dir` or the Hugging Face cache or hub; a hub dataset's split (see `hub.eval_text`);
     whole files (see `whole_files`); pydocs' val split."""
     if cfg.source == "hf":
         return eval_text(cfg, split)
     if cfg.source == "text":
-        return _read_text(cfg.path)
+        return _read_text(data_path(cfg))
     if cfg.source == "pydocs":
         if split == "test":
             raise UserError("eval.split=test: data=pydocs has no test split (use eval.split=valid)")
         return load_splits(cfg).val
+    name = _wikitext_name(cfg)
     if cfg.local_dir:
         folder = Path(cfg.local_dir).expanduser()
-        suffixes = (".raw", ".tokens") if "raw" in cfg.name else (".tokens", ".raw")
+        suffixes = (".raw", ".tokens") if "raw" in name else (".tokens", ".raw")
         file = next((folder / f"wiki.{split}{s}" for s in suffixes if (folder / f"wiki.{split}{s}").is_file()), None)
         if file is None:
             raise UserError(f"data.local_dir: no wiki.{split}.tokens (or .raw) in {str(folder)!r}")
         return file.read_text(encoding="utf-8")
-    return _wikitext_from_hugging_face(cfg.name, "validation" if split == "valid" else "test")
+    return _wikitext_from_hugging_face(name, "validation" if split == "valid" else "test")
+
+
+def _wikitext_name(cfg: DataConfig) -> str:
+    """`data.name`, which DataConfig requires (one of the WikiText configs) of data=wikitext."""
+    assert cfg.name is not None, cfg.source
+    return cfg.name
 
 
 @lru_cache(maxsize=1)
@@ -114,7 +121,7 @@ def pydocs_documents() -> tuple[str, ...]:
         subfolders[:] = [name for name in subfolders if name not in _SKIPPED_DIRS]
         relative_folder = Path(folder).relative_to(root)
         files += [(relative_folder / name).as_posix() for name in names if name.endswith(".py")]
-    documents = {}  # a dict keeps the first occurrence of each docstring, in order
+    documents: dict[str, None] = {}  # a dict keeps the first occurrence of each docstring, in order
     with _garbage_collector_paused():
         for relative_path in sorted(files):
             try:
@@ -250,8 +257,8 @@ def _wikitext_from_hugging_face(name: str, split: str) -> str:
 def _wikitext_snapshot(name: str, *, cached: bool) -> str:
     """The folder of the config's files in the hub's cache (`cached`: without asking the hub;
     LocalEntryNotFoundError when they are not there), downloading them if need be."""
-    return cast(str, huggingface_hub.snapshot_download(WIKITEXT_REPO, repo_type="dataset",
-                                                       allow_patterns=[f"{name}/*"], local_files_only=cached))
+    return huggingface_hub.snapshot_download(WIKITEXT_REPO, repo_type="dataset", allow_patterns=[f"{name}/*"],
+                                             local_files_only=cached)
 
 
 def _wikitext_files(folder: str, name: str, split: str) -> list[Path]:
