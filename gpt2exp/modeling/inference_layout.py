@@ -1,11 +1,11 @@
 """Weight layouts for a model that only infers (generates or scores): same values, faster.
 
 At batch 1 a decoding step is a matrix-vector product per Linear layer, bound by how fast the
-weights stream from memory. On this project's CPU (2-core AMD EPYC, torch 2.13, fp32), one step's
-matvecs over GPT-2 small's weights read them at 18 GB/s with PyTorch's default layout, 23 GB/s
-transposed, and 45 GB/s once oneDNN holds them pre-arranged in its blocked layout
-(``torch.ops.mkldnn``, as inductor's CPU freezing does); a plain read of memory runs at 57 GB/s.
-Full windows gain too: scoring 1024-token windows of small took 1.7x less time.
+weights stream from memory. On a CPU, oneDNN streams weights that it holds pre-arranged in its
+blocked layout (``torch.ops.mkldnn``, as inductor's CPU freezing does) faster than PyTorch's
+matvec reads them in its default or a transposed layout; scoring full windows gains too. The
+README's inference-layout figures and ``python -m gpt2exp.bench bench.sections=[generate]``
+measure it.
 """
 
 import functools
@@ -17,8 +17,8 @@ from torch import nn
 from gpt2exp.devices import FP32, Precision
 from gpt2exp.modeling.model import GPTModel
 
-# oneDNN picks a weight's blocking for this many input rows. Measured here, packing for 64 to
-# 1024 rows makes one-row steps ~1.4x and eight-row steps ~1.7x faster than packing for one row.
+# oneDNN picks a weight's blocking for this many input rows: packing for many rows (64 to 1024)
+# also makes one-row and few-row steps faster than packing for one row.
 PACKED_FOR_ROWS = 256
 
 

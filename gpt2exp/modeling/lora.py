@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import replace
 from importlib.util import find_spec
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import save_file
@@ -31,7 +32,7 @@ def weights_sha256(weights: dict[str, torch.Tensor]) -> str:
     for name in sorted(weights):
         tensor = weights[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(memoryview(tensor.view(torch.uint8).numpy()))
+        digest.update(tensor.view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
@@ -67,9 +68,9 @@ def apply_lora(model: GPTModel, base_identity: dict) -> GPTModel:
     lora = model.cfg.lora
     check_lora(model.cfg)
     targets = "|".join(t.replace(".", r"\.") for t in lora.targets)
-    peft_config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=rf"blocks\.\d+\.({targets})")
-    model = inject_adapter_in_model(peft_config, model, adapter_name=ADAPTER)
+    peft_config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft: int; a float scales as well
+                                 lora_dropout=lora.dropout, target_modules=rf"blocks\.\d+\.({targets})")
+    model = cast(GPTModel, inject_adapter_in_model(peft_config, model, adapter_name=ADAPTER))
     model.lora_base = base_identity
     return model
 
@@ -109,7 +110,7 @@ def merged_model(model: GPTModel) -> GPTModel:
                if ".lora_" not in name}
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
-            weights[f"{name}.weight"] += module.get_delta_weight(ADAPTER)
+            weights[f"{name}.weight"] += module.get_delta_weight(ADAPTER)  # type: ignore[attr-defined]  # peft declares it on LoraLayer's subclasses (ours: lora.Linear)
     merged = GPTModel(replace(model.cfg, lora=LoraConfig())).to(next(model.parameters()).device)
     merged.load_state_dict(weights)
     return merged.train(model.training)
@@ -141,7 +142,8 @@ def _write_peft_adapter(model: GPTModel, folder: Path, base_path: Path) -> None:
     from peft import LoraConfig as PeftLoraConfig
 
     lora = model.cfg.lora
-    config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, fan_in_fan_out=True,
+    config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft: int; a float scales as well
+                            lora_dropout=lora.dropout, fan_in_fan_out=True,
                             target_modules=[HF_LAYERS[target] for target in lora.targets], task_type="CAUSAL_LM",
                             base_model_name_or_path=str(base_path))
     folder.mkdir()

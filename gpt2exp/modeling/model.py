@@ -91,7 +91,8 @@ class CausalSelfAttention(nn.Module):
             q, k = (F.rms_norm(t, (t.size(-1),), eps=self.qk_norm_eps) for t in (q, k))
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        if isinstance(past_len, torch.Tensor):
+        if isinstance(past_len, torch.Tensor):  # the fixed-shape step: always over a cache
+            assert layer_kv is not None
             layer_kv[0].index_copy_(2, past_len.view(1), k)
             layer_kv[1].index_copy_(2, past_len.view(1), v)
             k, v = layer_kv[0], layer_kv[1]
@@ -156,6 +157,8 @@ class GPTModel(nn.Module):
     ``activation_checkpointing`` (a training setting, not part of the model) recomputes each
     block's activations in the backward pass instead of keeping them: less memory, ~1/3 more compute.
     """
+
+    lora_base: dict | None = None  # the base model's identity once LoRA adapters are added (modeling.lora)
 
     def __init__(self, cfg: ModelConfig, *, activation_checkpointing: bool = False):
         super().__init__()

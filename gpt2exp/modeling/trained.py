@@ -74,6 +74,7 @@ def checkpoint_architecture(path: Path, **overrides) -> ModelConfig:
 def read_base_weights(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The weights `cfg.init` names (a gpt2exp checkpoint file, or a Hugging Face folder or
     model), as a state dict of ``GPTModel(cfg)``."""
+    assert cfg.init is not None, "a base model needs model.init"
     path = Path(cfg.init).expanduser()
     if not path.is_file():
         return load_hf_weights(find_hf_folder(cfg.init), cfg)
