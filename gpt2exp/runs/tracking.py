@@ -162,6 +162,11 @@ def _is_bookkeeping(override: str) -> bool:
     return _override_key(override).split(".")[0].split("/")[0] in ("logger", "hydra")
 
 
+def _write_records(path: Path, records: list[dict]) -> None:
+    text = "".join(map(jsonl_line, records)).encode()
+    write_atomic(path, lambda file: file.write(text))
+
+
 class Tracker:
     """Writes metrics and samples to the run folder (always) and to W&B (when enabled)."""
 
@@ -197,22 +202,22 @@ class Tracker:
 
             if mode == "auto" or self.mode == "offline":  # W&B's own telemetry would post to the host even so
                 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-            options = dict(
+            options: dict[str, Any] = dict(
                 dir=self.run_dir, config={**config, **short_keys(config, swept)}, project=project, entity=entity, group=group, tags=tags, name=name,
-                job_type=job_type, notes=notes, id=run_id, resume="allow" if run_id else None,
+                job_type=job_type, notes=notes, id=run_id, resume="allow" if run_id else None, mode=self.mode,
                 reinit="finish_previous", settings=wandb.Settings(quiet=True, silent=True, console="off"),
             )
             wandb_dir = self.run_dir / RunLayout.WANDB
             before = set(wandb_dir.glob("run-*"))
             try:
-                self._run = _interruptible(lambda: wandb.init(mode=self.mode, **options))
+                self._run = _interruptible(lambda: wandb.init(**options))
             except wandb.errors.Error as err:
                 problem = _short_error(err)
                 if mode != "auto" or self.mode != "online":
                     raise UserError(f"logger: W&B could not start the run ({problem}); try logger.mode=offline") from None
                 log.warning("W&B: %s did not start the run (%s); logging offline", _base_url().netloc, problem)
-                self.mode = "offline"
-                self._run = _interruptible(lambda: wandb.init(mode=self.mode, **options))
+                self.mode = options["mode"] = "offline"
+                self._run = _interruptible(lambda: wandb.init(**options))
                 for attempt in set(wandb_dir.glob("run-*")) - before:  # the failed start's folder: its logs alone
                     shutil.rmtree(attempt, ignore_errors=True)
             if self.mode == "online":
@@ -237,8 +242,7 @@ class Tracker:
         folder, what the old run logged after its checkpoint is dropped); W&B already has them."""
         for name in (RunLayout.METRICS, RunLayout.SAMPLES):
             records = [r for r in read_jsonl(Path(previous_run_dir) / name) if r.get("step", 0) <= up_to_step]
-            lines = "".join(map(jsonl_line, records))
-            write_atomic(self.run_dir / name, lambda file, lines=lines: file.write(lines.encode()))
+            _write_records(self.run_dir / name, records)
             if name == RunLayout.SAMPLES:
                 self._samples.extend(records)
 
