@@ -38,7 +38,7 @@ def test_eval_of_a_model_with_a_short_context_strides_by_its_context(run_module,
 @pytest.mark.parametrize(("args", "message"), [
     (["eval.stride=64"], "eval.stride=64 is not allowed: must be at most the model's context (32)"),
     (["model.init=somewhere"], "give either ckpt=<checkpoint file or run folder> or model.init="),
-    (["eval.split=train"], "eval.split='train' is not allowed: one of valid, test"),
+    (["eval.split=train"], "eval.split=train: Invalid value 'train', expected one of [valid, test]"),
 ])
 def test_bad_eval_input_exits_2_with_one_line(run_module, train_run, text_file, args, message):
     result = run_module("gpt2exp.eval", f"ckpt={train_run}", "data=text", f"data.path={text_file}", "logger=none",
