@@ -9,5 +9,5 @@ def test_setup_and_test_commands_are_what_ci_runs():
     commands = readme_commands()
     assert 'pip install -e ".[dev]"' in commands and 'pip install --quiet -e ".[dev]"' in ci
     lanes = [c for c in commands if c.startswith("pytest")]
-    assert lanes == ["pytest tests/unit", "pytest tests/e2e"]
+    assert lanes == ["pytest tests/unit", "pytest tests/e2e -n 2 --dist loadfile"]
     assert ci.rstrip().splitlines()[-len(lanes):] == lanes
