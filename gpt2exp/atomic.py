@@ -38,9 +38,16 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             if failure is None:
                 raise
             raise failure from err
-        os.chmod(temporary, 0o644)  # mkstemp makes it private to its owner
+        os.chmod(temporary, plain_file_mode())  # mkstemp makes it private to its owner
         os.replace(temporary, path)
     return path
+
+
+def plain_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0o666 less this process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _write_error(err: BaseException, path: Path) -> OSError | None:
@@ -99,6 +106,9 @@ def folder_atomic(out: Path) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir()
         yield staging
+        for file in staging.rglob("*"):  # some writers (safetensors) make their files private to their owner
+            if file.is_file() and not file.is_symlink():
+                os.chmod(file, plain_file_mode())
         os.replace(staging, out)  # an empty folder at `out` is replaced
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

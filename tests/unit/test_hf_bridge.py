@@ -179,3 +179,16 @@ def test_an_hf_folder_without_weights_says_which_file_to_put_there(tmp_path, mon
     assert str(error.value) == (f"model.init: {snapshot} holds config.json but neither model.safetensors nor "
                                 "pytorch_model.bin; put the weights saved with that config.json there (transformers' "
                                 "save_pretrained and `hf download <repo> model.safetensors` write model.safetensors)")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_an_exported_folder_has_the_modes_a_plain_write_gives(tmp_path, umask):
+    """model.safetensors included: safetensors makes its files private to their owner."""
+    tiny_checkpoint(tmp_path / "model.pt")
+    before = os.umask(umask)
+    try:
+        out = export(str(tmp_path / "model.pt"), str(tmp_path / "hf"))
+    finally:
+        os.umask(before)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in out.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {oct(0o666 & ~umask)}, modes
