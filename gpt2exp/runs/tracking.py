@@ -197,6 +197,7 @@ class Tracker:
         self._summary: dict = {}
         self._finished = False
         self._run = None
+        self._last_step: int | None = None
         if self.mode != "disabled":
             import wandb
 
@@ -249,6 +250,7 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """One line `{"step": step, **metrics}` in metrics.jsonl, and the same values at `step` in W&B."""
         append_jsonl(self.run_dir / RunLayout.METRICS, {"step": step, **metrics})
+        self._last_step = step
         if self._run:
             self._run.log(metrics, step=step)
 
@@ -259,11 +261,13 @@ class Tracker:
         self._samples.append(sample)
 
     def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
-        """The image file at `path` under `key` in W&B (at `step`, or the current step)."""
+        """The image file at `path` under `key` in W&B, at `step` (by default the step metrics were
+        last logged at: W&B's own default would move its step on and drop what is logged later at
+        that step, a reused model's gen/* or a run's test/*)."""
         if self._run:
             import wandb
 
-            self._run.log({key: wandb.Image(str(path))}, step=step)
+            self._run.log({key: wandb.Image(str(path))}, step=self._last_step if step is None else step)
 
     def log_model(self, path: str | Path, *, aliases: list[str], metadata: dict) -> None:
         """The checkpoint file at `path` as a version of this run's W&B model artifact

@@ -272,3 +272,19 @@ def test_one_probe_tells_whether_wandb_or_the_hub_answers(clean_env, monkeypatch
         assert sources._hub_reachable() is answers
         assert (unreachable(url, timeout_s=3) is None) is answers
     assert unreachable("hub.example", timeout_s=3) == "no answer from hub.example (unknown url type: 'hub.example')"
+
+
+def test_metrics_logged_at_the_last_step_after_an_image_stay_in_the_history(wandb_offline, tmp_path):
+    """A decoding sweep's job that reuses the trained model logs the training curve, the loss
+    plot (no step given), then its own gen/* at the last step: W&B used to drop them ("Tried to
+    log to step 5 that is less than the current step 6"); so with test/* after a run's plot."""
+    image_path = tmp_path / "loss.png"
+    Image.new("RGB", (8, 6), "red").save(image_path)
+    with Tracker(tmp_path / "run", config={}, job_type="train") as tracker:
+        for step in (0, 5):
+            tracker.log_metrics({"tokens_seen": 64 * step, "train/loss": 10.0 - step}, step=step)
+        tracker.log_image("loss_plot", image_path)
+        tracker.log_metrics({"gen/distinct_2": 0.75}, step=5)
+    history = read_run(find_wandb_file(tmp_path / "run"))["history"]
+    assert [(row["_step"], row.get("gen/distinct_2")) for row in history] == [(0, None), (5, 0.75)]
+    assert "loss_plot" in history[-1]
