@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gpt2exp.atomic import write_json_atomic
 from gpt2exp.cli.messages import error_message, fail, one_line
 from gpt2exp.cli.schema import register_configs
 from gpt2exp.config import LoggerConfig
@@ -117,9 +118,8 @@ def _in_child_process(job: Callable[[], Any], hydra_cfg: Any) -> Any:
 def record_failure(run_dir: Path, job: int, overrides: list[str], message: str) -> float:
     """failure.json in the job's folder; returns inf, the job's score for a sweeper."""
     log.error("error: %s", message)
-    run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": "failed", "job": job, "overrides": overrides, "error": message}
-    (run_dir / RunLayout.FAILURE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(run_dir / RunLayout.FAILURE, record)
     return float("inf")
 
 
