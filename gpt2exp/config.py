@@ -91,11 +91,6 @@ class Strategy(Choice):
     ddp = "ddp"  # the place for "fsdp" (torch.distributed.fsdp.fully_shard) when a model needs it
 
 
-class LoggerBackend(Choice):
-    wandb = "wandb"
-    none = "none"
-
-
 class LoggerMode(Choice):
     auto = "auto"
     online = "online"
@@ -380,9 +375,13 @@ class DecodingConfig:
 
 @dataclass
 class LoggerConfig:
-    """Weights & Biases. mode auto: online when an API key is configured, else offline."""
+    """Where a run's metrics go besides its own files: each tool is on when its flag is (the
+    presets logger=wandb|tensorboard|csv|none turn on one; logger=[wandb,tensorboard] several).
+    The other keys are W&B's; mode auto: online when an API key is configured, else offline."""
 
-    backend: LoggerBackend = LoggerBackend.wandb  # wandb | none (the run folder's files only)
+    wandb: bool = False  # Weights & Biases, in <run folder>/wandb
+    tensorboard: bool = False  # TensorBoard event files in <run folder>/tensorboard
+    csv: bool = False  # <run folder>/metrics.csv, one row per step
     mode: LoggerMode = LoggerMode.auto
     project: str = "gpt2exp"
     entity: Optional[str] = None
@@ -393,7 +392,6 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         self.log_model = str(self.log_model).lower()  # YAML's `false` arrives as "False"
-        self.backend = _choice(self.backend, "logger.backend", LoggerBackend)
         self.mode = _choice(self.mode, "logger.mode", LoggerMode)
         _one_of(self.log_model, "logger.log_model", LOG_MODEL)
         for key in ("project", "entity"):

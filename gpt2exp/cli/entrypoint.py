@@ -29,7 +29,7 @@ from gpt2exp.config import LoggerConfig
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.runs import folder as run_folder
 from gpt2exp.runs.layout import RunLayout
-from gpt2exp.runs.tracking import run_identity
+from gpt2exp.runs.tracking import BACKENDS, run_identity
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -220,8 +220,8 @@ def tracker_options(logger_cfg: LoggerConfig, hydra_cfg: Any = None) -> dict:
         swept=swept,
         choices=dict(hydra_cfg.runtime.choices),
     )
-    return {"backend": str(logger_cfg.backend), "mode": str(logger_cfg.mode), "project": logger_cfg.project,
-            "entity": logger_cfg.entity, "swept": sorted(swept), **identity}
+    return {"backends": [name for name in BACKENDS if getattr(logger_cfg, name)], "mode": str(logger_cfg.mode),
+            "project": logger_cfg.project, "entity": logger_cfg.entity, "swept": sorted(swept), **identity}
 
 
 def sweep_keys(hydra_cfg: Any) -> set[str]:

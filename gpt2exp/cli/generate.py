@@ -17,7 +17,8 @@ from gpt2exp.devices import resolve_device
 from gpt2exp.errors import UserError
 from gpt2exp.runs.layout import LAST_CHECKPOINT, RunLayout, checkpoint_file
 from gpt2exp.runs.plots import plot_next_token_probs
-from gpt2exp.runs.tracking import Tracker, resolve_mode
+from gpt2exp.runs.tracking import Tracker
+from gpt2exp.runs.trackers.wandb_run import resolve_mode
 from gpt2exp.tokenizer import get_encoding
 
 if TYPE_CHECKING:

@@ -24,6 +24,8 @@ class RunLayout:
     CHECKPOINTS = "checkpoints"
     WANDB = "wandb"
     METRICS = "metrics.jsonl"
+    METRICS_CSV = "metrics.csv"  # logger.csv
+    TENSORBOARD = "tensorboard"  # logger.tensorboard: the event files
     SAMPLES = "samples.jsonl"
     SUMMARY = "summary.json"
     LOSS_PLOT = "loss.png"

@@ -18,7 +18,7 @@ def test_fast_shrinks_the_run_it_is_given(compose_train):
     assert (trainer.max_steps, trainer.eval_iter, trainer.test, trainer.keep_best) == (4, 1, False, False)
     assert (trainer.keep_last, trainer.checkpoint_freq, trainer.checkpoint_minutes) == (1, None, None)
     assert (cfg.decoding.max_new_tokens, cfg.decoding.num_samples) == (8, 1)
-    assert cfg.logger.backend == "none"
+    assert not (cfg.logger.wandb or cfg.logger.tensorboard or cfg.logger.csv)
     assert (cfg.model.emb_dim, cfg.data.name) == (768, "wikitext-2-raw-v1")  # the run's own model and data
 
 
@@ -26,7 +26,7 @@ def test_overfit_takes_one_batch_without_dropout_or_decay(compose_train):
     cfg = typed(compose_train("debug=overfit", "experiment=article", "data.path=a.txt"), TrainConfig)
     assert (cfg.trainer.overfit_batches, cfg.trainer.max_steps, cfg.trainer.sample_freq) == (1, 300, 300)
     assert (cfg.model.drop_rate, cfg.optimizer.weight_decay, cfg.optimizer.schedule) == (0.0, 0.0, "constant")
-    assert cfg.logger.backend == "none"
+    assert not (cfg.logger.wandb or cfg.logger.tensorboard or cfg.logger.csv)
 
 
 def test_a_debug_preset_outranks_an_experiment_and_the_command_line_outranks_it(compose_train):

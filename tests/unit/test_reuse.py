@@ -125,7 +125,7 @@ def test_adopting_a_model_completes_the_run_folder(tmp_path):
         slot.publish(**sources, metrics=tmp_path / "metrics.jsonl", summary={"final/val_loss": 7.0})
     with claim(tmp_path / "store", "k", {"job": 1}, wait_minutes=1) as slot:
         run_dir = tmp_path / "sweep" / "1"
-        with Tracker(run_dir, config={}, backend="none") as tracker:
+        with Tracker(run_dir, config={}, backends=()) as tracker:
             summary = adopt(slot.trained, run_dir, tracker)
     assert summary == {"final/val_loss": 7.0, "reused_from": {"job": 0, "run_dir": "sweep/0"}}
     assert [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == metrics

@@ -11,7 +11,7 @@ def test_a_resumed_run_carries_over_the_good_lines_of_a_damaged_metrics_file(tmp
     (previous / "metrics.jsonl").write_bytes(b'{"step": 0, "val/loss": 9.5}\n3\n\xff\xfe\n{"step": 2, "val/loss": 8.0}\n{"st')
     resumed = tmp_path / "resumed"
     resumed.mkdir()
-    with Tracker(resumed, config={}, backend="none") as tracker:
+    with Tracker(resumed, config={}, backends=()) as tracker:
         tracker.carry_over(previous, up_to_step=2)
     assert (resumed / "metrics.jsonl").read_text().splitlines() == [
         '{"step": 0, "val/loss": 9.5}', '{"step": 2, "val/loss": 8.0}']

@@ -15,7 +15,8 @@ from PIL import Image
 from gpt2exp.data import sources
 from gpt2exp.errors import UserError
 from gpt2exp.network import unreachable
-from gpt2exp.runs.tracking import Tracker, resolve_mode, run_identity
+from gpt2exp.runs.trackers.wandb_run import resolve_mode
+from gpt2exp.runs.tracking import Tracker, run_identity
 
 CONFIG = {"model": {"emb_dim": 64, "n_layers": 2}, "optimizer": {"lr": 4e-4}, "tags": ["nano"], "seed": 123}
 
@@ -129,12 +130,12 @@ def test_crash_inside_with_block_still_finishes_run(wandb_offline, tmp_path):
     assert run["history"][0]["train_loss"] == 2.0
 
 
-@pytest.mark.parametrize("backend, mode", [("none", "online"), ("wandb", "disabled")])
-def test_without_wandb_only_run_folder_files_are_written(tmp_path, backend, mode):
+@pytest.mark.parametrize("backends, mode", [((), "online"), (("wandb",), "disabled")])
+def test_without_wandb_only_run_folder_files_are_written(tmp_path, backends, mode):
     script = f"""
 import sys
 from gpt2exp.runs.tracking import Tracker
-with Tracker({str(tmp_path)!r}, config={{}}, backend={backend!r}, mode={mode!r}) as tracker:
+with Tracker({str(tmp_path)!r}, config={{}}, backends={backends!r}, mode={mode!r}) as tracker:
     tracker.log_metrics({{"train_loss": 1.5}}, step=2)
     tracker.log_sample(step=2, prompt="a", text="a b", settings={{"temperature": 0.0}})
     tracker.log_image("plot", "missing.png")
