@@ -107,7 +107,7 @@ def _train_rows(cfg: BenchConfig, model, device, precision, peaks: dict[str, tup
     from gpt2exp.benchmarks.timing import time_first_call, time_interleaved
     from gpt2exp.benchmarks.training import train_step
     from gpt2exp.benchmarks.transformers_baseline import to_hf
-    from gpt2exp.training.trainer import make_optimizer
+    from gpt2exp.training.optimizers import make_optimizer
 
     settings = cfg.bench
     context_length = model.cfg.context_length

@@ -30,14 +30,14 @@ from gpt2exp.tokenizer import get_encoding
 from gpt2exp.training import distributed, reuse
 from gpt2exp.training.hooks import ReplicaHooks, RunHooks, Sampler, capped_perplexity
 from gpt2exp.training.interrupt import GracefulStop
+from gpt2exp.training.optimizers import make_optimizer
 from gpt2exp.training.resume import ResumePoint, find_resume_point
 from gpt2exp.training.rng import restore_rng_state
+from gpt2exp.training.schedules import lr_multiplier
 from gpt2exp.training.trainer import (
     NonFiniteLoss,
     Trainer,
     TrainState,
-    lr_multiplier,
-    make_optimizer,
     overfit_data,
     total_steps,
 )
@@ -155,7 +155,7 @@ def _read_summary(run_dir: Path) -> dict:
 
 def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Tracker | NullTracker,
                  wandb_group: str | None) -> dict:
-    """The tutorial's run (model, AdamW, the loop, the loss plot, checkpoints), from the plan's
+    """The tutorial's run (model, optimizer, the loop, the loss plot, checkpoints), from the plan's
     resume point if any; returns its summary (the final val loss alone on ranks besides 0).
     SIGINT/SIGTERM save a checkpoint and exit 130/143 saying how to resume; a non-finite loss exits
     1 naming the step (a multirun fails that job only)."""

@@ -1,6 +1,6 @@
 """The training loop: the tutorial's loop (zero_grad, backward, step; evaluate every
 ``eval_freq`` steps over ``eval_iter`` batches; a sample now and then) with gradient
-accumulation, clipping and a warmup + cosine learning-rate schedule."""
+accumulation, clipping and a learning-rate schedule (`lr_at`, see training/schedules.py)."""
 
 import contextlib
 import functools
@@ -16,39 +16,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from gpt2exp.config import EarlyStoppingConfig, OptimizerConfig, TrainerConfig
+from gpt2exp.config import EarlyStoppingConfig, TrainerConfig
 from gpt2exp.data import DataBundle, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
 from gpt2exp.devices import FP32, Precision
 from gpt2exp.training import distributed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 log = logging.getLogger("gpt2exp.train")
-
-
-def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
-    """AdamW that decays the weight matrices only, not biases or norms (or, with
-    `weight_decay_on: all`, every parameter, as `AdamW(model.parameters())` does); PyTorch's
-    fused kernel (one pass over all parameters) on the CPU and CUDA. Either way there are two
-    groups, matrices and the rest, so a run may resume with the other choice."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    rest_decay = cfg.weight_decay if cfg.weight_decay_on == "all" else 0.0
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": rest_decay}]
-    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
-    beta1, beta2 = cfg.betas
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, fused=fused)
-
-
-def lr_multiplier(step: int, total_steps: int, cfg: OptimizerConfig) -> float:
-    """Linear warmup to 1 over `cfg.warmup_steps`, then constant or cosine decay to
-    `cfg.min_lr_ratio` at ``total_steps``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def total_steps(cfg: TrainerConfig, train_batches: int) -> int:

@@ -22,9 +22,10 @@ from gpt2exp.devices import Precision, resolve_precision
 from gpt2exp.modeling import decoding
 from gpt2exp.modeling.decoding import generate
 from gpt2exp.modeling.model import GPTModel
+from gpt2exp.training.optimizers import make_optimizer
 from gpt2exp.training.rng import capture_rng_state, restore_rng_state
 from gpt2exp.training.run import RunContext, plan_run
-from gpt2exp.training.trainer import Hooks, Trainer, make_optimizer
+from gpt2exp.training.trainer import Hooks, Trainer
 
 DEVICE = "cuda"  # the device of the training subprocesses
 

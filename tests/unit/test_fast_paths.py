@@ -12,7 +12,8 @@ from gpt2exp.devices import Precision, bf16_supported, resolve_precision
 from gpt2exp.errors import UserError
 from gpt2exp.modeling.decoding import generate
 from gpt2exp.modeling.model import GPTModel
-from gpt2exp.training.trainer import Trainer, make_optimizer
+from gpt2exp.training.optimizers import make_optimizer
+from gpt2exp.training.trainer import Trainer
 
 TINY = ModelConfig(context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False)
 

@@ -9,7 +9,7 @@ from gpt2exp.config import LoraConfig, ModelConfig, TrainConfig
 from gpt2exp.errors import UserError
 from gpt2exp.modeling.lora import apply_lora, saved_weights
 from gpt2exp.modeling.model import GPTModel
-from gpt2exp.training.trainer import make_optimizer
+from gpt2exp.training.optimizers import make_optimizer
 
 
 def tiny_lora_model(**lora) -> GPTModel:
