@@ -146,6 +146,12 @@ def plain(section: Any) -> dict:
                                                        for key, value in items})
 
 
+def _check_tasks(tasks: list[str], key: str) -> None:
+    tasks = list(tasks)
+    _require(all(isinstance(t, str) and t.strip() for t in tasks) and len(set(tasks)) == len(tasks), key, tasks,
+             "a list of lm-evaluation-harness task names without repeats, e.g. [hellaswag,lambada_openai]")
+
+
 def check_device(device: str, key: str) -> None:
     _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device) is not None, key, device,
              "one of auto, cpu, cuda, cuda:N, mps")
@@ -445,10 +451,16 @@ class TrainerConfig:
     reuse_wait_minutes: float = 60.0  # a sweep job waits this long for another job training its model, then trains
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     overfit_batches: Optional[int] = None  # train and validate on the first N train batches only (debug=overfit)
+    eval_tasks: list[str] = field(default_factory=list)  # lm-evaluation-harness tasks scored in the loop (tasks/...)
+    eval_tasks_limit: Optional[int] = 100  # examples per task at each of those evaluations; null: all
+    eval_tasks_freq: Optional[int] = None  # steps between them; null: every eval_freq steps
+    eval_tasks_include_path: Optional[str] = None  # a folder of your own task YAMLs
 
     def __post_init__(self) -> None:
         _at_least_one(self, "trainer", "epochs", "eval_freq", "eval_iter", "grad_accum", "keep_last")
-        for key in ("max_steps", "sample_freq", "checkpoint_freq", "overfit_batches"):
+        _check_tasks(self.eval_tasks, "trainer.eval_tasks")
+        for key in ("max_steps", "sample_freq", "checkpoint_freq", "overfit_batches", "eval_tasks_limit",
+                    "eval_tasks_freq"):
             if getattr(self, key) is not None:
                 _require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key),
                          "must be an integer >= 1 or null")
@@ -568,10 +580,20 @@ class EvalSettings:
     batch_size: int = 4
     device: str = "auto"
     precision: PrecisionName = PrecisionName.fp32  # auto | fp32 | bf16 | fp16 (CUDA)
+    # lm-evaluation-harness tasks (the `tasks` extra); empty: the strided perplexity above
+    tasks: list[str] = field(default_factory=list)  # e.g. [hellaswag,lambada_openai]
+    num_fewshot: Optional[int] = None  # null: each task's own default
+    limit: Optional[int] = None  # examples per task; null: all
+    include_path: Optional[str] = None  # a folder of your own task YAMLs (local JSON lines: offline)
 
     def __post_init__(self) -> None:
         self.split = _choice(self.split, "eval.split", EvalSplit)
         _at_least_one(self, "eval", "batch_size")
+        _check_tasks(self.tasks, "eval.tasks")
+        if self.num_fewshot is not None:
+            _require(self.num_fewshot >= 0, "eval.num_fewshot", self.num_fewshot, "must be an integer >= 0 or null")
+        if self.limit is not None:
+            _at_least_one(self, "eval", "limit")
         if self.stride is not None:
             _at_least_one(self, "eval", "stride")
         check_device(self.device, "eval.device")
@@ -582,7 +604,7 @@ class EvalSettings:
 class EvalConfig:
     """``python -m gpt2exp.eval``."""
 
-    ckpt: Optional[str] = None
+    ckpt: Optional[str] = None  # a checkpoint file or run folder (with eval.tasks also a Hugging Face folder or gpt2 name)
     model: EvalModel = field(default_factory=EvalModel)
     data: DataConfig = field(default_factory=DataConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -1,6 +1,8 @@
 """``python -m gpt2exp.eval ckpt=<checkpoint file or run folder> [data=wikitext2]``: held-out
 perplexity the standard way (sliding windows, each token scored once) of a trained checkpoint,
-or of a Hugging Face GPT-2 folder (``model.init=<folder>``); prints it and writes ``eval.json``."""
+or of a Hugging Face GPT-2 folder (``model.init=<folder>``); prints it and writes ``eval.json``.
+With ``eval.tasks=[hellaswag,...]`` it runs lm-evaluation-harness tasks instead (`ckpt` may then
+also name a Hugging Face folder or gpt2 model)."""
 
 import logging
 import math
@@ -29,23 +31,64 @@ def load_model(cfg: EvalConfig):
     from gpt2exp.modeling.trained import load_trained_model
     from gpt2exp.runs.layout import checkpoint_file
 
-    if cfg.ckpt is not None:
+    if cfg.ckpt is not None and not _names_hf_model(cfg.ckpt):
         return load_trained_model(checkpoint_file(cfg.ckpt))[0]
-    model_cfg, weights = read_hf_folder(find_hf_folder(cast(str, cfg.model.init)), drop_rate=0.0)  # EvalConfig: ckpt or model.init
+    hf_model = cast(str, cfg.ckpt or cfg.model.init)  # EvalConfig: ckpt or model.init
+    model_cfg, weights = read_hf_folder(find_hf_folder(hf_model), drop_rate=0.0)
     model = GPTModel(model_cfg)
     model.load_state_dict(weights)
     return model
 
 
+def _names_hf_model(ckpt: str) -> bool:
+    """Whether `ckpt` names a Hugging Face folder (config.json, no gpt2exp checkpoint) or an OpenAI model."""
+    from gpt2exp.modeling.hf_format import OPENAI_MODELS
+
+    path = Path(ckpt).expanduser()
+    return ckpt in OPENAI_MODELS and not path.exists() or (path / "config.json").is_file()
+
+
 def score_checkpoint(composed: DictConfig) -> float:
-    """Score the split; returns its perplexity (for sweepers)."""
+    """Score the split, or run the tasks; returns the perplexity, or the first task's first
+    metric (for sweepers)."""
+    cfg = cli.typed(composed, EvalConfig)
+    if cfg.eval.tasks:
+        return score_tasks(cfg)
+    return score_perplexity(cfg)
+
+
+def score_tasks(cfg: EvalConfig) -> float:
+    """lm-evaluation-harness tasks: eval.json and the W&B summary get each task's metrics."""
+    from gpt2exp.evaluation.tasks import TaskRequest, flat_metrics, prepare, run_tasks
+    from gpt2exp.modeling.inference_layout import to_inference_layout
+
+    settings = cfg.eval
+    request = TaskRequest(tasks=list(settings.tasks), num_fewshot=settings.num_fewshot, limit=settings.limit,
+                          include_path=settings.include_path)
+    manager = prepare(request)
+    device = resolve_device(settings.device, key="eval.device")
+    precision = resolve_precision(settings.precision, device, key="eval.precision")
+    model = to_inference_layout(load_model(cfg).to(device).eval(), precision, use="score", settings=cfg.inference)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with Tracker(run_dir, config=plain(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
+        result = run_tasks(model, request, manager=manager, batch_size=settings.batch_size, precision=precision)
+        result["model"] = cfg.ckpt or cfg.model.init
+        write_json_atomic(run_dir / RunLayout.EVAL, result)
+        metrics = flat_metrics(result)
+        tracker.summary(metrics)
+    for key, value in metrics.items():
+        log.info("%s: %.4f", key, value)
+    return next(iter(metrics.values()), math.nan)
+
+
+def score_perplexity(cfg: EvalConfig) -> float:
+    """Score the split; returns its perplexity."""
     import torch
 
     from gpt2exp.data import load_eval_text, whole_files
     from gpt2exp.evaluation.sliding_windows import default_stride, score_text
     from gpt2exp.modeling.inference_layout import to_inference_layout
 
-    cfg = cli.typed(composed, EvalConfig)
     settings, data = cfg.eval, cfg.data
     device = resolve_device(settings.device, key="eval.device")
     precision = resolve_precision(settings.precision, device, key="eval.precision")
@@ -58,7 +101,7 @@ def score_checkpoint(composed: DictConfig) -> float:
     token_ids = torch.tensor(get_encoding().encode(text, allowed_special="all"))
     if len(token_ids) < 2:
         raise UserError(f"eval.split={settings.split}: the text has fewer than 2 tokens")
-    model = to_inference_layout(model.to(device).eval(), precision)
+    model = to_inference_layout(model.to(device).eval(), precision, use="score", settings=cfg.inference)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with Tracker(run_dir, config=plain(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
         score = score_text(model, token_ids, stride=stride, batch_size=settings.batch_size,

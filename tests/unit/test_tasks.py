@@ -1,0 +1,85 @@
+"""lm-evaluation-harness tasks scored by gpt2exp's model: the same scores as the harness's own
+HFLM over the same weights as transformers' model, and one clear line for a bad task."""
+
+import pytest
+import torch
+from helpers import TINY_MODEL
+from helpers.tasks import MC_TASK, ROLLING_TASK, write_tasks
+from lm_eval.api.instance import Instance
+
+from gpt2exp.benchmarks.tasks import hflm, hflm_results
+from gpt2exp.config import ModelConfig
+from gpt2exp.errors import UserError
+from gpt2exp.evaluation.harness_model import GPT2ExpLM
+from gpt2exp.evaluation.tasks import TaskRequest, prepare, run_tasks
+from gpt2exp.modeling.inference_layout import to_inference_layout
+from gpt2exp.modeling.model import GPTModel
+
+
+@pytest.fixture(scope="module")
+def model() -> GPTModel:
+    torch.manual_seed(0)
+    return GPTModel(ModelConfig(**TINY_MODEL)).eval()
+
+
+@pytest.fixture(scope="module")
+def task_folder(tmp_path_factory):
+    return write_tasks(tmp_path_factory.mktemp("tasks"))
+
+
+def _requests(kind: str, args: list[tuple]) -> list[Instance]:
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
+
+
+def test_loglikelihoods_equal_hflms_on_the_transformers_model(model):
+    long_context = " ".join(["every effort moves you"] * 12)  # 48 tokens: cut from the left to the 32-token window
+    pairs = [("The cat sat", " on the mat"), ("The cat sat", " on"), ("The cat sat", " ran fast and far away"),
+             ("", "Hello world"), (long_context, " forward"), (long_context, " to the river bank"),
+             ("A dog ", "ran")]  # a trailing space moves to the continuation
+    texts = [(" ".join(["the quick brown fox"] * 30),), ("short text",)]
+    ours = GPT2ExpLM(to_inference_layout(_copy(model)), batch_size=3)
+    theirs = hflm(model, batch_size=3)
+    for (ours_lp, ours_greedy), (hf_lp, hf_greedy) in zip(ours.loglikelihood(_requests("loglikelihood", pairs)),
+                                                          theirs.loglikelihood(_requests("loglikelihood", pairs))):
+        assert ours_lp == pytest.approx(hf_lp, abs=1e-4) and ours_greedy == hf_greedy
+    rolling = _requests("loglikelihood_rolling", texts)
+    assert ours.loglikelihood_rolling(rolling) == pytest.approx(theirs.loglikelihood_rolling(rolling), abs=1e-4)
+
+
+def _copy(model: GPTModel) -> GPTModel:
+    copy = GPTModel(model.cfg)
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
+def test_task_scores_equal_the_harnesss_own_through_hflm(model, task_folder):
+    request = TaskRequest(tasks=[MC_TASK, ROLLING_TASK], include_path=str(task_folder))
+    ours = run_tasks(to_inference_layout(_copy(model)), request, batch_size=4)
+    theirs = hflm_results(model, request, batch_size=4)["results"]
+    mc, rolling = ours["tasks"][MC_TASK], ours["tasks"][ROLLING_TASK]
+    assert mc["examples"] == 12 and mc["version"] == 1.0 and mc["n_shot"] == 0
+    assert mc["metrics"]["acc"] == theirs[MC_TASK]["acc,none"]
+    assert mc["metrics"]["acc_norm"] == theirs[MC_TASK]["acc_norm,none"]
+    assert mc["metrics"]["acc_stderr"] == pytest.approx(theirs[MC_TASK]["acc_stderr,none"])
+    assert rolling["metrics"]["word_perplexity"] == pytest.approx(theirs[ROLLING_TASK]["word_perplexity,none"],
+                                                                  rel=1e-4)
+    assert rolling["metrics"]["word_perplexity_stderr"] is None  # the harness gives none ("N/A")
+
+
+def test_an_unknown_task_lists_close_matches(task_folder):
+    with pytest.raises(UserError, match=r"^eval.tasks: unknown task 'tiny_mcc'; close matches: tiny_mc"):
+        prepare(TaskRequest(tasks=["tiny_mcc"], include_path=str(task_folder)))
+
+
+def test_a_hub_task_offline_names_it_and_how_to_point_it_at_local_files(monkeypatch, task_folder):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match=r"^eval.tasks: task 'hellaswag' reads the data set Rowan/hellaswag from the "
+                                        r"Hugging Face hub, .*HF_HUB_OFFLINE is set.*eval.include_path=<folder>"):
+        prepare(TaskRequest(tasks=["hellaswag"], include_path=str(task_folder)))
+
+
+def test_a_missing_include_folder_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"^eval.include_path=.*nowhere: no such folder$"):
+        prepare(TaskRequest(tasks=[MC_TASK], include_path=str(tmp_path / "nowhere")))
