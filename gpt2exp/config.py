@@ -68,11 +68,14 @@ class Mlp(Choice):
 
 class OptimizerName(Choice):
     adamw = "adamw"
+    muon = "muon"
 
 
 class Schedule(Choice):
     constant = "constant"
     cosine = "cosine"
+    linear = "linear"
+    wsd = "wsd"
 
 
 class DecayTarget(Choice):
@@ -310,17 +313,24 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    """AdamW; weight decay on the weight matrices only (or `weight_decay_on: all`)."""
+    """AdamW; weight decay on the weight matrices only (or `weight_decay_on: all`). With
+    `name: muon`, Muon takes the blocks' weight matrices (`muon_*` keys) and AdamW the rest."""
 
     name: OptimizerName = OptimizerName.adamw
     lr: float = 1e-3
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    schedule: Schedule = Schedule.cosine  # constant | cosine (to min_lr_ratio * lr), after a linear warmup
+    # After a linear warmup: constant | cosine or linear (to min_lr_ratio * lr at the last step) |
+    # wsd (warmup-stable-decay: constant, then linear to min_lr_ratio * lr over the last decay_fraction of steps)
+    schedule: Schedule = Schedule.cosine
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2  # wsd: the share of all steps that decays
     weight_decay_on: DecayTarget = DecayTarget.matrices
+    muon_lr: float = 0.02  # muon: the learning rate of the blocks' weight matrices
+    muon_weight_decay: float = 0.0  # muon: the weight decay of the blocks' weight matrices
+    muon_momentum: float = 0.95  # muon: its momentum
 
     def __post_init__(self) -> None:
         self.name = _choice(self.name, "optimizer.name", OptimizerName)
@@ -333,6 +343,11 @@ class OptimizerConfig:
         self.schedule = _choice(self.schedule, "optimizer.schedule", Schedule)
         _require(self.warmup_steps >= 0, "optimizer.warmup_steps", self.warmup_steps, "must be >= 0")
         _require(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        _require(0 < self.decay_fraction <= 1, "optimizer.decay_fraction", self.decay_fraction, "must be in (0, 1]")
+        _require(0 < self.muon_lr < math.inf, "optimizer.muon_lr", self.muon_lr, "must be > 0 and finite")
+        _require(0 <= self.muon_weight_decay < math.inf, "optimizer.muon_weight_decay", self.muon_weight_decay,
+                 "must be >= 0 and finite")
+        _require(0 <= self.muon_momentum < 1, "optimizer.muon_momentum", self.muon_momentum, "must be in [0, 1)")
         self.weight_decay_on = _choice(self.weight_decay_on, "optimizer.weight_decay_on", DecayTarget)
 
 
@@ -498,6 +513,8 @@ class TrainConfig:
                  self.logger.log_model, "needs trainer.keep_best=true (best.pt is the checkpoint it logs as "
                  "'best'), or use logger.log_model=last")
         self.decoding.check_vocab(self.model.vocab_size)
+        _require(self.optimizer.name != "muon" or not self.model.lora.rank, "model.lora.rank", self.model.lora.rank,
+                 "needs optimizer=adamw (optimizer=muon trains whole weight matrices, not adapters)")
         if self.data.stride is None:
             self.data.stride = self.model.context_length
 

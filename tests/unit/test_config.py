@@ -92,7 +92,7 @@ def test_out_of_range_values_name_the_key(compose_train, override, key):
 @pytest.mark.parametrize(
     ("override", "choices"),
     [
-        ("optimizer.schedule=linear", "[constant, cosine]"),
+        ("optimizer.schedule=step", "[constant, cosine, linear, wsd]"),
         ("trainer.precision=fp8", "[auto, fp32, bf16, fp16]"),
         ("data.sampler=shuffled", "[windows, random]"),
         ("logger.mode=sometimes", "[auto, online, offline, disabled]"),
