@@ -91,7 +91,8 @@ class PrecisionName(Choice):
 
 
 class Strategy(Choice):
-    ddp = "ddp"  # the place for "fsdp" (torch.distributed.fsdp.fully_shard) when a model needs it
+    ddp = "ddp"  # a whole replica per process (DistributedDataParallel)
+    fsdp = "fsdp"  # weights, gradients and optimizer state sharded (FSDP2: torch.distributed.fsdp.fully_shard)
 
 
 class LoggerMode(Choice):
@@ -453,7 +454,7 @@ class TrainerConfig:
     precision: PrecisionName = PrecisionName.auto  # auto | fp32 | bf16 | fp16 (CUDA)
     compile: bool = False
     activation_checkpointing: bool = False  # recompute each block's activations in backward
-    strategy: Strategy = Strategy.ddp  # with several processes (torchrun): DistributedDataParallel (FSDP: not yet)
+    strategy: Strategy = Strategy.ddp  # with several processes (torchrun): ddp | fsdp (sharded; torchrun only)
     progress: bool = True
     checkpoint_freq: Optional[int] = None  # steps between checkpoints; null: by time only
     checkpoint_minutes: Optional[float] = 30.0  # wall minutes between checkpoints; null: by steps only

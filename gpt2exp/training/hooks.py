@@ -16,9 +16,11 @@ from gpt2exp.runs.layout import BEST_CHECKPOINT, RunLayout
 from gpt2exp.runs.plots import plot_losses
 from gpt2exp.tokenizer import get_encoding
 from gpt2exp.training import distributed
+from gpt2exp.training.fsdp import Sharded
 from gpt2exp.training.interrupt import GracefulStop
 from gpt2exp.training.rng import capture_rng_state
 from gpt2exp.training.step_checkpoints import save_step_checkpoint
+from gpt2exp.training.task_evals import TaskEvals
 from gpt2exp.training.trainer import EvalPoint, Hooks, TrainState
 
 log = logging.getLogger("gpt2exp.train")
@@ -41,9 +43,10 @@ class Sampler:
         self.prompt_ids = self.encoding.encode(start_context, allowed_special="all")
         self.metrics: dict = {}
 
-    def __call__(self, step: int, epoch: int | None, final: bool = False) -> None:
+    def __call__(self, step: int, epoch: int | None, final: bool = False, model=None) -> None:
+        """`model`: another than the sampler's (a sharded run's whole copy)."""
         final = final or step == self.total_steps
-        out, seconds = sample_continuations(self.model, self.prompt_ids, self.decoding, num_samples=None if final else 1)
+        out, seconds = sample_continuations(model or self.model, self.prompt_ids, self.decoding, num_samples=None if final else 1)
         count, settings = len(out.token_ids), self.decoding.settings()
         for i, token_ids in enumerate(out.token_ids):
             text = self.encoding.decode(token_ids)
@@ -59,16 +62,31 @@ class Sampler:
 
 class ReplicaHooks(Hooks):
     """The hooks of a distributed job's ranks besides 0: they only take part in the decision
-    to stop (rank 0 logs, checkpoints and samples for the job: `RunHooks`)."""
+    to stop (rank 0 logs, checkpoints and samples for the job: `RunHooks`) and, when the model is
+    `sharded` (`trainer.strategy=fsdp`), in gathering it whole for rank 0's checkpoints and samples."""
 
     last_checkpoint: Path | None = None  # rank 0's to say
     last_step: int | None = None
 
-    def __init__(self, stop: GracefulStop):
-        self.stop = stop
+    def __init__(self, stop: GracefulStop, sharded: Sharded | None = None, save_optimizer: bool = True):
+        self.stop, self.sharded, self.save_optimizer = stop, sharded, save_optimizer
 
     def should_stop(self) -> bool:
         return distributed.any_rank(self.stop.requested())
+
+    def on_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
+        if self.sharded is not None:  # the gathers of `RunHooks._write_checkpoint`, in its order
+            self.stop.shielded(self._gather)(with_optimizer=periodic and self.save_optimizer)
+
+    def _gather(self, *, with_optimizer: bool) -> None:
+        assert self.sharded is not None
+        self.sharded.weights()
+        if with_optimizer:
+            self.sharded.optimizer_state()
+
+    def on_sample(self, step: int, epoch: int, final: bool = False) -> None:
+        if self.sharded is not None:
+            self.sharded.whole_model()
 
 
 class RunHooks(ReplicaHooks):
@@ -77,11 +95,12 @@ class RunHooks(ReplicaHooks):
     on SIGINT/SIGTERM (`stop`) that every rank takes part in."""
 
     def __init__(self, cfg: TrainConfig, resolved: dict, model, optimizer, tracker, run_dir: Path, *,
-                 sampler: Sampler, stop: GracefulStop, wandb_group: str | None = None, resumed_from=None):
-        super().__init__(stop)
+                 sampler: Sampler, task_evals: TaskEvals | None = None, stop: GracefulStop, wandb_group: str | None = None, resumed_from=None,
+                 sharded: Sharded | None = None):
+        super().__init__(stop, sharded, cfg.trainer.save_optimizer)
         self.cfg, self.resolved, self.model, self.optimizer, self.tracker = cfg, resolved, model, optimizer, tracker
         self.run_dir, self.checkpoint_dir, self.wandb_group = run_dir, run_dir / RunLayout.CHECKPOINTS, wandb_group
-        self.sampler = sampler
+        self.sampler, self.task_evals = sampler, task_evals
         self.last_checkpoint = resumed_from.path if resumed_from else None
         self.last_step = resumed_from.checkpoint["step"] if resumed_from else None
         self.started, self.stepped = time.perf_counter(), False
@@ -109,9 +128,11 @@ class RunHooks(ReplicaHooks):
             point.step, point.epoch, point.train_loss, metrics["train/perplexity"], point.val_loss,
             metrics["val/perplexity"], f"{point.tokens_seen:,}", extra["tokens_per_sec"],
         )
+        if self.task_evals is not None:
+            self.task_evals(point)
 
     def on_sample(self, step: int, epoch: int, final: bool = False) -> None:
-        self.sampler(step, epoch, final=final)
+        self.sampler(step, epoch, final=final, model=self.sharded.whole_model() if self.sharded else None)
 
     def on_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
         """`checkpoints/step-<step>.pt` (and last.pt) when periodic, with AdamW's state unless
@@ -122,7 +143,7 @@ class RunHooks(ReplicaHooks):
     def _write_checkpoint(self, state: TrainState, *, periodic: bool, is_best: bool) -> None:
         trainer_cfg = self.cfg.trainer
         payload = {
-            "model": saved_weights(self.model),  # a LoRA run's: the adapter alone
+            "model": self.sharded.weights() if self.sharded else saved_weights(self.model),  # LoRA's: the adapter
             "config": self.resolved,
             "extra": {
                 "train_state": state.to_dict(),
@@ -133,7 +154,9 @@ class RunHooks(ReplicaHooks):
             },
         }
         if periodic:
-            optimizer_state = self.optimizer.state_dict() if trainer_cfg.save_optimizer else None
+            optimizer_state = None
+            if trainer_cfg.save_optimizer:
+                optimizer_state = self.sharded.optimizer_state() if self.sharded else self.optimizer.state_dict()
             self.last_checkpoint = save_step_checkpoint(
                 self.checkpoint_dir, step=state.step, keep_last=trainer_cfg.keep_last,
                 optimizer=optimizer_state, **payload,

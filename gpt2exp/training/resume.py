@@ -22,7 +22,8 @@ from gpt2exp.training.trainer import TrainState
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing what is trained.
-IGNORED_KEYS = ("trainer.resume", "trainer.progress", "trainer.reuse_wait_minutes", "logger", "data.cache_dir")
+IGNORED_KEYS = ("trainer.resume", "trainer.progress", "trainer.reuse_wait_minutes", "logger", "data.cache_dir",
+                "trainer.strategy")
 # Keys that say how long to train and what to do on the way (evaluate, sample, checkpoint):
 # `auto` continues a run whatever they were, so that "train longer" is a larger max_steps.
 PLAN_KEYS = (

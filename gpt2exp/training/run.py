@@ -28,12 +28,14 @@ from gpt2exp.runs.layout import RunLayout
 from gpt2exp.runs.tracking import NullTracker, Tracker
 from gpt2exp.tokenizer import get_encoding
 from gpt2exp.training import distributed, reuse
+from gpt2exp.training.fsdp import Sharded, load_optimizer_state, shard
 from gpt2exp.training.hooks import ReplicaHooks, RunHooks, Sampler, capped_perplexity
 from gpt2exp.training.interrupt import GracefulStop
 from gpt2exp.training.optimizers import make_optimizer
 from gpt2exp.training.resume import ResumePoint, find_resume_point
 from gpt2exp.training.rng import restore_rng_state
 from gpt2exp.training.schedules import lr_multiplier
+from gpt2exp.training.task_evals import TaskEvals
 from gpt2exp.training.trainer import (
     NonFiniteLoss,
     Trainer,
@@ -75,16 +77,18 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     """Check everything a user can get wrong (resume folder, data, model size) before a model
     is built or a file is written; raises UserError naming the key."""
     cfg.model.check_fits_in_memory()
-    base = None
-    if cfg.model.lora.rank:
-        check_lora(cfg.model)
-        base = read_base(cfg.model)
-    resolved = plain(cfg)
     place = distributed.world()
     device = resolve_device(cfg.trainer.device)
     if place.distributed and device.type == "cuda":
         device = torch.device("cuda", place.local_rank)
     precision = resolve_precision(cfg.trainer.precision, device)
+    if cfg.trainer.strategy == "fsdp":
+        _check_fsdp(cfg, place.distributed, precision)
+    base = None
+    if cfg.model.lora.rank:
+        check_lora(cfg.model)
+        base = read_base(cfg.model)
+    resolved = plain(cfg)
     own_folder = run_folder.claimed(ctx.run_dir)
     # A folder that already holds a run can only be continued: from its own checkpoints (`auto`:
     # or afresh, when it holds this run's config and no checkpoint yet).
@@ -127,6 +131,22 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
     return RunPlan(resolved, device, precision, data, steps, resume, test_text, base)
 
 
+def _check_fsdp(cfg: TrainConfig, distributed_job: bool, precision: Precision) -> None:
+    """What `trainer.strategy=fsdp` cannot do; raises UserError naming the key."""
+    if not distributed_job:
+        raise UserError("trainer.strategy=fsdp shards the model over the processes of a torchrun job, and this is "
+                        "one process: launch it with torchrun --nproc_per_node=N (N >= 2), or use trainer.strategy=ddp")
+    if cfg.model.lora.rank:
+        raise UserError(f"model.lora.rank={cfg.model.lora.rank} with trainer.strategy=fsdp: a LoRA run trains only "
+                        "its adapters and keeps the base frozen, so a replica per process fits; use trainer.strategy=ddp")
+    if precision.name == "fp16":
+        raise UserError("trainer.precision=fp16 with trainer.strategy=fsdp: the fp16 loss scaler is not sharded; "
+                        "use trainer.precision=bf16 (or fp32)")
+    if cfg.optimizer.name == "muon":
+        raise UserError("optimizer.name=muon with trainer.strategy=fsdp: Muon orthogonalises whole weight matrices, "
+                        "which FSDP shards; use optimizer.name=adamw, or trainer.strategy=ddp")
+
+
 def _test_text(cfg: TrainConfig) -> str | None:
     """The source's test split when `trainer.test` is on (null: on when the source has one and it
     can be read, off otherwise; see `data.has_test_split`)."""
@@ -161,24 +181,30 @@ def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Trac
     1 naming the step (a multirun fails that job only)."""
     place = distributed.world()
     model = _build_model(cfg, plan)
-    optimizer = make_optimizer(model, cfg.optimizer)
     data = plan.data
     log.info(
         "model %s parameters on %s (%s) | data %s: %d train / %d val tokens | %d steps | run folder %s",
         f"{model.num_parameters():,}", plan.device, plan.precision.name, cfg.data.source, data.train_tokens,
         data.val_tokens, plan.total_steps, ctx.run_dir,
     )
-    train_forward = STRATEGIES[cfg.trainer.strategy](model, plan.device) if place.distributed else model
+    if plan.resume is not None:
+        _load_weights(plan.resume, model)
+    train_forward = STRATEGIES[cfg.trainer.strategy](model, plan) if place.distributed else model
+    optimizer = make_optimizer(model, cfg.optimizer)  # after sharding: FSDP's optimizer steps each rank's shards
+    sharded = Sharded(model, optimizer) if cfg.trainer.strategy == "fsdp" else None
     state = TrainState()
     if plan.resume is not None:
-        state = _restore(cfg, plan.resume, model, optimizer, len(data.train_loader))
+        state = _restore(cfg, plan.resume, optimizer, len(data.train_loader), sharded)
         tracker.carry_over(plan.resume.run_dir, state.step)
     elif (ctx.run_dir / RunLayout.METRICS).exists():  # an attempt stopped before its first checkpoint: all redone
         tracker.carry_over(ctx.run_dir, up_to_step=-1)
     sampler = Sampler(cfg.decoding, cfg.trainer.start_context, model, tracker, plan.total_steps)
+    task_evals = TaskEvals(cfg, model, tracker, plan.total_steps) if cfg.trainer.eval_tasks and place.main else None
     with GracefulStop() as stop:
         hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, ctx.run_dir, sampler=sampler, stop=stop,
-                         wandb_group=wandb_group, resumed_from=plan.resume) if place.main else ReplicaHooks(stop)
+                         task_evals=task_evals,
+                         wandb_group=wandb_group, resumed_from=plan.resume, sharded=sharded) if (
+            place.main) else ReplicaHooks(stop, sharded, cfg.trainer.save_optimizer)
         if plan.resume is not None:
             restore_rng_state(plan.resume.checkpoint["extra"]["rng"])
         trainer_cfg = cfg.trainer if ctx.progress and place.main else replace(cfg.trainer, progress=False)
@@ -198,12 +224,14 @@ def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Trac
                   f"{hooks.last_checkpoint or 'none yet'}; resume with: {ctx.resume_command}")
     if stop.requested():
         _exit_stopped(tracker, ctx, stop, hooks, state)
+    # A sharded model is gathered (every rank takes part) for rank 0 to score the test split.
+    whole = sharded.whole_model() if sharded and distributed.broadcast(plan.test_text is not None) else None
     if not isinstance(hooks, RunHooks):  # another rank than 0
         return {"final/val_loss": state.final.val_loss}
     hooks.plot(state)
     hooks.log_models(state)
     final = state.final
-    test = _score_test(plan.test_text, model, plan.precision, tracker, state.step)
+    test = _score_test(plan.test_text, whole or model, plan.precision, tracker, state.step, progress=ctx.progress)
     checkpoint_bytes = hooks.checkpoint_bytes()
     log.info("done: val loss %.3f (first %.3f) | checkpoint %s | checkpoints take %s", final.val_loss,
              state.history[0].val_loss, hooks.last_checkpoint, format_bytes(checkpoint_bytes))
@@ -218,6 +246,7 @@ def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Trac
         "stopped_early": state.stopped_early,
         "checkpoint_bytes": checkpoint_bytes,
         **sampler.metrics,
+        **(task_evals.metrics if task_evals else {}),
         **test,
     }
 
@@ -240,15 +269,20 @@ def _build_model(cfg: TrainConfig, plan: RunPlan) -> GPTModel:
     return model
 
 
-def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+def _ddp(model: GPTModel, plan: RunPlan) -> nn.Module:
     """A whole replica per process; gradients all-reduced in backward; rank 0's weights broadcast now."""
+    device = plan.device
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                    forward_sync_buffers=False)
 
 
-# `trainer.strategy`: how a distributed job wraps the model for training. FSDP (weights, gradients
-# and optimizer state sharded over the ranks: torch.distributed.fsdp.fully_shard) goes here.
-STRATEGIES = {"ddp": _ddp}
+def _fsdp(model: GPTModel, plan: RunPlan) -> nn.Module:
+    """Weights, gradients and optimizer state sharded over the processes (`gpt2exp.training.fsdp`)."""
+    return shard(model, plan.precision)
+
+
+# `trainer.strategy`: how a distributed job wraps the model for training.
+STRATEGIES = {"ddp": _ddp, "fsdp": _fsdp}
 
 
 def _fail(tracker: Tracker | NullTracker, ctx: RunContext, message: str) -> NoReturn:
@@ -277,14 +311,14 @@ def _exit_stopped(tracker: Tracker | NullTracker, ctx: RunContext, stop: Gracefu
 
 
 def _score_test(text: str | None, model: GPTModel, precision: Precision, tracker: Tracker | NullTracker,
-                step: int) -> dict:
+                step: int, *, progress: bool) -> dict:
     """`trainer.test`: the test split's loss and perplexity as `gpt2exp.eval` scores them
-    (stride min(512, context)), logged at the last step; {} when off."""
+    (stride min(512, context)), logged at the last step; {} when off. `progress`: a bar on a terminal."""
     if text is None:
         return {}
     stride = default_stride(model.cfg.context_length)
     score = score_text(model, torch.tensor(get_encoding().encode(text, allowed_special="all")), stride=stride,
-                       precision=precision)
+                       precision=precision, progress="scoring test" if progress else None)
     metrics = {"test/loss": score.mean_nll, "test/perplexity": score.perplexity}
     tracker.log_metrics(metrics, step=step)
     log.info("test: %s tokens | loss %.4f | perplexity %.3f (stride %d)", f"{score.tokens:,}", score.mean_nll,
@@ -322,20 +356,27 @@ def _warn_job_batch(checkpoint: dict, batch_size: int, grad_accum: int, processe
                 f"to keep the job's, set {' or '.join(keep)}" if keep else "no whole per-process batch keeps the job's")
 
 
-def _restore(cfg: TrainConfig, resume: ResumePoint, model: GPTModel, optimizer: torch.optim.Optimizer,
-             train_batches: int) -> TrainState:
-    """Load the checkpoint's model and optimizer (with this run's optimizer settings); returns
-    its training state, realigned to this run's batches."""
+def _load_weights(resume: ResumePoint, model: GPTModel) -> None:
+    """The checkpoint's weights (a LoRA run's: its adapter) into the model, before it is wrapped or sharded."""
     if is_lora(model):
         load_adapter(model, resume.checkpoint["model"], f"trainer.resume: '{resume.path}'")
     else:
         model.load_state_dict(resume.checkpoint["model"])
+
+
+def _restore(cfg: TrainConfig, resume: ResumePoint, optimizer: torch.optim.Optimizer, train_batches: int,
+             sharded: Sharded | None) -> TrainState:
+    """Load the checkpoint's optimizer state (with this run's optimizer settings; each rank's
+    shards when `sharded`); returns its training state, realigned to this run's batches."""
     if resume.checkpoint["optimizer"] is None:
         log.warning("%s holds no optimizer state (trainer.save_optimizer=false): AdamW's moments start afresh",
                     resume.path)
     else:
         configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-        optimizer.load_state_dict(resume.checkpoint["optimizer"])
+        if sharded is not None:
+            load_optimizer_state(optimizer, resume.checkpoint["optimizer"])
+        else:
+            optimizer.load_state_dict(resume.checkpoint["optimizer"])
         for group, settings in zip(optimizer.param_groups, configured):  # this run's optimizer.* settings
             group.update(settings, initial_lr=settings["lr"])
     state = TrainState.from_dict(resume.checkpoint["extra"]["train_state"])

@@ -20,6 +20,7 @@ from gpt2exp.config import EarlyStoppingConfig, TrainerConfig
 from gpt2exp.data import DataBundle, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
 from gpt2exp.devices import FP32, Precision
 from gpt2exp.training import distributed
+from gpt2exp.training.fsdp import is_sharded
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 log = logging.getLogger("gpt2exp.train")
@@ -69,10 +70,15 @@ def mean_loss(
     """Mean loss over fixed batches, in eval mode; in a distributed job each rank takes its
     share of the batches and the mean is the whole set's."""
     place = distributed.world()
+    share = batches[place.rank :: place.world_size]
+    # A sharded model's forward is a collective: each rank runs as many as the rank with the most.
+    rounds = -(-len(batches) // place.world_size) if is_sharded(model) else len(share)
     was_training = model.training
     model.eval()
     with precision.autocast():
-        losses = [batch_loss(model, x.to(device), y.to(device)).item() for x, y in batches[place.rank :: place.world_size]]
+        losses = [batch_loss(model, x.to(device), y.to(device)).item() for x, y in share]
+        for x, y in batches[: rounds - len(share)]:  # outcomes unused
+            batch_loss(model, x.to(device), y.to(device))
     model.train(was_training)
     total, count = distributed.all_sum([sum(losses), len(losses)])
     return total / count
@@ -235,7 +241,7 @@ class Trainer:
         if state.step == 0 and self.evaluate():
             hooks.on_checkpoint(state, periodic=False, is_best=True)  # best.pt, should no step improve on it
         last_periodic = time.monotonic()
-        bar = tqdm(total=self.total_steps, initial=state.step, desc="train", unit="step", disable=not cfg.progress,
+        bar = tqdm(total=self.total_steps, initial=state.step, desc="train", unit="step", disable=None if cfg.progress else True,
                    dynamic_ncols=True)
         stop = False
         while state.step < self.total_steps and not stop and not state.stopped_early:
@@ -251,8 +257,8 @@ class Trainer:
                 last = state.step == self.total_steps or (evaluated and self._stop_early())
                 stop = hooks.should_stop()
                 periodic = last or stop or (cfg.checkpoint_freq is not None and state.step % cfg.checkpoint_freq == 0)
-                periodic = periodic or (cfg.checkpoint_minutes is not None
-                                        and time.monotonic() - last_periodic >= 60 * cfg.checkpoint_minutes)
+                periodic = periodic or (cfg.checkpoint_minutes is not None and distributed.any_rank(  # ranks agree
+                    time.monotonic() - last_periodic >= 60 * cfg.checkpoint_minutes))
                 if periodic or is_best:
                     hooks.on_checkpoint(state, periodic=periodic, is_best=is_best)
                 if periodic:

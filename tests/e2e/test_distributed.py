@@ -1,7 +1,7 @@
 """Data-parallel training through torchrun (2 CPU processes, gloo): the same losses as one process
 with the whole batch, one run folder and one W&B run, a killed rank ends the job and resume
-continues it bit for bit, also on another number of processes; SLURM's signals, a rank 0 that
-stops alone and a stray RANK variable."""
+continues it bit for bit, also on another number of processes; FSDP's sharded training (the same
+losses) resumed under DDP; SLURM's signals, a rank 0 that stops alone and a stray RANK variable."""
 
 import os
 import shlex
@@ -15,6 +15,7 @@ import pytest
 from helpers import SAMPLE_TEXT, read_jsonl, run_folders
 
 from gpt2exp.modeling.checkpoint import load_checkpoint
+from gpt2exp.modeling.trained import load_trained_model
 from gpt2exp.runs import folder as run_folder
 
 SMALL = ["model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1",
@@ -176,6 +177,22 @@ def test_resume_on_another_number_of_processes_continues_the_same_run(train, one
     assert_close(losses(tmp_path / "split")[0], losses(one_process)[0])
     assert_close(losses(tmp_path / "split")[1], losses(one_process)[1])
     assert "a step takes" not in rest.stdout
+
+
+def test_fsdp_trains_as_one_process_and_its_checkpoint_resumes_under_ddp_on_one(train, one_process, tmp_path):
+    """trainer.strategy=fsdp (activation checkpointing on) for ten steps on two processes, ten more
+    under ddp on one with the same job batch: the curve of twenty steps on one process, in fp32
+    within 1e-5 (its 5 evaluation batches split 3 and 2 over the ranks); its checkpoint is any."""
+    first = train(TORCHRUN, "data.batch_size=4", "trainer.max_steps=10", "logger=none", "hydra.run.dir=sharded",
+                  "trainer.strategy=fsdp", "trainer.activation_checkpointing=true")
+    assert first.returncode == 0, first.stderr
+    model, checkpoint = load_trained_model(tmp_path / "sharded" / "checkpoints" / "last.pt")
+    assert checkpoint["step"] == 10 and model.out_head.weight is model.tok_emb.weight
+    rest = train(SINGLE, "data.batch_size=8", "trainer.max_steps=20", "logger=none", "hydra.run.dir=sharded",
+                 "trainer.resume=auto")
+    assert rest.returncode == 0, rest.stderr
+    assert_close(losses(tmp_path / "sharded")[0], losses(one_process)[0])
+    assert_close(losses(tmp_path / "sharded")[1], losses(one_process)[1])
 
 
 def test_slurms_sigterm_and_torchruns_copy_stop_with_a_checkpoint_and_the_command_printed_resumes(text_file, tmp_path):
