@@ -105,7 +105,7 @@ def score_perplexity(cfg: EvalConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with Tracker(run_dir, config=plain(cfg), job_type="eval", **cli.tracker_options(cfg.logger)) as tracker:
         score = score_text(model, token_ids, stride=stride, batch_size=settings.batch_size,
-                           precision=precision)
+                           precision=precision, progress=f"scoring {settings.split}")
         if math.isnan(score.nll_sum):
             raise UserError(f"eval: the model's NLL came out NaN (NaN or overflowing values in its weights or "
                             f"activations at eval.precision={settings.precision}); no result written")

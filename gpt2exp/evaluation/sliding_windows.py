@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from gpt2exp.devices import FP32, Precision
 from gpt2exp.modeling.model import GPTModel
@@ -59,9 +60,11 @@ def windows(n_tokens: int, context_length: int, stride: int) -> list[tuple[int, 
 
 @torch.inference_mode()
 def score_text(
-    model: GPTModel, token_ids: torch.Tensor, *, stride: int, batch_size: int = 4, precision: Precision = FP32
+    model: GPTModel, token_ids: torch.Tensor, *, stride: int, batch_size: int = 4, precision: Precision = FP32,
+    progress: str | None = None,
 ) -> Score:
-    """The summed NLL of 1-D `token_ids` under `model`, by `windows` (stride <= context_length)."""
+    """The summed NLL of 1-D `token_ids` under `model`, by `windows` (stride <= context_length).
+    `progress`: the label of a bar over the tokens scored, drawn while stderr is a terminal."""
     if not 1 <= stride <= model.cfg.context_length:
         raise ValueError(f"stride {stride} must be in [1, context_length={model.cfg.context_length}]")
     device = model.tok_emb.weight.device
@@ -69,6 +72,8 @@ def score_text(
     model.eval()
     nll_sum, tokens = 0.0, 0
     spans = windows(len(token_ids), model.cfg.context_length, stride)
+    bar = tqdm(total=len(token_ids) - 1, desc=progress, unit="tok", unit_scale=True, dynamic_ncols=True,
+               disable=None if progress else True)
     # Windows of one length run as a batch (all but the last are full).
     for length in dict.fromkeys(end - begin for begin, end, _ in spans):
         same = [span for span in spans if span[1] - span[0] == length]
@@ -82,5 +87,7 @@ def score_text(
                 logits = model.soft_cap(model.out_head(hidden[row, -keep:])[:, : model.cfg.vocab_size].float())
                 nll_sum += F.cross_entropy(logits, rows[row, -keep:], reduction="sum").item()
                 tokens += keep
+                bar.update(keep)
+    bar.close()
     model.train(was_training)
     return Score(tokens=tokens, nll_sum=nll_sum)

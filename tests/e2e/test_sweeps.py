@@ -4,6 +4,7 @@ failed jobs, the submitit and Optuna plugins, and ``python -m gpt2exp.compare`` 
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,10 +125,17 @@ def test_decoding_sweep_through_train_trains_once(run_module, tmp_path, corpus):
 
 
 def test_submitit_local_jobs_run_in_parallel_and_share_the_model(run_module, tmp_path, corpus):
+    """Local submitit jobs share the trained model; the console names each job's log file (where its
+    output goes) as the job is submitted."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     result, jobs = sweep(run_module, tmp_path, corpus, "hydra/launcher=submitit_local", "logger=none",
                          "decoding=sample", "decoding.temperature=0.5,1.5", flag=["-m"])
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "sweep" / ".submitit").is_dir() and len(jobs) == 2
+    announced = dict(re.findall(r"\t#(\d+) log: (\S+) \(stderr: \S+\)", result.stdout))
+    assert sorted(announced) == ["0", "1"], result.stdout
+    for number, log in announced.items():
+        assert job_log(tmp_path / "sweep" / number).splitlines()[0] in Path(log).read_text().splitlines()
     trained = [job for job in jobs if TRAINED in job_log(job)]
     assert len(trained) == 1
     [reused] = [job for job in jobs if job not in trained]

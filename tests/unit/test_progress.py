@@ -1,0 +1,53 @@
+"""Progress where a user waits: a bar while eval and a run's end-of-run test scoring go through the
+text, on a terminal only (a log file or a pipe gets none)."""
+
+import io
+import sys
+
+import pytest
+import torch
+from helpers import TINY_MODEL
+
+from gpt2exp.config import ModelConfig
+from gpt2exp.devices import FP32
+from gpt2exp.evaluation.sliding_windows import score_text
+from gpt2exp.modeling.model import GPTModel
+from gpt2exp.runs.tracking import NullTracker
+from gpt2exp.training.run import _score_test
+
+
+class Terminal(io.StringIO):
+    """Stderr as tqdm sees it in a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture(scope="module")
+def model() -> GPTModel:
+    torch.manual_seed(0)
+    return GPTModel(ModelConfig(**TINY_MODEL)).eval()
+
+
+@pytest.mark.parametrize(("stream", "drawn"), [(Terminal(), True), (io.StringIO(), False)], ids=["terminal", "pipe"])
+def test_eval_draws_a_bar_over_the_tokens_on_a_terminal_only(model, monkeypatch, stream, drawn):
+    monkeypatch.setattr(sys, "stderr", stream)
+    score = score_text(model, torch.randint(0, 50257, (200,)), stride=16, progress="scoring test")
+    assert score.tokens == 199
+    assert ("scoring test: 100%" in stream.getvalue() and "199/199" in stream.getvalue()) == drawn
+    assert drawn or stream.getvalue() == ""
+
+
+def test_a_library_call_without_a_label_draws_none(model, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    score_text(model, torch.randint(0, 50257, (100,)), stride=32)
+    assert sys.stderr.getvalue() == ""
+
+
+@pytest.mark.parametrize(("progress", "drawn"), [(True, True), (False, False)], ids=["own-console", "parallel-jobs"])
+def test_a_runs_test_scoring_draws_a_bar_unless_jobs_share_the_console(model, monkeypatch, progress, drawn):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    text = "The quick brown fox jumps over the lazy dog. " * 20
+    result = _score_test(text, model, FP32, NullTracker(), step=4, progress=progress)
+    assert result["test/tokens"] > 0
+    assert ("scoring test: 100%" in sys.stderr.getvalue()) == drawn, sys.stderr.getvalue()
