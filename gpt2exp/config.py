@@ -487,6 +487,9 @@ class TrainerConfig:
             _require(0 < self.grad_clip < math.inf, "trainer.grad_clip", self.grad_clip,
                      "must be > 0 and finite, or null")
         _require(self.start_context != "", "trainer.start_context", self.start_context, "must not be empty")
+        if self.eval_tasks_freq is not None:
+            _require(self.eval_tasks_freq % self.eval_freq == 0, "trainer.eval_tasks_freq", self.eval_tasks_freq,
+                     f"must be a multiple of trainer.eval_freq={self.eval_freq} (tasks run at evaluations)")
         check_device(self.device, "trainer.device")
         self.precision = _choice(self.precision, "trainer.precision", PrecisionName)
         self.strategy = _choice(self.strategy, "trainer.strategy", Strategy)
