@@ -83,7 +83,7 @@ def _peak_rows(device) -> list[Row]:
 def _mfu_peaks(device, peak_rows: list[Row]) -> dict[str, tuple[float, str]]:
     """Per precision, the FLOP/s that MFU is measured against and its name: the GPU's rated
     peak where known, else the measured one."""
-    from gpt2exp.benchmarks.flops import rated_peak
+    from gpt2exp.modeling.flops import rated_peak
 
     measured = {measure.split()[-1]: value * 1e9 for _, measure, value, _ in peak_rows}
     peaks = {name: (flops, f"measured {name} peak") for name, flops in measured.items()}
@@ -103,10 +103,10 @@ def _train_rows(cfg: BenchConfig, model, device, precision, peaks: dict[str, tup
 
     import torch
 
-    from gpt2exp.benchmarks.flops import train_flops_per_token
     from gpt2exp.benchmarks.timing import time_first_call, time_interleaved
     from gpt2exp.benchmarks.training import train_step
     from gpt2exp.benchmarks.transformers_baseline import to_hf
+    from gpt2exp.modeling.flops import train_flops_per_token
     from gpt2exp.training.optimizers import make_optimizer
 
     settings = cfg.bench

@@ -35,7 +35,7 @@ class SubmititJobLogs(Callback):
                 log.info("\t#%s log: %s (stderr: %s)", number, job.paths.stdout, job.paths.stderr.name)
             return jobs
 
-        executor.map_array = map_array  # type: ignore[method-assign]
+        executor.map_array = map_array  # type: ignore[method-assign,assignment]
         self._restore = lambda: delattr(executor, "map_array")  # the inherited one again
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

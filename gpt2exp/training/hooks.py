@@ -1,15 +1,18 @@
-"""What a training run does when the loop calls back (`trainer.Hooks`): log steps and evals,
-write checkpoints, draw samples, stop on a signal; and, at the end, the loss plot and the
-W&B model artifacts."""
+"""What a training run does when the loop calls back (`trainer.Hooks`): log steps and evals (with
+tokens/s and MFU), write checkpoints, draw samples, stop on a signal; and, at the end, the loss
+plot and the W&B model artifacts."""
 
 import logging
 import math
 import time
 from pathlib import Path
 
+import torch
+
 from gpt2exp.config import DecodingConfig, TrainConfig
 from gpt2exp.modeling.checkpoint import folder_bytes, save_checkpoint
 from gpt2exp.modeling.decoding import sample_continuations
+from gpt2exp.modeling.flops import rated_peak, train_flops_per_token
 from gpt2exp.modeling.lora import saved_weights
 from gpt2exp.modeling.text_metrics import generation_metrics
 from gpt2exp.runs.layout import BEST_CHECKPOINT, RunLayout
@@ -24,6 +27,22 @@ from gpt2exp.training.task_evals import TaskEvals
 from gpt2exp.training.trainer import EvalPoint, Hooks, TrainState
 
 log = logging.getLogger("gpt2exp.train")
+
+
+def job_peak_flops(device: torch.device, precision: str) -> float | None:
+    """The FLOP/s that the training log's MFU is measured against: the rated `precision` peak of
+    the job's GPU, times its processes; None where none is known (the CPU, MPS, other GPUs: the
+    bench measures one, which takes too long to do at every start). Says which, in one line."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    peak = rated_peak(device, precision)
+    if peak is None:
+        log.info("MFU n/a: no rated %s peak known for %s (python -m gpt2exp.bench measures this machine's)",
+                 precision, name)
+        return None
+    processes = distributed.world().world_size
+    log.info("MFU against the rated %s peak of %s, %.0f TFLOP/s%s", precision, name, peak / 1e12,
+             f" x {processes} processes" if processes > 1 else "")
+    return peak * processes
 
 
 def capped_perplexity(loss: float) -> float:
@@ -92,13 +111,15 @@ class ReplicaHooks(Hooks):
 class RunHooks(ReplicaHooks):
     """A training run's hooks (rank 0's, in a distributed job): metrics to the tracker and the
     console, checkpoints into ``<run_dir>/checkpoints``, samples through `sampler`, and the stop
-    on SIGINT/SIGTERM (`stop`) that every rank takes part in."""
+    on SIGINT/SIGTERM (`stop`) that every rank takes part in. With `peak_flops` (`job_peak_flops`),
+    each evaluation also logs the interval's MFU."""
 
     def __init__(self, cfg: TrainConfig, resolved: dict, model, optimizer, tracker, run_dir: Path, *,
-                 sampler: Sampler, task_evals: TaskEvals | None = None, stop: GracefulStop, wandb_group: str | None = None, resumed_from=None,
-                 sharded: Sharded | None = None):
+                 sampler: Sampler, stop: GracefulStop, wandb_group: str | None = None, resumed_from=None,
+                 task_evals: TaskEvals | None = None, sharded: Sharded | None = None, peak_flops: float | None = None):
         super().__init__(stop, sharded, cfg.trainer.save_optimizer)
         self.cfg, self.resolved, self.model, self.optimizer, self.tracker = cfg, resolved, model, optimizer, tracker
+        self.peak_flops, self.flops_per_token = peak_flops, train_flops_per_token(model, cfg.model.context_length)
         self.run_dir, self.checkpoint_dir, self.wandb_group = run_dir, run_dir / RunLayout.CHECKPOINTS, wandb_group
         self.sampler, self.task_evals = sampler, task_evals
         self.last_checkpoint = resumed_from.path if resumed_from else None
@@ -113,6 +134,10 @@ class RunHooks(ReplicaHooks):
                      time.perf_counter() - self.started, " and compiling" if self.cfg.trainer.compile else "")
 
     def on_eval(self, point: EvalPoint, extra: dict) -> None:
+        """The losses, and the interval's speed: `extra`'s tokens_per_sec and, against `peak_flops`,
+        MFU (train/mfu: the model's training FLOPs at that speed, as a fraction of the peak)."""
+        speed = extra["tokens_per_sec"]
+        mfu = speed * self.flops_per_token / self.peak_flops if self.peak_flops and speed else None
         metrics = {
             "train/loss": point.train_loss,
             "val/loss": point.val_loss,
@@ -121,12 +146,13 @@ class RunHooks(ReplicaHooks):
             "tokens_seen": point.tokens_seen,
             "epoch": point.epoch,
             **extra,
+            **({"train/mfu": mfu} if mfu is not None else {}),
         }
         self.tracker.log_metrics(metrics, step=point.step)
         log.info(
-            "step %5d | epoch %.2f | train loss %.3f ppl %.1f | val loss %.3f ppl %.1f | %s tokens | %.0f tok/s",
+            "step %5d | epoch %.2f | train loss %.3f ppl %.1f | val loss %.3f ppl %.1f | %s tokens | %.0f tok/s%s",
             point.step, point.epoch, point.train_loss, metrics["train/perplexity"], point.val_loss,
-            metrics["val/perplexity"], f"{point.tokens_seen:,}", extra["tokens_per_sec"],
+            metrics["val/perplexity"], f"{point.tokens_seen:,}", speed, "" if mfu is None else f" | MFU {mfu:.1%}",
         )
         if self.task_evals is not None:
             self.task_evals(point)

@@ -29,7 +29,7 @@ from gpt2exp.runs.tracking import NullTracker, Tracker
 from gpt2exp.tokenizer import get_encoding
 from gpt2exp.training import distributed, reuse
 from gpt2exp.training.fsdp import Sharded, load_optimizer_state, shard
-from gpt2exp.training.hooks import ReplicaHooks, RunHooks, Sampler, capped_perplexity
+from gpt2exp.training.hooks import ReplicaHooks, RunHooks, Sampler, capped_perplexity, job_peak_flops
 from gpt2exp.training.interrupt import GracefulStop
 from gpt2exp.training.optimizers import make_optimizer
 from gpt2exp.training.resume import ResumePoint, find_resume_point
@@ -203,7 +203,8 @@ def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Trac
     with GracefulStop() as stop:
         hooks = RunHooks(cfg, plan.resolved, model, optimizer, tracker, ctx.run_dir, sampler=sampler, stop=stop,
                          task_evals=task_evals,
-                         wandb_group=wandb_group, resumed_from=plan.resume, sharded=sharded) if (
+                         wandb_group=wandb_group, resumed_from=plan.resume, sharded=sharded,
+                         peak_flops=job_peak_flops(plan.device, plan.precision.name)) if (
             place.main) else ReplicaHooks(stop, sharded, cfg.trainer.save_optimizer)
         if plan.resume is not None:
             restore_rng_state(plan.resume.checkpoint["extra"]["rng"])

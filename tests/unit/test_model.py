@@ -18,7 +18,7 @@ def test_small_has_openai_parameter_count():
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_parameter_count_and_flops_count_the_head_once(tied):
-    from gpt2exp.benchmarks.flops import train_flops_per_token
+    from gpt2exp.modeling.flops import train_flops_per_token
 
     cfg = ModelConfig(context_length=64, emb_dim=64, n_heads=4, n_layers=2, tie_embeddings=tied, pad_vocab_to=64)
     model = GPTModel(cfg)

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2exp.benchmarks.flops import train_flops_per_token
 from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
 from gpt2exp.evaluation.sliding_windows import score_text
 from gpt2exp.modeling import decoding, inference_layout, loss
 from gpt2exp.modeling.decoding import generate
+from gpt2exp.modeling.flops import train_flops_per_token
 from gpt2exp.modeling.hf_format import write_hf_folder
 from gpt2exp.modeling.inference_layout import PackedLinear, to_inference_layout
 from gpt2exp.modeling.model import GPTModel, apply_rotary, rotary_angles

@@ -1,19 +1,22 @@
-"""Progress where a user waits: a bar while eval and a run's end-of-run test scoring go through the
-text, on a terminal only (a log file or a pipe gets none)."""
+"""Progress where a user waits: a bar while training, eval and a run's end-of-run test scoring go,
+on a terminal only (a log file or a pipe gets none)."""
 
 import io
 import sys
 
 import pytest
 import torch
-from helpers import TINY_MODEL
+from helpers import SAMPLE_TEXT, TINY_MODEL
 
-from gpt2exp.config import ModelConfig
+from gpt2exp.config import DataConfig, ModelConfig, OptimizerConfig, TrainerConfig
+from gpt2exp.data import build_data
 from gpt2exp.devices import FP32
 from gpt2exp.evaluation.sliding_windows import score_text
 from gpt2exp.modeling.model import GPTModel
 from gpt2exp.runs.tracking import NullTracker
+from gpt2exp.training.optimizers import make_optimizer
 from gpt2exp.training.run import _score_test
+from gpt2exp.training.trainer import Trainer
 
 
 class Terminal(io.StringIO):
@@ -51,3 +54,23 @@ def test_a_runs_test_scoring_draws_a_bar_unless_jobs_share_the_console(model, mo
     result = _score_test(text, model, FP32, NullTracker(), step=4, progress=progress)
     assert result["test/tokens"] > 0
     assert ("scoring test: 100%" in sys.stderr.getvalue()) == drawn, sys.stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("progress")
+    (folder / "corpus.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
+    return build_data(DataConfig(source="text", path=str(folder / "corpus.txt"), batch_size=4,
+                                 cache_dir=str(folder / "cache")), context_length=TINY_MODEL["context_length"])
+
+
+@pytest.mark.parametrize(("stream", "drawn"), [(Terminal(), True), (io.StringIO(), False)], ids=["terminal", "pipe"])
+def test_training_draws_its_bar_on_a_terminal_only(tiny_data, monkeypatch, stream, drawn):
+    """`trainer.progress=true` (the default) draws the bar where someone watches: a job's log file
+    (a submitit job's .err, a redirect) gets none."""
+    monkeypatch.setattr(sys, "stderr", stream)
+    model = GPTModel(ModelConfig(**TINY_MODEL))
+    cfg = TrainerConfig(max_steps=2, eval_freq=2, eval_iter=1, progress=True)
+    Trainer(model, make_optimizer(model, OptimizerConfig()), tiny_data, cfg, device=torch.device("cpu")).fit()
+    assert ("train: 100%" in stream.getvalue() and "2/2" in stream.getvalue()) == drawn
+    assert drawn or stream.getvalue() == ""
