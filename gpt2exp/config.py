@@ -107,6 +107,18 @@ class EvalSplit(Choice):
     test = "test"
 
 
+class InferenceLayout(Choice):
+    auto = "auto"
+    linear = "linear"
+    transposed = "transposed"
+    packed = "packed"
+
+
+class InferenceWeights(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 # Choices kept as plain strings: WikiText's config names are no Python names, YAML reads
 # `log_model: false` as a boolean, and a list of choices is checked here alike.
 WIKITEXT_NAMES = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
@@ -118,6 +130,7 @@ MAX_NEW_TOKENS = 65_536
 MAX_LAYERS = 1024  # deeper than any published GPT; each block is a Python object, built one by one
 _WANDB_NAME_FORBIDDEN = "/\\#?%:"
 C = TypeVar("C", bound="Choice")
+DEFAULT_PROMPT = "Every effort moves you"  # generate's prompt when none is given
 MISSING: Any = "???"  # OmegaConf's mark of a value the command line must give (`ckpt=...`, `model=...`)
 
 
@@ -168,7 +181,7 @@ class LoraConfig:
     rank: int = 0  # 0: off (the whole model trains)
     alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
     dropout: float = 0.0  # on the adapter's input
-    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.out_proj", "ff.fc", "ff.out_proj"])
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.out_proj", "ff.fc", "ff.out_proj"])  # block layers
 
     def __post_init__(self) -> None:
         _require(self.rank >= 0, "model.lora.rank", self.rank, "must be an integer >= 0 (0: off)")
@@ -183,13 +196,13 @@ class LoraConfig:
 class ModelConfig:
     """GPT-2's shape, in the seed's keys; the defaults besides the size are OpenAI's."""
 
-    context_length: int
-    emb_dim: int
-    n_heads: int
-    n_layers: int
-    vocab_size: int = VOCAB_SIZE
-    drop_rate: float = 0.1
-    qkv_bias: bool = True
+    context_length: int  # tokens the model sees at once (its positions)
+    emb_dim: int  # the width of every token's vector
+    n_heads: int  # attention heads per block; divides emb_dim
+    n_layers: int  # transformer blocks
+    vocab_size: int = VOCAB_SIZE  # token ids the model knows (GPT-2's BPE: 50257)
+    drop_rate: float = 0.1  # dropout on embeddings, attention weights and residual branches; 0: off
+    qkv_bias: bool = True  # a bias in the query/key/value projection
     pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 suits GPU matmuls)
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2), or a Linear of its own
     weight_init: WeightInit = WeightInit.gpt2  # gpt2: N(0, 0.02), residual projections scaled; torch_default
@@ -289,13 +302,13 @@ class DataConfig:
     split_val: Optional[str] = "validation"  # null: the last 1 - train_ratio of split_train's tokens
     streaming: bool = False  # hf: read the hub dataset as it downloads, never whole on disk
     separator: str = "<|endoftext|>"  # hf: between rows (documents); "" joins them as they are
-    train_ratio: float = 0.9
-    batch_size: int = 8
+    train_ratio: float = 0.9  # the share of a corpus's tokens that trains (the rest validates)
+    batch_size: int = 8  # windows per training step (per process)
     stride: Optional[int] = None  # tokens between window starts; null: model.context_length (no overlap)
     sampler: Sampler = Sampler.windows  # windows: each epoch every window once; random: windows at random offsets
-    shuffle: bool = True
-    drop_last: bool = True
-    num_workers: int = 0
+    shuffle: bool = True  # windows: a new order each epoch
+    drop_last: bool = True  # skip an epoch's last, smaller batch
+    num_workers: int = 0  # DataLoader worker processes; 0: batches made in the training process
     cache_dir: Optional[str] = None  # tokenized corpora; null: $GPT2EXP_CACHE_DIR, else ~/.cache/gpt2exp
 
     def __post_init__(self) -> None:
@@ -317,18 +330,18 @@ class OptimizerConfig:
     """AdamW; weight decay on the weight matrices only (or `weight_decay_on: all`). With
     `name: muon`, Muon takes the blocks' weight matrices (`muon_*` keys) and AdamW the rest."""
 
-    name: OptimizerName = OptimizerName.adamw
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
+    name: OptimizerName = OptimizerName.adamw  # the optimizer
+    lr: float = 1e-3  # the peak learning rate (after warmup)
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay, on the weights weight_decay_on names
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW's moment decay rates
+    eps: float = 1e-8  # added to AdamW's denominator
     # After a linear warmup: constant | cosine or linear (to min_lr_ratio * lr at the last step) |
     # wsd (warmup-stable-decay: constant, then linear to min_lr_ratio * lr over the last decay_fraction of steps)
     schedule: Schedule = Schedule.cosine
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20  # steps of linear warmup from 0 to lr
+    min_lr_ratio: float = 0.1  # the learning rate the schedule ends at, as a share of lr
     decay_fraction: float = 0.2  # wsd: the share of all steps that decays
-    weight_decay_on: DecayTarget = DecayTarget.matrices
+    weight_decay_on: DecayTarget = DecayTarget.matrices  # matrices: the weight matrices only; all: every parameter
     muon_lr: float = 0.02  # muon: the learning rate of the blocks' weight matrices
     muon_weight_decay: float = 0.0  # muon: the weight decay of the blocks' weight matrices
     muon_momentum: float = 0.95  # muon: its momentum
@@ -357,12 +370,12 @@ class DecodingConfig:
     """How continuations are drawn; the defaults are greedy decoding."""
 
     temperature: float = 0.0  # 0 is greedy
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
+    top_k: Optional[int] = None  # draw from the k likeliest tokens only; null: all
+    top_p: Optional[float] = None  # nucleus: draw from the likeliest tokens whose probability reaches top_p; null: all
     eos_id: Optional[int] = None  # stop a continuation at this token
-    max_new_tokens: int = 40
+    max_new_tokens: int = 40  # tokens added to the prompt, at most
     num_samples: int = 3  # continuations drawn and scored (gen/*); greedy makes one
-    seed: int = 123
+    seed: int = 123  # sample i draws from a generator seeded seed + i
 
     def __post_init__(self) -> None:
         _require(0 <= self.temperature < math.inf, "decoding.temperature", self.temperature,
@@ -404,12 +417,12 @@ class LoggerConfig:
     wandb: bool = False  # Weights & Biases, in <run folder>/wandb
     tensorboard: bool = False  # TensorBoard event files in <run folder>/tensorboard
     csv: bool = False  # <run folder>/metrics.csv, one row per step
-    mode: LoggerMode = LoggerMode.auto
-    project: str = "gpt2exp"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-    name: Optional[str] = None
+    mode: LoggerMode = LoggerMode.auto  # W&B: auto (online with an API key, else offline) | online | offline | disabled
+    project: str = "gpt2exp"  # the W&B project
+    entity: Optional[str] = None  # the W&B team or user; null: your default
+    group: Optional[str] = None  # the W&B run group; null: a multirun's sweep folder, else none
+    tags: list[str] = field(default_factory=list)  # W&B tags (a multirun adds the chosen options)
+    name: Optional[str] = None  # the W&B run name; null: W&B's (a multirun job: its overrides)
     log_model: str = "false"  # checkpoints as W&B model artifacts: false | best | last | all
 
     def __post_init__(self) -> None:
@@ -442,20 +455,20 @@ class EarlyStoppingConfig:
 class TrainerConfig:
     """The loop; the defaults are the CPU quickstart's (about 3 minutes on 2 cores)."""
 
-    epochs: int = 1
+    epochs: int = 1  # passes over the training windows (when max_steps is null)
     max_steps: Optional[int] = 800  # null: `epochs` whole epochs
-    eval_freq: int = 100
-    eval_iter: int = 5
+    eval_freq: int = 100  # steps between evaluations (train and val loss)
+    eval_iter: int = 5  # batches each evaluation averages
     sample_freq: Optional[int] = 200  # null: after every epoch
-    start_context: str = "Return the"
-    grad_accum: int = 1
-    grad_clip: Optional[float] = 1.0
-    device: str = "auto"
+    start_context: str = "Return the"  # the prompt of the samples drawn while training
+    grad_accum: int = 1  # batches whose gradients add up to one optimizer step
+    grad_clip: Optional[float] = 1.0  # clip the gradient norm to this; null: no clipping
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: PrecisionName = PrecisionName.auto  # auto | fp32 | bf16 | fp16 (CUDA)
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     strategy: Strategy = Strategy.ddp  # with several processes (torchrun): ddp | fsdp (sharded; torchrun only)
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal
     checkpoint_freq: Optional[int] = None  # steps between checkpoints; null: by time only
     checkpoint_minutes: Optional[float] = 30.0  # wall minutes between checkpoints; null: by steps only
     keep_last: int = 1  # step checkpoints kept; 2 or more: resume falls back to an older one if the newest is bad
@@ -509,7 +522,7 @@ class TrainConfig:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: int = 123
+    seed: int = 123  # seeds the weights' initialisation, the data order and dropout
 
     def __post_init__(self) -> None:
         _require(0 <= self.seed < 2**63, "seed", self.seed, "must be in [0, 2**63)")
@@ -524,18 +537,44 @@ class TrainConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How a CPU lays out a model's weights to generate or score (modeling/inference_layout.py)."""
+
+    # auto: the fastest for this CPU and model shape, measured at the first inference and cached |
+    # linear (PyTorch's own) | transposed | packed (oneDNN's blocked layout)
+    layout: InferenceLayout = InferenceLayout.auto
+    weights: InferenceWeights = InferenceWeights.fp32  # bf16: packed bf16 copies (CPUs with native bf16)
+
+    def __post_init__(self) -> None:
+        self.layout = _choice(self.layout, "inference.layout", InferenceLayout)
+        self.weights = _choice(self.weights, "inference.weights", InferenceWeights)
+
+
+@dataclass
 class GenerateConfig:
     """``python -m gpt2exp.generate``."""
 
     ckpt: str = MISSING  # a checkpoint file, a run folder, or wandb:<entity/project/name:alias>
-    prompt: str = "Every effort moves you"
-    device: str = "auto"
+    prompt: Optional[str] = None  # the text to continue; null: "Every effort moves you" (without prompt_file)
+    prompt_file: Optional[str] = None  # a UTF-8 file of prompts, one per line (blank lines skipped), instead of prompt
+    interactive: bool = False  # load the model once, then continue each line typed on stdin until end of input or Ctrl-C
+    batch_size: int = 8  # continuations decoded at once (num_samples per prompt, rows of several prompts together)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     plot_temperatures: list[float] = field(default_factory=lambda: [1.0, 0.3, 1.5])  # the next-token figure's
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def __post_init__(self) -> None:
         _require(self.prompt != "", "prompt", self.prompt, "must not be empty")
+        _require(self.prompt_file != "", "prompt_file", self.prompt_file, "a file of prompts, one per line, or null")
+        _require(self.prompt is None or self.prompt_file is None, "prompt_file", self.prompt_file,
+                 "give either prompt=<text> or prompt_file=<file>, not both")
+        _require(not self.interactive or (self.prompt is None and self.prompt_file is None), "interactive",
+                 self.interactive, "reads its prompts from stdin: drop prompt= and prompt_file=")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be an integer >= 1")
+        if self.prompt is None and self.prompt_file is None and not self.interactive:
+            self.prompt = DEFAULT_PROMPT
         _require(len(self.plot_temperatures) > 0 and all(t > 0 for t in self.plot_temperatures),
                  "plot_temperatures", list(self.plot_temperatures), "one or more values > 0")
         check_device(self.device, "device")
@@ -548,14 +587,24 @@ class ExportConfig:
     ckpt: str = MISSING  # a checkpoint file or a run folder
     out: str = MISSING  # the Hugging Face folder to write: a new or empty one
     merge_lora: bool = True  # false: a LoRA run as out/base (the base) and out/adapter (its PEFT adapter)
+    push_to_hub: Optional[str] = None  # a Hugging Face repo id, <user or org>/<name>: out uploaded there (made if new)
+    eval_runs: list[str] = field(default_factory=list)  # eval run folders (or eval.json files) for the model card
+    license: str = "mit"  # the model card's license, a Hugging Face license id (mit, apache-2.0, cc-by-4.0, ...)
+
+    def __post_init__(self) -> None:
+        if self.push_to_hub is not None:
+            _require(re.fullmatch(r"[\w.-]{1,96}/[\w.-]{1,96}", self.push_to_hub) is not None, "push_to_hub",
+                     self.push_to_hub, "a Hugging Face repo id, <user or org>/<name>")
+        _require(re.fullmatch(r"[\w.-]+", self.license) is not None, "license", self.license,
+                 "a Hugging Face license id, e.g. mit, apache-2.0, cc-by-4.0, other")
 
 
 @dataclass
 class BenchSettings:
-    batch_size: int = 8
+    batch_size: int = 8  # training section: windows per step
     steps: int = 10  # timed training steps per model (after warmup), taken in turn
-    warmup: int = 2
-    device: str = "auto"
+    warmup: int = 2  # untimed steps first
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: PrecisionName = PrecisionName.fp32  # auto | fp32 | bf16 | fp16 (CUDA), for both models
     compile: bool = False  # torch.compile both models for the training section
     activation_checkpointing: bool = False  # recompute each block's activations in backward (both models)
@@ -565,7 +614,7 @@ class BenchSettings:
     num_samples: int = 8  # generation section: continuations sampled at once (batch num_samples)
     text_path: Optional[str] = None  # data section: a UTF-8 file to tokenize; null: the pydocs corpus
     corpus_mb: float = 200.0  # data section: the generated corpus that data=hf and datasets.map tokenize
-    sections: list[str] = field(default_factory=lambda: list(BENCH_SECTIONS))
+    sections: list[str] = field(default_factory=lambda: list(BENCH_SECTIONS))  # of peak, train, generate, data
 
     def __post_init__(self) -> None:
         _at_least_one(self, "bench", "batch_size", "steps", "new_tokens", "num_samples")
@@ -586,7 +635,8 @@ class BenchConfig:
     model: ModelConfig = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     bench: BenchSettings = field(default_factory=BenchSettings)
-    seed: int = 123
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    seed: int = 123  # seeds the models' weights and the benchmark's data
 
 
 @dataclass
@@ -598,8 +648,8 @@ class EvalModel:
 class EvalSettings:
     split: EvalSplit = EvalSplit.test  # valid | test (WikiText); data=text scores the whole file
     stride: Optional[int] = None  # tokens between window starts (each token scored once); null: min(512, context)
-    batch_size: int = 4
-    device: str = "auto"
+    batch_size: int = 4  # windows scored at once
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: PrecisionName = PrecisionName.fp32  # auto | fp32 | bf16 | fp16 (CUDA)
     # lm-evaluation-harness tasks (the `tasks` extra); empty: the strided perplexity above
     tasks: list[str] = field(default_factory=list)  # e.g. [hellaswag,lambada_openai]
@@ -630,6 +680,7 @@ class EvalConfig:
     data: DataConfig = field(default_factory=DataConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def __post_init__(self) -> None:
         _require((self.ckpt is None) != (self.model.init is None), "ckpt", self.ckpt,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from gpt2exp.benchmarks.transformers_baseline import to_hf
+from gpt2exp.config import InferenceConfig
 from gpt2exp.devices import FP32, Precision
 from gpt2exp.modeling.decoding import generate
 from gpt2exp.modeling.inference_layout import to_inference_layout
@@ -18,19 +19,20 @@ PROMPT = (6109, 3626, 6100, 345)
 
 def measure_generation(
     model: GPTModel, *, new_tokens: int = 256, prompt: Sequence[int] = PROMPT, repeats: int = 3, hf: bool = True,
-    num_samples: int = 8, precision: Precision = FP32,
+    num_samples: int = 8, precision: Precision = FP32, settings: InferenceConfig | None = None,
 ) -> dict:
     """Greedy tokens/s for one prompt (batch 1) with gpt2exp's KV-cached ``generate`` (on CUDA
     also without its CUDA graph), with it recomputing the whole context each step (the
     tutorial's method, ``use_cache=False``), and with ``transformers.GPT2LMHeadModel.generate``
     on the same weights; then sampling ``num_samples`` continuations at once (temperature 1,
-    top-k 50), whose tokens/s count every row. Everything runs in ``precision``.
+    top-k 50), whose tokens/s count every row. Everything runs in ``precision``, gpt2exp's
+    model in the inference layout of ``settings``.
 
     The runs take turns ``repeats`` times after a warm-up; each figure is the best run.
     ``hf_same_tokens`` says whether HF generated the same tokens as gpt2exp. HF is left out
     when the prompt plus ``new_tokens`` exceeds ``context_length`` (it cannot slide the window).
     """
-    ours = to_inference_layout(copy.deepcopy(model).eval(), precision)
+    ours = to_inference_layout(copy.deepcopy(model).eval(), precision, settings=settings)
     prompts = [list(prompt)]
     device = model.tok_emb.weight.device
     batch = [list(prompt)] * num_samples
@@ -63,7 +65,8 @@ def measure_generation(
                 tokens[name] = run(new_tokens)
                 best[name] = min(best[name], time.perf_counter() - start)
 
-    result: dict[str, float | bool] = {"new_tokens": new_tokens, "threads": torch.get_num_threads(),
+    result: dict[str, float | bool] = {"new_tokens": new_tokens, "prompt_tokens": len(prompt),
+                                       "threads": torch.get_num_threads(),
                                        "num_samples": num_samples}
     rows = {"sampled_batch": num_samples, "hf_sampled_batch": num_samples}
     result |= {f"{name}_tokens_per_sec": rows.get(name, 1) * new_tokens / seconds for name, seconds in best.items()}

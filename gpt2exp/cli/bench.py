@@ -57,10 +57,13 @@ def bench(cfg: BenchConfig) -> list[Row]:
     if "peak" in sections:
         rows += _peak_rows(device)
         peaks = _mfu_peaks(device, rows)
+    if sections & {"peak", "generate"}:
+        rows += _bandwidth_rows(device)
     if "train" in sections:
         rows += _train_rows(cfg, model, device, precision, peaks)
     if "generate" in sections:
-        rows += _generate_rows(model, settings.new_tokens, settings.num_samples, precision) + _layout_rows(model, precision)
+        bandwidth = next(value * 1e9 for _, measure, value, _ in rows if measure == "memory read")
+        rows += _generate_rows(cfg, model, precision, bandwidth) + _layout_rows(model, precision, cfg.inference)
     if "data" in sections:
         rows += _data_rows(settings.text_path) + _corpus_rows(settings.corpus_mb)
     rows += _memory_rows(device)
@@ -80,12 +83,18 @@ def _peak_rows(device) -> list[Row]:
     return rows
 
 
+def _bandwidth_rows(device) -> list[Row]:
+    from gpt2exp.benchmarks.bandwidth import read_bandwidth
+
+    return [("peak", "memory read", read_bandwidth(device) / 1e9, "GB/s")]
+
+
 def _mfu_peaks(device, peak_rows: list[Row]) -> dict[str, tuple[float, str]]:
     """Per precision, the FLOP/s that MFU is measured against and its name: the GPU's rated
     peak where known, else the measured one."""
     from gpt2exp.modeling.flops import rated_peak
 
-    measured = {measure.split()[-1]: value * 1e9 for _, measure, value, _ in peak_rows}
+    measured = {measure.split()[-1]: value * 1e9 for _, measure, value, unit in peak_rows if unit == "GFLOP/s"}
     peaks = {name: (flops, f"measured {name} peak") for name, flops in measured.items()}
     for name in measured:
         rated = rated_peak(device, name)
@@ -172,16 +181,25 @@ def _training_peak(module, optimizer, step) -> int:
     return resident + torch.cuda.max_memory_allocated() - before
 
 
-def _generate_rows(model, new_tokens: int, num_samples: int, precision) -> list[Row]:
+def _generate_rows(cfg: BenchConfig, model, precision, bandwidth: float) -> list[Row]:
+    """Tokens/s of each way to generate; MBU of KV-cached greedy decoding (bytes of weights and
+    KV cache read per token x tokens/s / the measured memory read bandwidth)."""
+    from gpt2exp.benchmarks.bandwidth import decode_mbu
     from gpt2exp.benchmarks.generation import measure_generation
 
-    result = measure_generation(model, new_tokens=new_tokens, num_samples=num_samples, precision=precision)
+    num_samples = cfg.bench.num_samples
+    result = measure_generation(model, new_tokens=cfg.bench.new_tokens, num_samples=num_samples, precision=precision,
+                                settings=cfg.inference)
     labels = {"cached": "gpt2exp, KV cache", "cached_no_graph": "gpt2exp, KV cache without CUDA graph",
               "recompute": "gpt2exp, no cache (recompute)", "hf": "transformers generate",
               "sampled_batch": f"gpt2exp, {num_samples} samples at once",
               "hf_sampled_batch": f"transformers, {num_samples} samples at once"}
     rows = [("generate", label, result[f"{name}_tokens_per_sec"], "tokens/s")
             for name, label in labels.items() if f"{name}_tokens_per_sec" in result]
+    weight_bytes = 2 if cfg.inference.weights == "bf16" and model.tok_emb.weight.device.type == "cpu" else 4
+    mbu = decode_mbu(model, result["cached_tokens_per_sec"], bandwidth, prompt_tokens=int(result["prompt_tokens"]),
+                     new_tokens=cfg.bench.new_tokens, weight_bytes=weight_bytes)
+    rows.append(("generate", "gpt2exp, KV cache MBU", mbu, "of measured memory read"))
     rows.append(("generate", "KV cache / recompute", result["cached_vs_recompute"], "x"))
     if "cached_vs_hf" in result:
         rows.append(("generate", "KV cache / transformers", result["cached_vs_hf"], "x"))
@@ -189,18 +207,27 @@ def _generate_rows(model, new_tokens: int, num_samples: int, precision) -> list[
     return rows
 
 
-def _layout_rows(model, precision) -> list[Row]:
-    """The inference layout: the GB/s of one decoding step's weight read in each layout and, on a
-    CPU, tokens/s scoring full windows with it and without."""
-    from gpt2exp.benchmarks.layouts import decode_step_bandwidth, scoring_speed
+def _layout_rows(model, precision, settings) -> list[Row]:
+    """On a CPU, the inference layouts: one step's Linear layers in each candidate layout, for
+    decoding (and its weights' read in GB/s) and for scoring, the fastest named; tokens/s scoring
+    full windows in PyTorch's layout and in the chosen one."""
+    from gpt2exp.benchmarks.layouts import layout_times, scoring_speed, weight_read_gb_per_s
 
-    rows = [("generate", f"one step's weight read, {name}", value, "GB/s")
-            for name, value in decode_step_bandwidth(model).items()]
-    if model.tok_emb.weight.device.type == "cpu":
-        speed = scoring_speed(model, precision)
-        rows += [("generate", f"score full windows, {name}", value, "tokens/s") for name, value in speed.items()]
-        rows.append(("generate", "inference layout / PyTorch layout", speed["inference layout"] / speed["PyTorch layout"],
-                     "x"))
+    if model.tok_emb.weight.device.type != "cpu":
+        return []
+    rows: list[Row] = []
+    for use, seconds in layout_times(model).items():
+        for name, value in seconds.items():
+            rows.append(("generate", f"{use} step, {name} layout", value * 1e3, "ms"))
+            if use.startswith("decode"):
+                gb_per_s = weight_read_gb_per_s(model, value, weight_bytes=2 if use.endswith("bf16") else 4)
+                rows.append(("generate", f"{use} step, {name} layout, weight read", gb_per_s, "GB/s"))
+        best = min(seconds, key=seconds.__getitem__)
+        rows.append(("generate", f"{use} step, fastest: {best}", seconds[best] * 1e3, "ms"))
+    speed = scoring_speed(model, precision, settings)
+    rows += [("generate", f"score full windows, {name}", value, "tokens/s") for name, value in speed.items()]
+    rows.append(("generate", "inference layout / PyTorch layout", speed["inference layout"] / speed["PyTorch layout"],
+                 "x"))
     return rows
 
 

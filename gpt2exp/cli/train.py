@@ -27,6 +27,7 @@ log = logging.getLogger("gpt2exp.train")
 def train(composed: DictConfig) -> float:
     """Train the configured model (or resume it, or reuse the sweep's identical one); returns
     the final validation loss (for sweepers)."""
+    cfg = cli.typed(composed, TrainConfig)  # a refused value ends here, before torch is imported
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -45,7 +46,6 @@ def train(composed: DictConfig) -> float:
         for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
             root.removeHandler(handler)
             handler.close()
-    cfg = cli.typed(composed, TrainConfig)
     if cfg.model.init is not None:
         cfg.model = _hf_architecture(cfg.model, hydra_cfg)
     ctx = _run_context(hydra_cfg)
@@ -129,21 +129,33 @@ run_train = cli.hydra_command("train", train)
 def main() -> None:
     """The ``gpt2exp-train`` console command (``python -m gpt2exp.train``, or under ``torchrun``:
     one process per device, rank 0 owning the run folder, the console and W&B)."""
-    from gpt2exp.training import distributed
-
-    place = distributed.start()
-    if not place.main:  # no file (.hydra/, the log) or info line of its own
+    rank = _join_job()
+    if rank:  # no file (.hydra/, the log) or info line of its own
         sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
                      "~hydra.job_logging.handlers.file", "hydra.job_logging.root.level=WARNING"]
     try:
         run_train()
     except Exception as err:
-        if place.main:
+        if not rank:
             raise
         # Rank 0 speaks for the job (a rank that is gone ends the others' collectives here).
-        cli.fail(f"rank {place.rank} stops: {type(err).__name__}: {cli.one_line(err)}", status=1)
+        cli.fail(f"rank {rank} stops: {type(err).__name__}: {cli.one_line(err)}", status=1)
     finally:
-        distributed.stop()
+        if "gpt2exp.training.distributed" in sys.modules:  # imported by `train`, or to join a job here
+            from gpt2exp.training import distributed
+
+            distributed.stop()
+
+
+def _join_job() -> int:
+    """This process's rank: under torchrun (WORLD_SIZE above 1) it joins the job's process group
+    here, before Hydra composes; a single process (rank 0) imports no torch until its config
+    is checked, so that a refused override ends in a moment."""
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return 0
+    from gpt2exp.training import distributed
+
+    return distributed.start().rank
 
 
 if __name__ == "__main__":

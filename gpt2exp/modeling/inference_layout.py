@@ -1,76 +1,269 @@
 """Weight layouts for a model that only infers (generates or scores): same values, faster.
 
 At batch 1 a decoding step is a matrix-vector product per Linear layer, bound by how fast the
-weights stream from memory. On a CPU, oneDNN streams weights that it holds pre-arranged in its
-blocked layout (``torch.ops.mkldnn``, as inductor's CPU freezing does) faster than PyTorch's
-matvec reads them in its default or a transposed layout; scoring full windows gains too. The
-README's inference-layout figures and ``python -m gpt2exp.bench bench.sections=[generate]``
-measure it.
+weights stream from memory, and which layout streams fastest depends on the CPU: oneDNN's
+blocked layout (``torch.ops.mkldnn``, as inductor's CPU freezing packs weights) beats PyTorch's
+own on an AMD EPYC, where PyTorch's MKL runs its AVX2 code, and loses to a transposed weight on
+an Intel Xeon with AMX. So ``layout="auto"`` times one step of each candidate on the model's own
+shapes at the first inference and keeps the fastest, cached per CPU, PyTorch version, thread
+count, use (one-token decoding, or scoring full windows) and shapes in
+``$GPT2EXP_CACHE_DIR/inference_layouts.json`` (default ``~/.cache/gpt2exp``): a later run pays
+nothing. ``python -m gpt2exp.bench bench.sections=[generate]`` prints each candidate's time.
 """
 
 import functools
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2exp.devices import FP32, Precision
+from gpt2exp.atomic import write_json_atomic
+from gpt2exp.config import InferenceConfig
+from gpt2exp.devices import FP32, Precision, bf16_supported
+from gpt2exp.errors import UserError
 from gpt2exp.modeling.model import GPTModel
 
-# oneDNN picks a weight's blocking for this many input rows: packing for many rows (64 to 1024)
-# also makes one-row and few-row steps faster than packing for one row.
+log = logging.getLogger(__name__)
+
+# The layouts a run can force (``inference.layout``); "auto" measures them. "packed-1" is
+# oneDNN's layout blocked for one input row (decoding's shape), "packed" for PACKED_FOR_ROWS.
+LAYOUTS = ("linear", "transposed", "packed")
+CANDIDATES = ("linear", "transposed", "packed", "packed-1")
+USES = ("decode", "score")
 PACKED_FOR_ROWS = 256
+# The block weights one timed decoding step reads (the output head besides): far beyond a CPU's
+# last-level cache, as a whole model's are, without laying out every block of a large model.
+TIMED_BLOCK_BYTES = 256 * 2**20
+SCORED_ROWS = 128  # rows of a timed scoring step: compute-bound from here on, as full windows are
+CACHE_FILE = "inference_layouts.json"
 
 
 class PackedLinear(nn.Module):
-    """An fp32, inference-only ``nn.Linear`` (no gradient) whose weight oneDNN holds pre-arranged.
-    ``rows`` keeps the first output rows only (the output head's vocabulary, without padding)."""
+    """An inference-only ``nn.Linear`` (no gradient) whose weight oneDNN holds pre-arranged for
+    ``packed_for`` input rows, in fp32 or (``dtype=torch.bfloat16``, on CPUs with native bf16)
+    in bf16: inputs are cast to it and outputs back. ``rows`` keeps the first output rows only
+    (the output head's vocabulary, without padding)."""
 
-    def __init__(self, linear: nn.Linear, rows: int | None = None):
+    def __init__(self, linear: nn.Linear, rows: int | None = None, *, packed_for: int = PACKED_FOR_ROWS,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
-        weight = linear.weight.detach()[:rows].contiguous()
+        weight = linear.weight.detach()[:rows].to(dtype).contiguous()
         self.out_features = weight.size(0)
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_FOR_ROWS)
-        self.bias = None if linear.bias is None else linear.bias.detach()[:rows].clone()
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, packed_for)
+        self.bias = None if linear.bias is None else linear.bias.detach()[:rows].to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+        out = torch.ops.mkldnn._linear_pointwise(x.to(self.packed_weight.dtype), self.packed_weight, self.bias,
+                                                 "none", [], "")
+        return out.to(x.dtype)
 
 
-def to_inference_layout(model: GPTModel, precision: Precision = FP32) -> GPTModel:
+def to_inference_layout(model: GPTModel, precision: Precision = FP32, *, use: str = "decode",
+                        settings: InferenceConfig | None = None) -> GPTModel:
     """Lay ``model``'s weights out for inference in ``precision``, in place, and return it; for a
     model that only infers from now on (it can no longer train, nor move to another device).
 
-    On the CPU, for fp32 inference of fp32 weights, each Linear becomes a ``PackedLinear`` (the
-    tied output head a packed copy of the vocabulary rows; the embedding keeps its own);
-    otherwise (under autocast, or a PyTorch build without oneDNN) each Linear weight is stored
-    transposed in memory, which one-token matmuls read faster too. Other devices keep the model
-    as it is."""
+    On the CPU, for fp32 inference of fp32 weights, each Linear takes ``settings.layout``: ``linear``
+    (PyTorch's own, unchanged), ``transposed`` (the weight stored transposed in memory),
+    ``packed`` (a ``PackedLinear``; the tied output head a packed copy of the vocabulary rows,
+    the embedding keeps its own), or ``auto``: the fastest for ``use`` (``decode``: one-token
+    steps, ``score``: full windows), measured once (`choose_layout`). ``settings.weights=bf16`` packs
+    bf16 copies of the weights (half the bytes each decoding step reads; logits round off).
+    Under autocast, or where this build lacks oneDNN's packed Linear, the weights are stored
+    transposed, which one-token matmuls read faster too. Other devices keep the model as it is."""
     weight = model.tok_emb.weight
     if weight.device.type != "cpu":
         return model
-    pack = precision.name == "fp32" and weight.dtype == torch.float32 and packing_works()
+    settings = settings or InferenceConfig()
+    layout, weights = str(settings.layout), str(settings.weights)
+    fp32 = precision.name == "fp32" and weight.dtype == torch.float32
+    dtype = torch.bfloat16 if weights == "bf16" else torch.float32
+    if weights == "bf16" and not packing_works(torch.bfloat16):
+        raise UserError("inference.weights=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX) and oneDNN in "
+                        "this PyTorch build; use inference.weights=fp32")
+    if weights == "bf16" and layout not in ("auto", "packed"):
+        raise UserError(f"inference.layout={layout} is not allowed with inference.weights=bf16: bf16 weights are "
+                        "packed (use auto or packed)")
+    if layout == "packed" and not packing_works():
+        raise UserError("inference.layout=packed: this PyTorch build lacks oneDNN's packed Linear; use auto")
+    if not fp32:
+        layout = "transposed"
+    elif layout == "auto":
+        layout = choose_layout(model, use, weights)
     with torch.no_grad():
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
-                if not isinstance(child, nn.Linear):
-                    continue
-                if pack:
+                if isinstance(child, nn.Linear):
                     rows = model.cfg.vocab_size if child is model.out_head else None
-                    setattr(parent, name, PackedLinear(child, rows))
-                else:
-                    child.weight.data = child.weight.data.t().contiguous().t()
+                    _lay_out(parent, name, child, rows, layout, dtype)
     return model
 
 
+def _lay_out(parent: nn.Module, name: str, linear: nn.Linear, rows: int | None, layout: str,
+             dtype: torch.dtype) -> None:
+    if layout.startswith("packed"):
+        packed_for = 1 if layout == "packed-1" else PACKED_FOR_ROWS
+        setattr(parent, name, PackedLinear(linear, rows, packed_for=packed_for, dtype=dtype))
+    elif layout == "transposed":
+        linear.weight.data = linear.weight.data.t().contiguous().t()
+
+
+def candidates(weights: str = "fp32") -> tuple[str, ...]:
+    """The layouts `choose_layout` times on this PyTorch build (bf16 weights: packed only)."""
+    if weights == "bf16":
+        return ("packed", "packed-1")
+    return CANDIDATES if packing_works() else ("linear", "transposed")
+
+
+def choose_layout(model: GPTModel, use: str, weights: str = "fp32") -> str:
+    """The fastest candidate layout for ``use`` of ``model``'s shapes on this machine: read from
+    the cache file when this CPU, PyTorch version, thread count, use and shapes were measured
+    before, else measured (`time_layouts`) and written there. A cache that cannot be read is
+    measured again and rewritten; one that cannot be written only costs the next run a measurement."""
+    key = cache_key(model, use, weights)
+    path = cache_path()
+    cached = _read_cache(path)
+    entry = cached.get(key)
+    if isinstance(entry, dict) and entry.get("layout") in candidates(weights):
+        return entry["layout"]
+    seconds = time_layouts(model, use, weights)
+    best = min(seconds, key=seconds.__getitem__)
+    log.info("inference layout for %s: %s (%s)", use, best,
+             ", ".join(f"{name} {value * 1e3:.3g} ms" for name, value in seconds.items()))
+    cached[key] = {"layout": best, "ms": {name: round(value * 1e3, 4) for name, value in seconds.items()}}
+    try:
+        write_json_atomic(path, cached)
+    except OSError as err:
+        log.warning("inference layout: cannot keep the choice in %s (%s)", path, err.strerror or err)
+    return best
+
+
+def cache_path() -> Path:
+    root = os.environ.get("GPT2EXP_CACHE_DIR") or "~/.cache/gpt2exp"
+    return Path(root).expanduser() / CACHE_FILE
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, unreadable or corrupt: measured again
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def cache_key(model: GPTModel, use: str, weights: str) -> str:
+    """What a layout choice holds for: this CPU, PyTorch version and thread count, the use,
+    the weights' precision and the shapes of the model's Linear layers."""
+    shapes = sorted({f"{linear.in_features}x{linear.out_features}" for linear in _linears(model)[1]})
+    return (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {use} | {weights} | "
+            f"{','.join(shapes)} | head {model.cfg.emb_dim}x{model.cfg.vocab_size}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what the platform reports)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_layouts(model: GPTModel, use: str, weights: str = "fp32", *, repeats: int = 7) -> dict[str, float]:
+    """Seconds of one inference step's Linear layers in each candidate layout (the fastest of
+    ``repeats``, the candidates taking turns): for ``decode`` one token, for ``score``
+    ``SCORED_ROWS`` tokens. The step is the output head's (vocabulary rows) plus blocks' Linears
+    scaled to all ``n_layers`` blocks: as many blocks as ``TIMED_BLOCK_BYTES`` hold for decoding,
+    one for scoring (compute-bound, the cache matters not)."""
+    head, blocks = _linears(model)
+    per_block = len(blocks) // model.cfg.n_layers
+    block_bytes = sum(linear.weight.numel() * linear.weight.element_size() for linear in blocks[:per_block])
+    timed_blocks = 1 if use == "score" else max(1, min(model.cfg.n_layers, TIMED_BLOCK_BYTES // max(block_bytes, 1)))
+    timed = blocks[: timed_blocks * per_block]
+    rows = 1 if use == "decode" else min(SCORED_ROWS, model.cfg.context_length)
+    dtype = torch.bfloat16 if weights == "bf16" else torch.float32
+    inputs = [torch.randn(rows, linear.in_features) for linear in (*timed, head)]
+    steps = {}
+    with torch.no_grad():
+        for layout in candidates(weights):
+            layers = [_timed_layer(linear, None, layout, dtype) for linear in timed]
+            layers.append(_timed_layer(head, model.cfg.vocab_size, layout, dtype))
+            steps[layout] = _step(layers, inputs)
+    with torch.inference_mode():
+        parts = _fastest_seconds(steps, repeats=repeats)
+    scale = model.cfg.n_layers / timed_blocks
+    return {layout: blocks_s * scale + head_s for layout, (blocks_s, head_s) in parts.items()}
+
+
+def _timed_layer(linear: nn.Linear, rows: int | None, layout: str, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``linear`` (its first ``rows`` outputs) in ``layout``, the original untouched."""
+    copy = nn.Linear(linear.in_features, linear.out_features if rows is None else rows, bias=linear.bias is not None)
+    copy.weight.data = linear.weight.detach()[:rows]
+    if linear.bias is not None:
+        copy.bias.data = linear.bias.detach()[:rows]
+    holder = nn.Module()
+    holder.layer = copy
+    _lay_out(holder, "layer", copy, None, layout, dtype)
+    if layout == "transposed":
+        copy.weight.data = copy.weight.data.clone()
+    return holder.layer
+
+
+def _step(layers: list[nn.Module], inputs: list[torch.Tensor]) -> Callable[[], tuple[float, float]]:
+    """One step over ``layers`` (the head last); returns the blocks' seconds and the head's."""
+    def run() -> tuple[float, float]:
+        start = time.perf_counter()
+        for layer, x in zip(layers[:-1], inputs[:-1]):
+            layer(x)
+        middle = time.perf_counter()
+        layers[-1](inputs[-1])
+        return middle - start, time.perf_counter() - middle
+
+    return run
+
+
+def _fastest_seconds(steps: dict[str, Callable[[], tuple[float, float]]], *, repeats: int) -> dict[str, tuple[float, float]]:
+    """Each step's fastest parts over ``repeats`` calls after one untimed call, the steps taking
+    turns in an order reversed every round. The fastest, not the median: another process on a
+    shared machine only ever adds time, in bursts that a median of few calls does not outlast."""
+    names = list(steps)
+    for name in names:
+        steps[name]()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else reversed(names):
+            times[name].append(steps[name]())
+    return {name: (min(t[0] for t in values), min(t[1] for t in values)) for name, values in times.items()}
+
+
+def _linears(model: GPTModel) -> tuple[nn.Linear, list[nn.Linear]]:
+    """The output head and the blocks' Linear layers, in order."""
+    blocks = [module for module in model.blocks.modules() if isinstance(module, nn.Linear)]
+    return model.out_head, blocks
+
+
 @functools.cache
-def packing_works() -> bool:
-    """Whether this PyTorch build has oneDNN's packed Linear and it computes what F.linear does
-    (the ops are internal to PyTorch, so a build may lack or change them)."""
+def packing_works(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch build has oneDNN's packed Linear in ``dtype`` and it computes what
+    F.linear does (the ops are internal to PyTorch, so a build may lack or change them); bf16
+    also needs a CPU with native bf16 (AVX512-BF16 or AMX), else oneDNN emulates it slowly."""
+    if dtype == torch.bfloat16 and not bf16_supported(torch.device("cpu")):
+        return False
     try:
         linear = nn.Linear(16, 8)
         x = torch.randn(3, 16)
         with torch.no_grad():
-            return torch.allclose(PackedLinear(linear)(x), F.linear(x, linear.weight, linear.bias), atol=1e-5)
-    except (AttributeError, RuntimeError):
+            expected = F.linear(x, linear.weight, linear.bias)
+            tolerance = 1e-5 if dtype == torch.float32 else 0.05
+            return torch.allclose(PackedLinear(linear, dtype=dtype)(x), expected, atol=tolerance)
+    except (AttributeError, RuntimeError, NotImplementedError):
         return False

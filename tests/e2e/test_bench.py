@@ -6,12 +6,20 @@ import torch
 from helpers import TINY_BENCH, run_folders
 
 from gpt2exp.devices import bf16_supported
-from gpt2exp.modeling.inference_layout import packing_works
+from gpt2exp.modeling.inference_layout import candidates, packing_works
 
 BF16 = bf16_supported(torch.device("cpu"))
+USES = ("decode", "score", *["decode bf16"] * packing_works(torch.bfloat16))
 
 
-ONEDNN = packing_works()
+def layout_measures(use: str) -> list[tuple[str, str]]:
+    """The rows of one use's layout timings: each candidate's time (and for decoding its weight
+    read), then the fastest (its name after a colon, dropped here)."""
+    rows = []
+    for name in candidates("bf16" if use.endswith("bf16") else "fp32"):
+        rows.append(("generate", f"{use} step, {name} layout"))
+        rows += [("generate", f"{use} step, {name} layout, weight read")] * use.startswith("decode")
+    return [*rows, ("generate", f"{use} step, fastest")]
 
 
 def test_bench_prints_every_section(run_module, text_file, tmp_path):
@@ -19,12 +27,13 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("model: 1 layers, 32 wide, 2 heads, context 32,") and "| fp32" in lines[0]
-    assert lines[1].split() == ["section", "measure", "value", "unit"]
-    table = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
-    measures = [(row[0], row[1]) for row in table]
+    header = next(i for i, line in enumerate(lines) if line.split() == ["section", "measure", "value", "unit"])
+    assert all("inference layout for " in line for line in lines[1:header])  # measured once, then cached
+    table = [re.split(r"\s{2,}", line.strip()) for line in lines[header + 1 :]]
+    measures = [(row[0], re.sub(r", fastest: \S+$", ", fastest", row[1])) for row in table]
     assert re.fullmatch(rf"tokenize \+ cache \({text_file.name}, [\d,]+ tokens\)", measures[-8][1])
     assert measures[:-8] + measures[-7:] == [
-        ("peak", "matmul fp32"), *[("peak", "matmul bf16")] * BF16,
+        ("peak", "matmul fp32"), *[("peak", "matmul bf16")] * BF16, ("peak", "memory read"),
         ("train", "gpt2exp"), ("train", "gpt2exp MFU"), ("train", "transformers"), ("train", "transformers MFU"),
         *[("train", "gpt2exp bf16 autocast"), ("train", "gpt2exp bf16 autocast MFU")] * BF16,
         ("train", "gpt2exp / transformers"), *[("train", "gpt2exp bf16 / fp32")] * BF16,
@@ -32,10 +41,10 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
         *[("train", "gpt2exp bf16 autocast first step")] * BF16,
         ("generate", "gpt2exp, KV cache"), ("generate", "gpt2exp, no cache (recompute)"),
         ("generate", "transformers generate"), ("generate", "gpt2exp, 8 samples at once"),
-        ("generate", "transformers, 8 samples at once"), ("generate", "KV cache / recompute"),
+        ("generate", "transformers, 8 samples at once"), ("generate", "gpt2exp, KV cache MBU"),
+        ("generate", "KV cache / recompute"),
         ("generate", "KV cache / transformers"), ("generate", "same greedy tokens as transformers"),
-        ("generate", "one step's weight read, PyTorch layout"), ("generate", "one step's weight read, transposed"),
-        *[("generate", "one step's weight read, oneDNN packed")] * ONEDNN, ("generate", "one step's weight read, plain sum"),
+        *[row for use in USES for row in layout_measures(use)],
         ("generate", "score full windows, PyTorch layout"), ("generate", "score full windows, inference layout"),
         ("generate", "inference layout / PyTorch layout"),
         ("data", "load from cache"),
@@ -46,7 +55,7 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
     assert all(float(row[2].replace(",", "")) > 0 for row in table)
     [run_dir] = run_folders(tmp_path)
     records = json.loads((run_dir / "bench.json").read_text())
-    assert [(r["section"], r["measure"]) for r in records] == measures
+    assert [(r["section"], r["measure"]) for r in records] == [(row[0], row[1]) for row in table]
 
 
 def test_bench_runs_only_the_chosen_sections(run_module, tmp_path):

@@ -6,10 +6,11 @@ import torch
 
 import gpt2exp.benchmarks.layouts
 from gpt2exp.benchmarks.generation import measure_generation
-from gpt2exp.benchmarks.layouts import decode_step_bandwidth, scoring_speed
+from gpt2exp.benchmarks.layouts import layout_times, scoring_speed, weight_read_gb_per_s
 from gpt2exp.benchmarks.transformers_baseline import to_hf
 from gpt2exp.config import EvalSettings, ModelConfig
 from gpt2exp.devices import FP32
+from gpt2exp.modeling import inference_layout
 from gpt2exp.modeling.inference_layout import PackedLinear, packing_works
 from gpt2exp.modeling.model import GPTModel
 
@@ -51,22 +52,23 @@ def step_results(monkeypatch) -> dict:
     return results
 
 
-def test_each_layouts_decode_step_reads_every_weight_once_and_computes_pytorchs_matvecs(step_results):
-    torch.manual_seed(0)
+def test_layout_times_time_each_candidate_for_each_use(monkeypatch):
+    timed = []
+    monkeypatch.setattr(gpt2exp.benchmarks.layouts, "time_layouts",
+                        lambda model, use, weights="fp32": timed.append((use, weights)) or {"linear": 0.5})
+    times = layout_times(GPTModel(ModelConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=1)))
+    bf16 = packing_works(torch.bfloat16)
+    assert timed == [("decode", "fp32"), ("score", "fp32"), *[("decode", "bf16")] * bf16]
+    assert list(times) == ["decode", "score", *["decode bf16"] * bf16]
+
+
+def test_weight_read_counts_every_linear_weight_once():
     model = GPTModel(ModelConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=2, qkv_bias=True, pad_vocab_to=64))
-    for bias in (param for name, param in model.named_parameters() if name.endswith(".bias")):
-        torch.nn.init.normal_(bias, std=0.1)  # away from their init's zeros, so a bias left out would show
-    gb_per_s = decode_step_bandwidth(model)
-    assert list(gb_per_s) == ["PyTorch layout", "transposed", *["oneDNN packed"] * packing_works(), "plain sum"]
     emb, layers = 32, 2  # per block: q/k/v, the attention's projection and the MLP's two layers, with biases
-    weights = layers * (3 * emb * emb + 3 * emb + emb * emb + emb + 4 * emb * emb + 4 * emb + 4 * emb * emb + emb)
-    weights += 50257 * emb  # the head's vocabulary rows, not its 47 padding rows
-    assert gb_per_s == dict.fromkeys(gb_per_s, 4 * weights / 0.5 / 1e9)
-    expected = step_results.pop("PyTorch layout")
-    assert len(expected) == 2 * 4 + 1 and expected[-1].shape == (1, 50257)
-    for name in ("transposed", *["oneDNN packed"] * packing_works()):
-        for output, reference in zip(step_results[name], expected, strict=True):
-            torch.testing.assert_close(output, reference, msg=name)
+    weights = layers * (3 * emb * emb + emb * emb + 4 * emb * emb + 4 * emb * emb) + 50257 * emb  # no padding rows
+    biases = layers * (3 * emb + emb + 4 * emb + emb)
+    assert weight_read_gb_per_s(model, 0.5) == pytest.approx((4 * weights + 4 * biases) / 0.5 / 1e9)
+    assert weight_read_gb_per_s(model, 0.5, weight_bytes=2) == pytest.approx((2 * weights + 4 * biases) / 0.5 / 1e9)
 
 
 def test_scoring_speed_scores_the_same_windows_in_both_layouts(step_results, monkeypatch):
@@ -77,6 +79,7 @@ def test_scoring_speed_scores_the_same_windows_in_both_layouts(step_results, mon
         return real_score_text(model, *args, **kwargs)
 
     monkeypatch.setattr(gpt2exp.benchmarks.layouts, "score_text", score_text)
+    monkeypatch.setattr(inference_layout, "choose_layout", lambda model, use, weights: "packed" if use == "score" else "linear")
     torch.manual_seed(0)
     model = GPTModel(ModelConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=1))
     tokens_per_s = scoring_speed(model, FP32)
@@ -85,5 +88,5 @@ def test_scoring_speed_scores_the_same_windows_in_both_layouts(step_results, mon
     plain, packed = step_results["PyTorch layout"], step_results["inference layout"]
     assert plain.tokens == packed.tokens == windows * 32
     assert packed.nll_sum == pytest.approx(plain.nll_sum, rel=1e-5)
-    assert heads == [torch.nn.Linear, PackedLinear if packing_works() else torch.nn.Linear]
+    assert heads == [torch.nn.Linear, PackedLinear]
     assert isinstance(model.out_head, torch.nn.Linear)  # the caller's model keeps its layout

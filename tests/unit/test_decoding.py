@@ -120,12 +120,11 @@ def test_logprobs_are_the_models_at_temperature_one(model):
     torch.testing.assert_close(torch.tensor(out.logprobs[0]), logprobs, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["onednn-packed", "transposed"])
-def test_inference_layout_changes_no_token_or_score(packed, monkeypatch):
-    """Either layout (oneDNN-packed Linears on this CPU, or transposed weights where oneDNN is
-    missing) generates what the training layout does (padded rows, sampling, past the context)
-    and scores text alike."""
-    monkeypatch.setattr(inference_layout, "packing_works", lambda: packed)
+@pytest.mark.parametrize("layout", inference_layout.CANDIDATES)
+def test_inference_layout_changes_no_token_or_score(layout, monkeypatch):
+    """Each layout that ``inference.layout=auto`` may choose generates what the training layout
+    does (padded rows, sampling, past the context) and scores text alike."""
+    monkeypatch.setattr(inference_layout, "choose_layout", lambda model, use, weights: layout)
     model = GPTModel(TINY).eval()
     with torch.no_grad():  # biases too (they start at zero)
         for param in model.parameters():
@@ -133,8 +132,8 @@ def test_inference_layout_changes_no_token_or_score(packed, monkeypatch):
     fast = GPTModel(TINY).eval()
     fast.load_state_dict(model.state_dict())
     to_inference_layout(fast)
-    assert isinstance(fast.out_head, PackedLinear) == packed
-    if not packed:
+    assert isinstance(fast.out_head, PackedLinear) == layout.startswith("packed")
+    if layout == "transposed":
         assert fast.out_head.weight.t().is_contiguous() and fast.out_head.weight is fast.tok_emb.weight
     prompts = [[1, 2, 3, 4], [5, 6]]
     for settings in ({}, SAMPLED):

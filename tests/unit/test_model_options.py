@@ -236,7 +236,7 @@ def test_fixed_shape_graph_step_equals_recomputing_with_every_option(options, mo
 @pytest.mark.parametrize("packed", [True, False], ids=["onednn-packed", "transposed"])
 @pytest.mark.parametrize("options", [OPTIONS["all"], OPTIONS["all-swiglu"]], ids=["all", "all-swiglu"])
 def test_inference_layout_packs_every_option_alike(options, packed, monkeypatch):
-    monkeypatch.setattr(inference_layout, "packing_works", lambda: packed)
+    monkeypatch.setattr(inference_layout, "choose_layout", lambda model, use, weights: "packed" if packed else "transposed")
     model = perturbed(ModelConfig(**SHAPE, **options))
     fast = GPTModel(model.cfg).eval()
     fast.load_state_dict(model.state_dict())
