@@ -3,8 +3,11 @@
 Reads each run folder's own files (.hydra/overrides.yaml, metrics.jsonl, summary.json,
 failure.json) and writes a table (printed, compare.csv, compare.md) with one row per run,
 an overlay of the training runs' validation loss against tokens seen (val_loss.png) and a chosen
-metric against a swept parameter (<metric>_vs_<param>.png). A file or line it cannot read (a
-torn or hand-edited one) is skipped with a warning naming it.
+metric against a swept parameter (<metric>_vs_<param>.png). A sweep over seeds (runs that differ
+only in `seed`) also gets one row per setting (compare_seeds.csv, and in compare.md): mean ± std
+over its seeds and Welch's t-test p-value against a reference setting, and its plots show each
+setting's mean with ± std bands or error bars. A file or line it cannot read (a torn or
+hand-edited one) is skipped with a warning naming it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from gpt2exp.cli.messages import fail
+from gpt2exp.cli.seeds import CURVE_METRIC, curve_metric, curve_value, mean_curve, over_seeds, seed_table, settings
 from gpt2exp.cli.table import format_table
 from gpt2exp.errors import UserError
 from gpt2exp.runs.jsonl import read_jsonl
@@ -88,6 +92,7 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
     speeds = [m["tokens_per_sec"] for m in metrics if m.get("tokens_per_sec")]
     row["tokens_per_sec"] = sum(speeds) / len(speeds) if speeds else None
     row["curve"] = [(m["tokens_seen"], m["val/loss"]) for m in metrics if "val/loss" in m and "tokens_seen" in m]
+    row["best_val_loss"] = min((loss for _, loss in row["curve"]), default=None)
     return row
 
 
@@ -101,8 +106,9 @@ def table(rows: list[dict]) -> tuple[list[str], list[list]]:
     """Columns and cells: run, status, the swept overrides, the figures any row has, the last
     sample when decoding settings are swept, the job a model was reused from, error."""
     swept = swept_keys(rows)
-    figures = [c for c in ("train_loss", "val_loss", "train_perplexity", "val_perplexity", "test_loss",
-                           "test_perplexity", "tokens_per_sec",
+    curve_metrics = [c for c in (rows[0] if rows else {}) if CURVE_METRIC.match(c)]
+    figures = [c for c in ("train_loss", "val_loss", "best_val_loss", *curve_metrics, "train_perplexity",
+                           "val_perplexity", "test_loss", "test_perplexity", "tokens_per_sec",
                            *[c for c in FIGURES if c.startswith("gen/")]) if any(r[c] is not None for r in rows)]
     extras = [c for c in ("reused_from", "error") if any(r[c] != "" for r in rows)]
     if any(k.startswith("decoding") for k in swept):
@@ -125,9 +131,19 @@ def write_tables(columns: list[str], cells: list[list], out_dir: Path) -> tuple[
 
 
 def plot_val_curves(rows: list[dict], path: Path) -> Path:
-    """All runs' validation loss against tokens seen, one line per run."""
+    """All runs' validation loss against tokens seen, one line per run; over seeds, one line per
+    setting: the mean over its seeds, ± std as a band."""
     curves = [row for row in rows if row["curve"]]
-    labels = run_labels(curves, swept_keys(rows))
+    swept = swept_keys(rows)
+    if over_seeds(rows, swept):
+        means, spread = {}, {}
+        for label, group in settings(curves, swept).items():
+            tokens, mean, std = mean_curve([row["curve"] for row in group])
+            means[f"{label} ({len(group)} seeds)"] = (tokens, mean)
+            spread[f"{label} ({len(group)} seeds)"] = std
+        return plot_series(means, path, xlabel="Tokens seen", ylabel="Validation loss (mean ± std over seeds)",
+                           short_x=True, spread=spread)
+    labels = run_labels(curves, swept)
     series = {label: tuple(zip(*row["curve"])) for label, row in zip(labels, curves)}
     return plot_series(series, path, xlabel="Tokens seen", ylabel="Validation loss", short_x=True)
 
@@ -135,10 +151,13 @@ def plot_val_curves(rows: list[dict], path: Path) -> Path:
 def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) -> Path:
     """`metric` against the values of override `param`, one line per setting of the other swept
     keys (a grid sweep)."""
-    others = [k for k in swept_keys(rows) if k != param]
+    seeds = over_seeds(rows, swept_keys(rows))
+    others = [k for k in swept_keys(rows) if k != param and not (seeds and k == "seed")]
     names = _short_names(rows)
     points = [(row["overrides"][param], row[metric], _label(row, others, names) if others else "") for row in rows
               if param in row["overrides"] and row[metric] is not None]
+    if seeds:
+        return _plot_seed_means(points, metric, param, path)
     numeric = all(_number(x) is not None for x, _, _ in points)
     ticks = [] if numeric else sorted({x for x, _, _ in points})
     position = float if numeric else ticks.index  # a tick's position: its value, or its place among the ticks
@@ -149,6 +168,28 @@ def plot_metric_vs_param(rows: list[dict], metric: str, param: str, path: Path) 
         ys.append(y)
     return plot_series(series, path, xlabel=param, ylabel=metric,
                        xticklabels=None if numeric else [_short_value(t) for t in ticks])
+
+
+def _plot_seed_means(points: list[tuple], metric: str, param: str, path: Path) -> Path:
+    """`metric`'s mean over the seeds of each (label, value of `param`), ± std as error bars."""
+    numeric = all(_number(x) is not None for x, _, _ in points)
+    ticks = [] if numeric else list(dict.fromkeys(x for x, _, _ in points))
+    position = float if numeric else ticks.index
+    values: dict = {}
+    for x, y, label in points:
+        values.setdefault(label or metric, {}).setdefault(x, []).append(float(y))
+    series, spread = {}, {}
+    for label, at in values.items():
+        xs = sorted(at, key=position)
+        series[label] = ([position(x) for x in xs], [sum(at[x]) / len(at[x]) for x in xs])
+        spread[label] = [_std(at[x]) for x in xs]
+    return plot_series(series, path, xlabel=param, ylabel=f"{metric} (mean ± std over seeds)", spread=spread,
+                       xticklabels=None if numeric else [_short_value(t) for t in ticks])
+
+
+def _std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
 
 
 def plot_search(rows: list[dict], metric: str, params: list[str], log_params: set[str], path: Path) -> Path:
@@ -191,21 +232,28 @@ def search_spaces(runs: list[Path]) -> dict[str, str]:
 
 
 def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: str | None = None,
-            param: str | None = None) -> dict:
+            param: str | None = None, reference: str | None = None) -> dict:
     """Table and plots for the runs at `paths`, written to `out_dir` (default: the one folder
     given, or the folders' common parent). Returns {"text", "rows", and the written paths}.
 
     The metric plotted is `metric`, else the first of `DEFAULT_METRICS` that differs between
     the runs; the x axis is `param`, else the first swept override that takes two or more
     values among the runs with the metric. A random or Optuna search gets one scatter panel
-    per tuned parameter instead (`<metric>_vs_params.png`)."""
-    metrics = [*FIGURES, "tokens_per_sec"]
-    if metric is not None and metric not in metrics:
-        raise UserError(f"--metric {metric}: not one of {', '.join(metrics)}")
+    per tuned parameter instead (`<metric>_vs_params.png`). `metric` may also be read off each
+    run's val loss curve: tokens_to:<loss> or loss_at:<tokens> (see `seeds.curve_value`). Over
+    seeds, the p-values are against setting `reference` (default: the first)."""
+    metrics = [*FIGURES, "best_val_loss", "tokens_per_sec"]
+    if metric is not None and metric not in metrics and _curve_metric(metric) is None:
+        raise UserError(f"--metric {metric}: not one of {', '.join(metrics)}, tokens_to:<val loss>, "
+                        "loss_at:<tokens>")
     runs = find_runs(paths)
     base = Path(paths[0]) if len(paths) == 1 else _common_parent(runs)
     rows = [read_run(folder, folder.name if folder == base else str(folder.resolve().relative_to(base.resolve())))
             for folder in runs]
+    if metric is not None and metric not in metrics:
+        metrics.append(metric)
+        for row in rows:
+            row[metric] = curve_value(row["curve"], metric)
     present = [m for m in metrics if any(r[m] is not None for r in rows)]
     if metric is not None and metric not in present:
         raise UserError(f"--metric {metric}: no run logged it; they have {', '.join(present) or 'no metrics'}")
@@ -213,6 +261,9 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
     columns, cells = table(rows)
     csv_path, md_path = write_tables(columns, cells, out_dir)
     written = {"text": format_table(columns, [[_fmt(v) for v in row] for row in cells]), "rows": rows, "csv": csv_path, "markdown": md_path}
+    if over_seeds(rows, swept_keys(rows)):
+        written |= write_seed_table(rows, [m for m in dict.fromkeys([metric or "val_loss", "val_loss", "best_val_loss"])
+                                           if m in present], reference, out_dir, md_path)
     if any(row["curve"] for row in rows):
         written["val_loss_plot"] = plot_val_curves(rows, out_dir / "val_loss.png")
     present_defaults = [m for m in DEFAULT_METRICS if m in present]
@@ -222,6 +273,8 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
     swept = swept_keys(rows)
     measured = [r for r in rows if r[metric] is not None]
     varying = [k for k in swept if len({r["overrides"][k] for r in measured if k in r["overrides"]}) > 1]
+    if over_seeds(rows, swept):  # the seeds are each setting's samples, not a parameter
+        varying = [k for k in varying if k != "seed"]
     if param is not None and param not in swept:
         raise UserError(f"--param {param}: not a swept override; swept: {', '.join(swept) or 'none'}")
     spaces = search_spaces(runs)
@@ -237,22 +290,73 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
     return written
 
 
+def write_seed_table(rows: list[dict], metrics: list[str], reference: str | None, out_dir: Path,
+                     md_path: Path) -> dict:
+    """compare_seeds.csv (full precision) and a section of compare.md: each setting's mean ± std
+    and p-value of `metrics` over its seeds; returns {"seeds_csv", "seeds_text"}."""
+    swept = swept_keys(rows)
+    if reference is not None and reference not in settings(rows, swept):
+        raise UserError(f"--reference {reference}: not a setting; the settings: {', '.join(settings(rows, swept))}")
+    columns, cells = seed_table(rows, swept, metrics, reference)
+    csv_path = out_dir / "compare_seeds.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([columns, *[["" if v is None else v for v in row] for row in cells]])
+    shown = ["setting", "runs", *[c for m in metrics for c in (f"{m} (mean ± std)", f"{m} n")],
+             *[c for c in columns if " p vs " in c]]
+    shown_cells = []
+    for row in cells:
+        values = dict(zip(columns, row))
+        shown_cells.append([values["setting"], values["runs"],
+                            *[v for m in metrics for v in (_mean_std(values[f"{m} mean"], values[f"{m} std"]),
+                                                           values[f"{m} n"])],
+                            *[_fmt_p(values[c]) for c in columns if " p vs " in c]])
+    lines = ["", "Over seeds (p: Welch's t-test)", "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in shown_cells]
+    with md_path.open("a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return {"seeds_csv": csv_path, "seeds_text": format_table(shown, [[_fmt(v) for v in row] for row in shown_cells])}
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
+
+
+def _fmt_p(p: float | None) -> str:
+    return "" if p is None else f"{p:.2g}"
+
+
+def _curve_metric(metric: str) -> tuple[str, float] | None:
+    try:
+        return curve_metric(metric)
+    except ValueError:
+        raise UserError(f"--metric {metric}: the value after ':' must be a number (e.g. tokens_to:3.5, "
+                        "loss_at:2M)") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gpt2exp.compare", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="a sweep folder (outputs/multirun/<date>/<time>) or run folders")
     parser.add_argument("--out", help="where to write the table and plots (default: the folder given)")
     parser.add_argument("--metric", help="the metric to plot against --param (default: the first of "
-                        + ", ".join(DEFAULT_METRICS) + " that differs between the runs)")
+                        + ", ".join(DEFAULT_METRICS) + " that differs between the runs); also best_val_loss, "
+                        "tokens_to:<val loss> (tokens seen when the val loss first reaches it) and "
+                        "loss_at:<tokens> (the val loss at that many tokens, e.g. loss_at:2M)")
     parser.add_argument("--param", help="the swept override on the x axis (default: the first one that takes "
                         "two or more values among the runs with the metric)")
+    parser.add_argument("--reference", help="over seeds: the setting the p-values are against, as the table "
+                        "names it (default: the first)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     try:
-        written = compare(args.paths, args.out, args.metric, args.param)
+        written = compare(args.paths, args.out, args.metric, args.param, args.reference)
     except UserError as err:
         fail(str(err))
     print(written["text"])
-    files = [written[k] for k in ("csv", "markdown", "val_loss_plot", "metric_plot") if k in written]
+    if "seeds_text" in written:
+        print("\nOver seeds (p: Welch's t-test)\n" + written["seeds_text"])
+    files = [written[k] for k in ("csv", "seeds_csv", "markdown", "val_loss_plot", "metric_plot") if k in written]
     print("wrote " + ", ".join(str(p) for p in files))
 
 

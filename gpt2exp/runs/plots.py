@@ -118,10 +118,12 @@ LEGEND_WIDTH = 70  # characters of a legend line; longer labels wrap
 
 
 def plot_series(series: dict, path: str | Path, *, xlabel: str, ylabel: str, xticklabels=None,
-                short_x: bool = False) -> Path:
+                short_x: bool = False, spread: dict | None = None) -> Path:
     """One line per `{label: (xs, ys)}` entry on shared axes, as a PNG, the legend below the axes
     (long labels wrapped, the figure taller for it); `xticklabels` names the integer x positions
-    of a categorical axis (upright when long); `short_x` writes x ticks 1.2M-style."""
+    of a categorical axis (upright when long); `short_x` writes x ticks 1.2M-style. `spread`
+    ({label: a standard deviation per point}) draws mean ± std: a band around a line, error bars
+    on a categorical axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -134,8 +136,14 @@ def plot_series(series: dict, path: str | Path, *, xlabel: str, ylabel: str, xti
                  layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    for label, (xs, ys) in zip(labels, series.values()):
-        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    for label, (key, (xs, ys)) in zip(labels, series.items()):
+        line = ax.plot(xs, ys, marker="o", markersize=3, label=label)[0]
+        std = (spread or {}).get(key)
+        if std is not None and xticklabels is not None:
+            ax.errorbar(xs, ys, yerr=std, fmt="none", ecolor=line.get_color(), capsize=4)
+        elif std is not None:
+            ax.fill_between(xs, [y - d for y, d in zip(ys, std)], [y + d for y, d in zip(ys, std)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     if xticklabels is not None:
         ax.set_xticks(range(len(xticklabels)), [str(x) for x in xticklabels], rotation=90 if upright else 0)
     elif short_x:

@@ -50,13 +50,16 @@ def run_identity(
     """W&B `group`, `name` and `tags` for one run (keyword arguments for `Tracker`).
 
     Values the user set win. Otherwise a job of a sweep (`sweep_dir` given) joins the sweep's
-    group, the name is the run's overrides of the `swept` keys ("decoding.temperature=0.5,
-    decoding.top_k=3"; all its overrides but `logger.*` and `hydra.*` ones when none is known
-    to be swept), and the tags add "group:option" for every chosen config option (`choices`,
-    e.g. {"model": "nano"} -> "model:nano"; Hydra's own groups skipped).
+    group (over seeds, `seed` swept: the sweep's group and the job's setting, its overrides of the
+    other swept keys, so that W&B groups the seeds of a setting as `compare` does), the name is
+    the run's overrides of the `swept` keys ("decoding.temperature=0.5, decoding.top_k=3"; all its
+    overrides but `logger.*` and `hydra.*` ones when none is known to be swept), and the tags add
+    "group:option" for every chosen config option (`choices`, e.g. {"model": "nano"} ->
+    "model:nano"; Hydra's own groups skipped).
     """
     if group is None and sweep_dir is not None:
-        group = sweep_group(sweep_dir)
+        setting = [o for o in overrides if _override_key(o) in swept and _override_key(o) != "seed"]
+        group = sweep_group(sweep_dir) + (":" + ",".join(setting) if "seed" in swept and setting else "")
     if name is None:
         named = [o for o in overrides if _override_key(o) in swept] or [o for o in overrides if not _is_bookkeeping(o)]
         name = ",".join(named) or None
