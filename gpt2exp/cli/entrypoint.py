@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gpt2exp.atomic import write_json_atomic
+from gpt2exp.cli import help as key_help
 from gpt2exp.cli.messages import error_message, fail, one_line
 from gpt2exp.cli.schema import register_configs
 from gpt2exp.config import LoggerConfig
@@ -243,6 +244,7 @@ def hydra_command(config_name: str, task: Callable[[DictConfig], Any]) -> Callab
     schema, the presets and the resolvers registered first) and runs `task` on it through
     `reports_user_errors`; a config that fails to compose exits 2 with one line."""
     register_configs()
+    key_help.register()
     hydra_main = hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")(
         reports_user_errors(task))
 

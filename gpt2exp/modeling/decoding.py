@@ -176,12 +176,30 @@ def sample_continuations(
     """`num_samples` (default `cfg.num_samples`) continuations of one prompt with `cfg`'s settings,
     row i drawing from a generator seeded `cfg.seed + i` (one row when greedy: the others would
     repeat it), and the seconds they took."""
+    return sample_prompts(model, [prompt], cfg, num_samples=num_samples)
+
+
+def sample_prompts(
+    model: GPTModel, prompts: Sequence[Sequence[int]], cfg: DecodingConfig, *, num_samples: int | None = None,
+    batch_size: int | None = None,
+) -> tuple[Generation, float]:
+    """`sample_continuations` of each prompt, prompt after prompt in one `Generation` (each
+    prompt's samples are what it gets alone), decoded `batch_size` rows at a time (default: all
+    at once), and the seconds they took."""
     count = 1 if cfg.greedy else num_samples or cfg.num_samples
     device = model.tok_emb.weight.device
-    generators = [torch.Generator(device=device).manual_seed(cfg.seed + i) for i in range(count)]
+    rows = [(list(prompt), cfg.seed + i) for prompt in prompts for i in range(count)]
+    step = batch_size or len(rows)
+    out = Generation(prompts=[], new_tokens=[], logprobs=[])
     start = time.perf_counter()
-    out = generate(model, [list(prompt)] * count, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                   top_k=cfg.top_k, top_p=cfg.top_p, eos_id=cfg.eos_id, generator=generators)
+    for first in range(0, len(rows), step):
+        batch = rows[first : first + step]
+        part = generate(model, [prompt for prompt, _ in batch], max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eos_id=cfg.eos_id,
+                        generator=[torch.Generator(device=device).manual_seed(seed) for _, seed in batch])
+        out.prompts += part.prompts
+        out.new_tokens += part.new_tokens
+        out.logprobs += part.logprobs
     return out, time.perf_counter() - start
 
 

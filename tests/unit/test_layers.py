@@ -23,13 +23,13 @@ def modules() -> dict[str, Path]:
 
 def layer(module: str) -> int:
     """0 for the leaves (and the package itself), then the layer folders in order; the
-    ``python -m gpt2exp.<command>`` modules sit above the CLI."""
+    ``python -m gpt2exp.<command>`` modules (and ``python -m gpt2exp``) sit above the CLI."""
     parts = module.split(".")
     if len(parts) == 1:
         return 0
     if parts[1] in LAYERS:
         return 1 + LAYERS.index(parts[1])
-    if parts[1] in COMMANDS and len(parts) == 2:
+    if parts[1] in (*COMMANDS, "__main__") and len(parts) == 2:
         return 1 + len(LAYERS)
     assert parts[1] in LEAVES, f"{module} is in no layer: a leaf, a layer folder or a command module"
     return 0
