@@ -27,6 +27,7 @@ import yaml
 from gpt2exp.cli.messages import fail
 from gpt2exp.cli.seeds import CURVE_METRIC, curve_metric, curve_value, mean_curve, over_seeds, seed_table, settings
 from gpt2exp.cli.table import format_table
+from gpt2exp.cli.task_figures import is_task_metric, task_columns, task_figures
 from gpt2exp.errors import UserError
 from gpt2exp.runs.jsonl import read_jsonl
 from gpt2exp.runs.layout import RunLayout
@@ -77,9 +78,10 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
     metrics = read_jsonl(folder / RunLayout.METRICS, lambda m: all(_is_number(m[k]) for k in NUMBERS if k in m), log)
     summary = _read_json(folder / RunLayout.SUMMARY)
     failure = _read_json(folder / RunLayout.FAILURE)
+    evaluation = _read_json(folder / RunLayout.EVAL)  # python -m gpt2exp.eval's
     row = {
         "run": name or folder.name,
-        "status": "failed" if failure else "ok" if summary else "incomplete",
+        "status": "failed" if failure else "ok" if summary or evaluation else "incomplete",
         "error": str((failure or {}).get("error", "")),
         "overrides": dict(_split_override(o) for o in overrides),
         "reused_from": _section(summary, "reused_from").get("job", ""),
@@ -92,6 +94,7 @@ def read_run(folder: str | Path, name: str | None = None) -> dict:
     speeds = [m["tokens_per_sec"] for m in metrics if m.get("tokens_per_sec")]
     row["tokens_per_sec"] = sum(speeds) / len(speeds) if speeds else None
     row["curve"] = [(m["tokens_seen"], m["val/loss"]) for m in metrics if "val/loss" in m and "tokens_seen" in m]
+    row |= task_figures(metrics, evaluation)
     row["best_val_loss"] = min((loss for _, loss in row["curve"]), default=None)
     return row
 
@@ -110,6 +113,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[list]]:
     figures = [c for c in ("train_loss", "val_loss", "best_val_loss", *curve_metrics, "train_perplexity",
                            "val_perplexity", "test_loss", "test_perplexity", "tokens_per_sec",
                            *[c for c in FIGURES if c.startswith("gen/")]) if any(r[c] is not None for r in rows)]
+    figures += task_columns(rows)
     extras = [c for c in ("reused_from", "error") if any(r[c] != "" for r in rows)]
     if any(k.startswith("decoding") for k in swept):
         extras.insert(0, "sample")
@@ -242,7 +246,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
     per tuned parameter instead (`<metric>_vs_params.png`). `metric` may also be read off each
     run's val loss curve: tokens_to:<loss> or loss_at:<tokens> (see `seeds.curve_value`). Over
     seeds, the p-values are against setting `reference` (default: the first)."""
-    metrics = [*FIGURES, "best_val_loss", "tokens_per_sec"]
+    metrics = [*([metric] if metric and is_task_metric(metric) else []), *FIGURES, "best_val_loss", "tokens_per_sec"]
     if metric is not None and metric not in metrics and _curve_metric(metric) is None:
         raise UserError(f"--metric {metric}: not one of {', '.join(metrics)}, tokens_to:<val loss>, "
                         "loss_at:<tokens>")
@@ -250,6 +254,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
     base = Path(paths[0]) if len(paths) == 1 else _common_parent(runs)
     rows = [read_run(folder, folder.name if folder == base else str(folder.resolve().relative_to(base.resolve())))
             for folder in runs]
+    task_columns(rows)  # every row gets every task metric
     if metric is not None and metric not in metrics:
         metrics.append(metric)
         for row in rows:
