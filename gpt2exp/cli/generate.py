@@ -161,17 +161,19 @@ class SampleLog:
         return len(self.new_tokens)
 
 
-def typed_prompts(stdin: io.TextIOWrapper) -> Iterator[str]:
-    """The lines typed on `stdin`, each after a "> " on a terminal, blank ones skipped, until the
-    end of input (a line that is not UTF-8 is skipped with a warning)."""
-    stdin.reconfigure(errors="surrogateescape")
-    terminal = stdin.isatty()
+def typed_prompts() -> Iterator[str]:
+    """The lines typed on stdin, each after a "> " on a terminal (where `input` edits them), blank
+    ones skipped, until the end of input (a line that is not UTF-8 is skipped with a warning)."""
+    cast(io.TextIOWrapper, sys.stdin).reconfigure(errors="surrogateescape")
+    terminal = sys.stdin.isatty()
     while True:
         try:
             line = input("> " if terminal else "")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt) as end:
             if terminal:
-                print()
+                print()  # the next line starts after the "> "
+            if isinstance(end, KeyboardInterrupt):
+                raise
             return
         try:
             line.encode("utf-8")
@@ -205,7 +207,7 @@ def generate_samples(composed: DictConfig) -> None:
         samples = SampleLog(model, cfg, tracker)
         if cfg.interactive:
             log.info("interactive: type a prompt per line; end of input (Ctrl-D) or Ctrl-C ends the session")
-            samples.converse(typed_prompts(cast(io.TextIOWrapper, sys.stdin)))
+            samples.converse(typed_prompts())
         else:
             samples.add(plan.prompts)
         if not samples.count:

@@ -72,7 +72,7 @@ def test_typed_prompts_skip_blank_and_non_utf8_lines_until_end_of_input(monkeypa
     stdin = io.TextIOWrapper(io.BytesIO(b"first prompt\n\n   \ncaf\xe9\nsecond\n"), encoding="utf-8")
     monkeypatch.setattr("sys.stdin", stdin)
     with caplog.at_level(logging.WARNING, logger="gpt2exp.generate"):
-        assert list(typed_prompts(stdin)) == ["first prompt", "second"]
+        assert list(typed_prompts()) == ["first prompt", "second"]
     assert caplog.messages == ["stdin: a line that is not UTF-8 text was skipped"]
 
 
