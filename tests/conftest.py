@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 from gpt2exp.cli.schema import register_configs
 
 # Fixtures both lanes use, kept beside their helpers.
-pytest_plugins = ["helpers.bad_input", "helpers.hf_bridge", "helpers.reuse", "helpers.tracking"]
+pytest_plugins = ["helpers.bad_input", "helpers.hf_bridge", "helpers.hub_upload", "helpers.reuse",
+                  "helpers.tracking"]
 
 
 def pytest_addoption(parser):

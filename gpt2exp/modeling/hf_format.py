@@ -256,10 +256,11 @@ def _read_safetensors(source: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"model.init: {source} cannot be read ({err.strerror})") from None
 
 
-def write_hf_folder(model: GPTModel, out: Path) -> Path:
+def write_hf_folder(model: GPTModel, out: Path, readme: str | None = None) -> Path:
     """``out`` (absent, or an empty folder) as a folder that ``GPT2LMHeadModel.from_pretrained``
     and ``AutoTokenizer.from_pretrained`` load: config.json, model.safetensors and the GPT-2
-    tokenizer's files (from the vocabulary this project ships). They are written into a hidden
+    tokenizer's files (from the vocabulary this project ships), and `readme` (a model card) as
+    README.md. They are written into a hidden
     sibling renamed to `out` at the end, so a failed write leaves no partial folder (nor the
     parent folders it made); an OSError propagates. A model that GPT-2's format cannot hold is
     a UserError before anything is written."""
@@ -267,6 +268,8 @@ def write_hf_folder(model: GPTModel, out: Path) -> Path:
     with folder_atomic(out) as staging:
         try:
             _write_hf_files(model, staging)
+            if readme is not None:
+                (staging / "README.md").write_text(readme, encoding="utf-8")
         except OSError as err:  # named as the file in `out` it was to become
             inside = err.filename and Path(err.filename).parent == staging
             raise OSError(err.errno, err.strerror, str(out / Path(err.filename).name) if inside else err.filename) from err

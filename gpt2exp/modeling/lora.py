@@ -125,14 +125,16 @@ def base_model(model: GPTModel) -> GPTModel:
     return base
 
 
-def write_base_and_adapter(model: GPTModel, out: Path) -> Path:
+def write_base_and_adapter(model: GPTModel, out: Path, readme: str | None = None) -> Path:
     """`out` (absent or an empty folder) as `base/`, the base as a Hugging Face GPT-2 folder, and
     `adapter/`, the adapter as a PEFT folder (``PeftModel.from_pretrained(GPT2LMHeadModel...,
-    out / "adapter")``); written into a hidden sibling renamed to `out` at the end, so a failed
-    write leaves nothing (nor the parent folders it made)."""
+    out / "adapter")``), and `readme` (a model card) as README.md; written into a hidden sibling
+    renamed to `out` at the end, so a failed write leaves nothing (nor the parent folders it made)."""
     with folder_atomic(out) as staging:
         write_hf_folder(base_model(model), staging / "base")
         _write_peft_adapter(model, staging / "adapter", base_path=(out / "base").resolve())
+        if readme is not None:
+            (staging / "README.md").write_text(readme, encoding="utf-8")
     return out
 
 
