@@ -597,16 +597,6 @@ class ExportConfig:
                      self.push_to_hub, "a Hugging Face repo id, <user or org>/<name>")
         _require(re.fullmatch(r"[\w.-]+", self.license) is not None, "license", self.license,
                  "a Hugging Face license id, e.g. mit, apache-2.0, cc-by-4.0, other")
-    push_to_hub: Optional[str] = None  # a Hugging Face repo id, <user or org>/<name>: out uploaded there (made if new)
-    eval_runs: list[str] = field(default_factory=list)  # eval run folders (or eval.json files) for the model card
-    license: str = "mit"  # the model card's license, a Hugging Face license id (mit, apache-2.0, cc-by-4.0, ...)
-
-    def __post_init__(self) -> None:
-        if self.push_to_hub is not None:
-            _require(re.fullmatch(r"[\w.-]{1,96}/[\w.-]{1,96}", self.push_to_hub) is not None, "push_to_hub",
-                     self.push_to_hub, "a Hugging Face repo id, <user or org>/<name>")
-        _require(re.fullmatch(r"[\w.-]+", self.license) is not None, "license", self.license,
-                 "a Hugging Face license id, e.g. mit, apache-2.0, cc-by-4.0, other")
 
 
 @dataclass

@@ -9,7 +9,8 @@
 # b (<= 7 min): the compiled bench (training), then two identical compiled training runs (time to
 #    first step, cold and from the compile cache).
 # c (<= 4 min): xl training with activation checkpointing at batch 16, and the fused loss's chunk sizes.
-# (torchrun on one GPU, over NCCL, is one of part a's tests.)
+# (torchrun on one GPU, over NCCL, is one of part a's tests, and FSDP2 over a one-rank NCCL group (test_fsdp.py);
+# FSDP between GPUs needs a machine of several.)
 set -u
 OUT=${OUT:-outputs/gpu-check}
 mkdir -p "$OUT"

@@ -1,5 +1,5 @@
-"""`trainer.strategy=fsdp` in-process, on a process group of one gloo rank (FSDP2 shards over it
-as over many): a sharded run's checkpoint is the one a single process writes (weights, AdamW's
+"""`trainer.strategy=fsdp` in-process, on a process group of one rank (gloo; NCCL on a GPU; FSDP2
+shards over it as over many): a sharded run's checkpoint is the one a single process writes (weights, AdamW's
 state), loads back into a sharded optimizer, and the whole model it gathers computes the same
 logits; what fsdp cannot do stops in one line. (Two ranks through torchrun: tests/e2e/test_distributed.py.)"""
 
@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import requires_cuda
 
 from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import ModelConfig, TrainConfig
@@ -18,52 +19,64 @@ from gpt2exp.training import distributed
 from gpt2exp.training.fsdp import Sharded, is_sharded, load_optimizer_state, shard
 from gpt2exp.training.run import RunContext, plan_run
 
-FP32 = Precision("fp32", "cpu")
+
+def one_rank(tmp_path, backend: str) -> None:
+    """A process group of one rank, for this test only (destroyed by the caller)."""
+    dist.init_process_group(backend, init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
 
 
-@pytest.fixture
-def one_rank(tmp_path):
-    """A gloo process group of one rank, for this test only."""
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-def tiny_model() -> GPTModel:
+def tiny_model(device: str) -> GPTModel:
     torch.manual_seed(0)
     return GPTModel(ModelConfig.from_dict({"vocab_size": 50257, "context_length": 16, "emb_dim": 16, "n_heads": 2,
-                                           "n_layers": 2, "drop_rate": 0.0}))
+                                           "n_layers": 2, "drop_rate": 0.0})).to(device)
 
 
-def train_two_steps(model: GPTModel, optimizer: torch.optim.Optimizer, forward=None) -> None:
-    batches = torch.randint(0, 50257, (2, 3, 16), generator=torch.Generator().manual_seed(1))
+def train_two_steps(model: GPTModel, optimizer: torch.optim.Optimizer, device: str) -> None:
+    batches = torch.randint(0, 50257, (2, 3, 16), generator=torch.Generator().manual_seed(1)).to(device)
     for tokens in batches:
-        (forward or model)(tokens, targets=tokens).backward()
+        model(tokens, targets=tokens).backward()
         optimizer.step()
         optimizer.zero_grad()
 
 
-def test_a_sharded_runs_checkpoint_is_a_single_process_one_and_loads_back(one_rank):
-    plain = tiny_model()
-    model = shard(copy.deepcopy(plain), FP32)
+def test_a_sharded_runs_checkpoint_is_a_single_process_one_and_loads_back(tmp_path):
+    one_rank(tmp_path, "gloo")
+    try:
+        check_the_checkpoint_round_trip("cpu")
+    finally:
+        dist.destroy_process_group()
+
+
+@requires_cuda
+def test_a_sharded_runs_checkpoint_on_a_gpu_is_a_single_process_one_and_loads_back(tmp_path):
+    one_rank(tmp_path, "nccl")
+    try:
+        check_the_checkpoint_round_trip("cuda")
+    finally:
+        dist.destroy_process_group()
+
+
+def check_the_checkpoint_round_trip(device: str) -> None:
+    plain = tiny_model(device)
+    model = shard(copy.deepcopy(plain), Precision("fp32", device))
     assert is_sharded(model) and not is_sharded(plain)
     sharded = Sharded(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
     plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-2)
-    train_two_steps(model, sharded.optimizer)
-    train_two_steps(plain, plain_optimizer)
+    train_two_steps(model, sharded.optimizer, device)
+    train_two_steps(plain, plain_optimizer, device)
 
     weights, saved = sharded.weights(), sharded.optimizer_state()
     assert weights.keys() == plain.state_dict().keys()
     assert weights["out_head.weight"] is weights["tok_emb.weight"]  # tied, saved once
     for name, tensor in plain.state_dict().items():
-        torch.testing.assert_close(weights[name], tensor)
+        torch.testing.assert_close(weights[name], tensor.cpu())
     reference = plain_optimizer.state_dict()
     assert saved["param_groups"] == reference["param_groups"]
     for number, state in reference["state"].items():
-        torch.testing.assert_close(saved["state"][number], state)
-    torch.optim.AdamW(tiny_model().parameters(), lr=1e-2).load_state_dict(saved)  # what a ddp resume does
+        torch.testing.assert_close(saved["state"][number], {key: value.cpu() for key, value in state.items()})
+    torch.optim.AdamW(tiny_model(device).parameters(), lr=1e-2).load_state_dict(saved)  # what a ddp resume does
 
-    resumed = shard(tiny_model(), FP32)
+    resumed = shard(tiny_model(device), Precision("fp32", device))
     optimizer = torch.optim.AdamW(resumed.parameters(), lr=1e-2)
     load_optimizer_state(optimizer, saved)
     reloaded = Sharded(resumed, optimizer).optimizer_state()
@@ -72,7 +85,7 @@ def test_a_sharded_runs_checkpoint_is_a_single_process_one_and_loads_back(one_ra
 
     whole = sharded.whole_model()
     assert isinstance(whole, GPTModel) and not is_sharded(whole)
-    tokens = torch.arange(16)[None]
+    tokens = torch.arange(16, device=device)[None]
     with torch.no_grad():
         torch.testing.assert_close(whole(tokens), plain(tokens))
 
