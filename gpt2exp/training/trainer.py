@@ -178,8 +178,9 @@ class Trainer:
     ``state`` is where training starts (a fresh run when None) and, as it goes, where it is.
     ``lr_at(step)`` scales each parameter group's initial learning rate. The train loader's
     sampler must be an ``EpochSampler``: a resumed run starts inside its epoch without replaying
-    batches. In a distributed job ``model`` is the DistributedDataParallel module and each rank's
-    loader holds its share of the batches; losses, evaluations and token counts are the whole job's.
+    batches. In a distributed job ``model`` is the DistributedDataParallel module (or the sharded
+    model, `trainer.strategy=fsdp`) and each rank's loader holds its share of the batches; losses,
+    evaluations and token counts are the whole job's.
     The forward passes run under ``precision``'s autocast; with fp16 the loss is scaled and
     overflowing steps are skipped. With ``cfg.compile`` the training step's forward runs through
     ``torch.compile``; evaluation does not.
