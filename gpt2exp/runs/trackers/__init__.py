@@ -2,7 +2,7 @@
 `logger.csv`): one class per tool, each behind `runs.tracking.Tracker`, each writing under the
 run folder. The `Backend` protocol is what the tracker calls.
 
-Imports the leaves and `gpt2exp.runs.layout`, `gpt2exp.runs.jsonl`."""
+Imports the leaves and `gpt2exp.runs.layout`."""
 
 from __future__ import annotations
 
