@@ -15,7 +15,7 @@ from gpt2exp.modeling.model import GPTModel
 from gpt2exp.runs.tracking import NullTracker
 
 TINY = ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
-SAMPLED = DecodingConfig(temperature=1.5, top_k=50, max_new_tokens=20, num_samples=2, seed=5)
+SAMPLED = DecodingConfig(temperature=1.5, top_k=50, max_new_tokens=8, num_samples=2, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_a_prompt_file_gives_its_lines_in_order_and_no_prompt_gives_the_default(
     assert cli.typed(compose_generate("interactive=true"), GenerateConfig).prompt is None
 
 
-@pytest.mark.parametrize("batch_size", [None, 1, 3])
+@pytest.mark.parametrize("batch_size", [1, 4])
 def test_several_prompts_are_sampled_as_each_alone_in_batches_of_any_size(model, batch_size):
     prompts = [[5, 6], [7, 8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]
     out, _ = sample_prompts(model, prompts, SAMPLED, batch_size=batch_size)
