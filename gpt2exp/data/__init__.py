@@ -52,7 +52,7 @@ def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memor
         if source == "hf":
             train_tokens, val_tokens = split_tokens(cfg, cache_dir)
         else:
-            splits = load_splits(cfg)
+            splits = load_splits(cfg, cache_dir)
             train_tokens = token_file(text_source(splits.train, f"{source}-train"), cache_dir)
             val_tokens = token_file(text_source(splits.val, f"{source}-val"), cache_dir)
     except OSError as err:

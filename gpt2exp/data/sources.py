@@ -3,11 +3,13 @@
 import ast
 import gc
 import glob
+import hashlib
 import itertools
+import json
 import os
 import re
 import sysconfig
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +18,7 @@ import huggingface_hub
 import huggingface_hub.constants
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+from gpt2exp.atomic import write_json_atomic
 from gpt2exp.config import DataConfig
 from gpt2exp.data.files import data_files
 from gpt2exp.data.hub import data_path, eval_text
@@ -46,17 +49,17 @@ class Splits:
     val: str
 
 
-def load_splits(cfg: DataConfig) -> Splits:
+def load_splits(cfg: DataConfig, cache_dir: Path | None = None) -> Splits:
     """Return the train/val text of `cfg.source`.
 
     pydocs: the standard library's docstrings joined with "<|endoftext|>", split at the first
     document boundary past `train_ratio` of the characters. text: a file, a folder's *.txt
     files or a glob's files, blank lines dropped, split by characters at `train_ratio`.
     wikitext: config `name`'s train and validation splits, read from `local_dir` (the released
-    files) or else the Hugging Face cache or hub.
+    files) or else the Hugging Face cache or hub. `cache_dir`: where pydocs keeps its documents.
     """
     if cfg.source == "pydocs":
-        return _split_documents(pydocs_documents(), cfg.train_ratio)
+        return _split_documents(pydocs_documents(cache_dir), cfg.train_ratio)
     if cfg.source == "text":
         return _split_characters(_read_text(data_path(cfg)), cfg.train_ratio)
     name = _wikitext_name(cfg)
@@ -108,12 +111,14 @@ def _wikitext_name(cfg: DataConfig) -> str:
 
 
 @lru_cache(maxsize=1)
-def pydocs_documents() -> tuple[str, ...]:
+def pydocs_documents(cache_dir: Path | None = None) -> tuple[str, ...]:
     """English docstrings of the installed standard library, deduplicated, in file order.
 
     Files are parsed with `ast` (nothing is imported) in sorted order of their relative
     paths; the prose of each module, class and function docstring (paragraphs unwrapped,
     code blocks dropped) that has at least 8 words and is mostly ASCII letters is one document.
+    With a `cache_dir`, the documents are kept there as JSON, keyed by the library's files (their
+    paths, sizes and times) and this module's code: a later run reads them instead of parsing.
     """
     root = sysconfig.get_paths()["stdlib"]
     files = []
@@ -121,9 +126,16 @@ def pydocs_documents() -> tuple[str, ...]:
         subfolders[:] = [name for name in subfolders if name not in _SKIPPED_DIRS]
         relative_folder = Path(folder).relative_to(root)
         files += [(relative_folder / name).as_posix() for name in names if name.endswith(".py")]
-    documents: dict[str, None] = {}  # a dict keeps the first occurrence of each docstring, in order
+    files.sort()
+    kept = None if cache_dir is None else cache_dir / f"pydocs-documents-{_library_key(root, files)[:16]}.json"
+    if kept is not None:
+        with suppress(OSError, ValueError, AttributeError):  # none kept yet, or unreadable: parsed again
+            documents = json.loads(kept.read_text(encoding="utf-8")).get("documents")
+            if isinstance(documents, list) and all(isinstance(document, str) for document in documents):
+                return tuple(documents)
+    found: dict[str, None] = {}  # a dict keeps the first occurrence of each docstring, in order
     with _garbage_collector_paused():
-        for relative_path in sorted(files):
+        for relative_path in files:
             try:
                 module = ast.parse(Path(root, relative_path).read_bytes())
             except (SyntaxError, ValueError):  # not Python 3 source, e.g. a leftover template
@@ -131,10 +143,21 @@ def pydocs_documents() -> tuple[str, ...]:
             for docstring in _docstrings(module):
                 text = _prose(docstring)
                 if _looks_like_prose(text):
-                    documents.setdefault(text)
-    if not documents:
+                    found.setdefault(text)
+    if not found:
         raise UserError(f"data=pydocs: no standard library sources in '{root}'; use data=text with data.path")
-    return tuple(documents)
+    if kept is not None:
+        with suppress(OSError):  # the next run parses again
+            write_json_atomic(kept, {"documents": list(found)})
+    return tuple(found)
+
+
+def _library_key(root: str, files: list[str]) -> str:
+    """What pydocs' documents depend on: the library's files and the code that reads them."""
+    stats = [(name, os.stat(os.path.join(root, name))) for name in files]
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    identity = [root, [(name, stat.st_size, stat.st_mtime_ns) for name, stat in stats], code]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
 
 
 @contextmanager
