@@ -142,8 +142,8 @@ class OwnRunFolders(Callback):
     @staticmethod
     def _claim(config: DictConfig, key: str) -> None:
         """Rank 0 claims the folder (a distributed job's is rank 0's); the other ranks wait for
-        it (Hydra then finds the folder made) and stop with its line if it could not."""
-        from gpt2exp.training import distributed
+        it (Hydra then finds the folder made) and stop with its line if it could not. Without a
+        process group (none joined yet: no torch imported) the process claims it alone."""
 
         def claim() -> None:
             HydraConfig.instance().set_config(config)  # for ${hydra:...} in the folder's pattern
@@ -154,7 +154,12 @@ class OwnRunFolders(Callback):
             run_folder.claim(path, key=key, may_continue=continues)
 
         try:
-            distributed.main_decides(claim)
+            if "gpt2exp.training.distributed" in sys.modules:  # a job's process group lives there
+                from gpt2exp.training import distributed
+
+                distributed.main_decides(claim)
+            else:
+                claim()
         except UserError as err:
             fail(str(err))
 
