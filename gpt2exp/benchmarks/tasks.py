@@ -56,7 +56,7 @@ def hflm_results(model: GPTModel, request: TaskRequest, batch_size: int) -> dict
 def bench_tasks(model: GPTModel, request: TaskRequest, *, batch_size: int, precision: Precision = FP32) -> dict:
     """Examples per second over the request's tasks: gpt2exp's scorer, then HFLM, and their ratio."""
     start = time.perf_counter()
-    ours = run_tasks(to_inference_layout(_copy(model), precision), request, batch_size=batch_size, precision=precision)
+    ours = run_tasks(to_inference_layout(_copy(model), precision, use="score"), request, batch_size=batch_size, precision=precision)
     ours_s = time.perf_counter() - start
     examples = sum(task["examples"] or 0 for task in ours["tasks"].values())
     start = time.perf_counter()

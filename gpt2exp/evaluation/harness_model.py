@@ -1,7 +1,8 @@
 """gpt2exp's model behind lm-evaluation-harness's ``LM`` interface, scored with its own forward.
 
 Multiple-choice requests share their context: it runs once, its keys and values go to a
-``KVCache``, and the choices run as one batch over it. The output head (a third of a small
+``KVCache``, and the choices run as one batch over it (the contexts of several questions
+left-padded into one batch). The output head (a third of a small
 model's work per token) runs on the continuation's positions only. Requests of their own (rolling
 windows) run as right-padded batches of similar lengths. The harness's request order, few-shot
 sampling and metrics are its own; only the scoring is gpt2exp's. Imports lm_eval (the ``tasks``
@@ -49,9 +50,10 @@ class GPT2ExpLM(TemplateLM):
     def device(self) -> torch.device:
         return self.model.tok_emb.weight.device
 
-    def _hidden(self, token_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def _hidden(self, token_ids: torch.Tensor, cache: KVCache | None = None,
+                pad: torch.Tensor | None = None) -> torch.Tensor:
         with self.precision.autocast():
-            return self.model.hidden_states(token_ids.to(self.device), cache)
+            return self.model.hidden_states(token_ids.to(self.device), cache, pad)
 
     def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, emb_dim] final-norm outputs -> [n, vocab_size] fp32 log-probabilities."""
@@ -75,33 +77,52 @@ class GPT2ExpLM(TemplateLM):
             whole = (context + continuation)[-(self.max_length + 1):]
             groups[tuple(whole[: len(whole) - len(continuation)])].append(index)
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        singles = []
-        for prefix, members in groups.items():
-            if len(members) == 1:
-                singles.append(members[0])
-            else:
-                for index, result in zip(members, self._shared_prefix(prefix, [requests[i][2] for i in members])):
+        shared = [(prefix, members) for prefix, members in groups.items() if len(members) > 1]
+        shared.sort(key=lambda group: -len(group[0]))  # similar prefix lengths together: less padding
+        batch: list[tuple[tuple[int, ...], list[int]]] = []
+        for group in [*shared, None]:  # groups of choices, batch_size rows (or one group) at a time
+            if batch and (group is None or not self._fits(batch + [group], requests)):
+                scores = self._shared_prefixes([(prefix, [requests[i][2] for i in members]) for prefix, members in batch])
+                for index, result in zip([i for _, members in batch for i in members], scores):
                     results[index] = result
+                batch = []
+            if group is not None:
+                batch.append(group)
+        singles = [members[0] for members in groups.values() if len(members) == 1]
         singles.sort(key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         for first in range(0, len(singles), self.batch_size):
-            batch = singles[first : first + self.batch_size]
-            for index, result in zip(batch, self._independent([requests[i][1:] for i in batch])):
+            batch_ids = singles[first : first + self.batch_size]
+            for index, result in zip(batch_ids, self._independent([requests[i][1:] for i in batch_ids])):
                 results[index] = result
         return results
 
-    def _shared_prefix(self, prefix: tuple[int, ...], continuations: list[list[int]]) -> list[tuple[float, bool]]:
-        """The prefix once into a cache, then the continuations (but their last token) as one batch over it."""
-        widest = max(len(c) for c in continuations) - 1
-        cache = KVCache(dataclasses.replace(self.model.cfg, context_length=len(prefix) + max(widest, 1)), 1,
+    def _fits(self, batch: list[tuple[tuple[int, ...], list[int]]], requests: list[Request]) -> bool:
+        """Whether groups of choices fit one batch: `batch_size` rows, and the widest prefix plus
+        the widest continuation within the context."""
+        rows = sum(len(members) for _, members in batch)
+        widest = max(len(requests[i][2]) for _, members in batch for i in members) - 1
+        return rows <= self.batch_size and max(len(prefix) for prefix, _ in batch) + widest <= self.max_length
+
+    def _shared_prefixes(self, groups: list[tuple[tuple[int, ...], list[list[int]]]]) -> list[tuple[float, bool]]:
+        """Each group's prefix once (left-padded to one width) into a cache, then every group's
+        continuations (but their last token) as one batch over its prefix's cached rows."""
+        width = max(len(prefix) for prefix, _ in groups)
+        widest = max(len(c) for _, continuations in groups for c in continuations) - 1
+        pad = torch.tensor([width - len(prefix) for prefix, _ in groups], device=self.device)
+        cache = KVCache(dataclasses.replace(self.model.cfg, context_length=width + max(widest, 1)), len(groups),
                         device=self.device, dtype=self._cache_dtype())
-        last = self._log_probs(self._hidden(torch.tensor([prefix]), cache)[0, -1:])  # [1, vocab]
+        prefixes = torch.tensor([[EOT_ID] * (width - len(prefix)) + list(prefix) for prefix, _ in groups])
+        last = self._log_probs(self._hidden(prefixes, cache, pad)[:, -1])  # [groups, vocab]
+        owners = [g for g, (_, continuations) in enumerate(groups) for _ in continuations]
+        continuations = [c for _, group in groups for c in group]
         if widest == 0:
-            return [self._score(last, c) for c in continuations]
-        cache.kv = cache.kv.expand(-1, -1, len(continuations), -1, -1, -1).contiguous()
+            return [self._score(last[g : g + 1], c) for g, c in zip(owners, continuations)]
+        owner_rows = torch.tensor(owners, device=self.device)
+        cache.kv = cache.kv.index_select(2, owner_rows)  # each continuation's row: its prefix's keys and values
         rows = torch.tensor([c[:-1] + [EOT_ID] * (widest - len(c) + 1) for c in continuations])
-        hidden = self._hidden(rows, cache)  # [choices, widest, emb_dim]; right padding is never attended to
-        return [self._score(torch.cat([last, self._log_probs(hidden[row, : len(c) - 1])]), c)
-                for row, c in enumerate(continuations)]
+        hidden = self._hidden(rows, cache, pad[owner_rows])  # [continuations, widest, emb_dim]; right padding unread
+        return [self._score(torch.cat([last[g : g + 1], self._log_probs(hidden[row, : len(c) - 1])]), c)
+                for row, (g, c) in enumerate(zip(owners, continuations))]
 
     def _independent(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """Each (context, continuation) as its own right-padded row of one batch."""

@@ -35,9 +35,10 @@ def test_loglikelihoods_equal_hflms_on_the_transformers_model(model):
     long_context = " ".join(["every effort moves you"] * 12)  # 48 tokens: cut from the left to the 32-token window
     pairs = [("The cat sat", " on the mat"), ("The cat sat", " on"), ("The cat sat", " ran fast and far away"),
              ("", "Hello world"), (long_context, " forward"), (long_context, " to the river bank"),
-             ("A dog ", "ran")]  # a trailing space moves to the continuation
+             ("A dog ", "ran"),  # a trailing space moves to the continuation
+             ("Every effort moves you", " to the river"), ("Every effort moves you", " by")]
     texts = [(" ".join(["the quick brown fox"] * 30),), ("short text",)]
-    ours = GPT2ExpLM(to_inference_layout(_copy(model)), batch_size=3)
+    ours = GPT2ExpLM(to_inference_layout(_copy(model), use="score"), batch_size=8)  # contexts of two lengths batched
     theirs = hflm(model, batch_size=3)
     for (ours_lp, ours_greedy), (hf_lp, hf_greedy) in zip(ours.loglikelihood(_requests("loglikelihood", pairs)),
                                                           theirs.loglikelihood(_requests("loglikelihood", pairs))):
@@ -54,7 +55,7 @@ def _copy(model: GPTModel) -> GPTModel:
 
 def test_task_scores_equal_the_harnesss_own_through_hflm(model, task_folder):
     request = TaskRequest(tasks=[MC_TASK, ROLLING_TASK], include_path=str(task_folder))
-    ours = run_tasks(to_inference_layout(_copy(model)), request, batch_size=4)
+    ours = run_tasks(to_inference_layout(_copy(model), use="score"), request, batch_size=4)
     theirs = hflm_results(model, request, batch_size=4)["results"]
     mc, rolling = ours["tasks"][MC_TASK], ours["tasks"][ROLLING_TASK]
     assert mc["examples"] == 12 and mc["version"] == 1.0 and mc["n_shot"] == 0
