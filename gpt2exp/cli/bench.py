@@ -66,6 +66,10 @@ def bench(cfg: BenchConfig) -> list[Row]:
         rows += _generate_rows(cfg, model, precision, bandwidth) + _layout_rows(model, precision, cfg.inference)
     if "data" in sections:
         rows += _data_rows(settings.text_path) + _corpus_rows(settings.corpus_mb)
+    if "tasks" in sections:
+        from gpt2exp.benchmarks.tasks import task_rows
+
+        rows += task_rows(model, settings.tasks_questions, settings.batch_size)
     rows += _memory_rows(device)
     return rows
 

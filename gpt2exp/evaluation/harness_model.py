@@ -20,6 +20,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from gpt2exp.devices import FP32, Precision
+from gpt2exp.errors import UserError
 from gpt2exp.modeling.decoding import generate
 from gpt2exp.modeling.model import GPTModel, KVCache
 from gpt2exp.tokenizer import EOT_ID, EOT_TOKEN, get_encoding
@@ -74,6 +75,9 @@ class GPT2ExpLM(TemplateLM):
         context window loses tokens from the left, as the harness's HFLM does."""
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)  # shared prefix -> request indices
         for index, (_, context, continuation) in enumerate(requests):
+            if len(continuation) > self.max_length:
+                raise UserError(f"a task's answer of {len(continuation)} tokens is longer than the model's context "
+                                f"({self.max_length} tokens): it cannot be scored")
             whole = (context + continuation)[-(self.max_length + 1):]
             groups[tuple(whole[: len(whole) - len(continuation)])].append(index)
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)

@@ -7,7 +7,7 @@ from helpers import TINY_MODEL
 from helpers.tasks import MC_TASK, ROLLING_TASK, write_tasks
 from lm_eval.api.instance import Instance
 
-from gpt2exp.benchmarks.tasks import hflm, hflm_results
+from gpt2exp.benchmarks.tasks import hflm, hflm_results, task_rows
 from gpt2exp.config import ModelConfig
 from gpt2exp.errors import UserError
 from gpt2exp.evaluation.harness_model import GPT2ExpLM
@@ -84,3 +84,15 @@ def test_a_hub_task_offline_names_it_and_how_to_point_it_at_local_files(monkeypa
 def test_a_missing_include_folder_is_named(tmp_path):
     with pytest.raises(UserError, match=r"^eval.include_path=.*nowhere: no such folder$"):
         prepare(TaskRequest(tasks=[MC_TASK], include_path=str(tmp_path / "nowhere")))
+
+
+def test_an_answer_longer_than_the_context_is_refused_in_one_line(model):
+    ours = GPT2ExpLM(_copy(model))
+    with pytest.raises(UserError, match=r"^a task's answer of 40 tokens is longer than the model's context \(32 tokens\)"):
+        ours.loglikelihood(_requests("loglikelihood", [("A", " the" * 40)]))
+
+
+def test_the_bench_tasks_section_times_both_scorers_on_one_task(model):
+    rows = {measure: value for _, measure, value, _ in task_rows(model, questions=3, batch_size=4)}
+    assert rows["gpt2exp scorer (3 x 4 choices, batch 4)"] > 0 and rows["HFLM (3 x 4 choices, batch 4)"] > 0
+    assert rows["acc, gpt2exp scorer"] == rows["acc, HFLM"]
