@@ -260,6 +260,9 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
         for row in rows:
             row[metric] = curve_value(row["curve"], metric)
     present = [m for m in metrics if any(r[m] is not None for r in rows)]
+    if metric is not None and metric not in present and CURVE_METRIC.match(metric):
+        raise UserError(f"--metric {metric}: no run's val loss curve gives it (tokens_to: never reached; loss_at: "
+                        "past every curve's end)")
     if metric is not None and metric not in present:
         raise UserError(f"--metric {metric}: no run logged it; they have {', '.join(present) or 'no metrics'}")
     out_dir = Path(out_dir) if out_dir else base

@@ -97,6 +97,11 @@ def test_tokens_to_a_loss_and_the_loss_at_a_token_count_come_from_the_curve(seed
     assert compare([seed_sweep], metric="loss_at:0.2k")["rows"][0]["loss_at:0.2k"] == pytest.approx(3.0)
 
 
+def test_a_curve_metric_no_run_reaches_is_one_line(seed_sweep):
+    with pytest.raises(UserError, match=r"^--metric tokens_to:1: no run's val loss curve gives it"):
+        compare([seed_sweep], metric="tokens_to:1")
+
+
 @pytest.mark.parametrize("metric", ["tokens_to:low", "loss_at:"])
 def test_a_curve_metric_without_a_number_is_one_line(seed_sweep, metric):
     with pytest.raises(UserError, match=rf"^--metric {metric}: the value after ':' must be a number"):
