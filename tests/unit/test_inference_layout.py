@@ -29,8 +29,10 @@ def perturbed() -> GPTModel:
 
 
 @pytest.fixture
-def timings(monkeypatch) -> list[tuple[str, str]]:
-    """Each measurement's (CPU, use), "transposed" the fastest candidate of every one."""
+def timings(monkeypatch, tmp_path) -> list[tuple[str, str]]:
+    """Each measurement's (CPU, use), "transposed" the fastest candidate of every one; the cache
+    in a folder of this test's own."""
+    monkeypatch.setenv("GPT2EXP_CACHE_DIR", str(tmp_path / "cache"))
     measured = []
 
     def time_layouts(model, use, weights="fp32"):
