@@ -61,14 +61,18 @@ def gathered_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer's whole state on rank 0, as `optimizer.state_dict()` gives it in a single
     process (parameters numbered in the optimizer's order, so that any strategy reads it); {} on
     the other ranks. Each sharded tensor is gathered in turn, then kept on rank 0's CPU."""
-    saved = optimizer.state_dict()
-    state = {number: {key: _gathered(value) for key, value in param_state.items()}
+    saved, main = optimizer.state_dict(), dist.get_rank() == 0
+    state = {number: {key: _gathered(value, main) for key, value in param_state.items()}
              for number, param_state in saved["state"].items()}
-    return {**saved, "state": state} if dist.get_rank() == 0 else {}
+    return {**saved, "state": state} if main else {}
 
 
-def _gathered(value: object) -> object:
-    return value.full_tensor().cpu() if isinstance(value, DTensor) else value
+def _gathered(value: object, keep: bool) -> object:
+    """A sharded tensor's whole value (every rank takes part), on the CPU where kept."""
+    if not isinstance(value, DTensor):
+        return value
+    whole = value.full_tensor()
+    return whole.cpu() if keep else None
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
