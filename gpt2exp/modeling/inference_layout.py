@@ -205,17 +205,16 @@ def time_layouts(model: GPTModel, use: str, weights: str = "fp32", *, repeats: i
 
 
 def _timed_layer(linear: nn.Linear, rows: int | None, layout: str, dtype: torch.dtype) -> nn.Module:
-    """A copy of ``linear`` (its first ``rows`` outputs) in ``layout``, the original untouched."""
-    copy = nn.Linear(linear.in_features, linear.out_features if rows is None else rows, bias=linear.bias is not None)
-    copy.weight.data = linear.weight.detach()[:rows]
+    """``linear`` (its first ``rows`` outputs) in ``layout``, the original untouched: a layer
+    sharing its weight in PyTorch's layout, else a laid-out copy."""
+    layer = nn.utils.skip_init(nn.Linear, linear.in_features, linear.weight[:rows].size(0), bias=linear.bias is not None)
+    layer.weight.data = linear.weight.detach()[:rows]
     if linear.bias is not None:
-        copy.bias.data = linear.bias.detach()[:rows]
+        layer.bias.data = linear.bias.detach()[:rows]
     holder = nn.Module()
-    holder.layer = copy
-    _lay_out(holder, "layer", copy, None, layout, dtype)
-    if layout == "transposed":
-        copy.weight.data = copy.weight.data.clone()
-    return holder.layer
+    holder.layer = layer
+    _lay_out(holder, "layer", layer, None, layout, dtype)
+    return holder.get_submodule("layer")
 
 
 def _step(layers: list[nn.Module], inputs: list[torch.Tensor]) -> Callable[[], tuple[float, float]]:
