@@ -96,3 +96,10 @@ def test_the_bench_tasks_section_times_both_scorers_on_one_task(model):
     rows = {measure: value for _, measure, value, _ in task_rows(model, questions=3, batch_size=4)}
     assert rows["gpt2exp scorer (3 x 4 choices, batch 4)"] > 0 and rows["HFLM (3 x 4 choices, batch 4)"] > 0
     assert rows["acc, gpt2exp scorer"] == rows["acc, HFLM"]
+
+
+def test_generate_until_is_hflms_greedy_text_cut_at_the_stop_string(model):
+    ours, theirs = GPT2ExpLM(_copy(model)), hflm(model, batch_size=2)
+    requests = _requests("generate_until", [("The cat sat", {"until": ["the"], "max_gen_toks": 8}),
+                                            ("Every effort", {"until": ["\n"], "max_gen_toks": 5})])
+    assert ours.generate_until(requests) == theirs.generate_until(requests)
