@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from gpt2exp.cli.messages import fail
+from gpt2exp.cli.messages import error_message, fail
 from gpt2exp.cli.seeds import CURVE_METRIC, curve_metric, curve_value, mean_curve, over_seeds, seed_table, settings
 from gpt2exp.cli.table import format_table
 from gpt2exp.cli.task_figures import is_task_metric, task_columns, task_figures
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         written = compare(args.paths, args.out, args.metric, args.param, args.reference)
     except UserError as err:
-        fail(str(err))
+        fail(error_message(err))
     print(written["text"])
     if "seeds_text" in written:
         print("\nOver seeds (p: Welch's t-test)\n" + written["seeds_text"])

@@ -161,7 +161,7 @@ class OwnRunFolders(Callback):
             else:
                 claim()
         except UserError as err:
-            fail(str(err))
+            fail(error_message(err))
 
 
 class FailedJobs(Callback):

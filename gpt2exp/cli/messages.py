@@ -26,9 +26,13 @@ def one_line(err: BaseException) -> str:
     return message if not key or key in message else f"{key}: {message}"
 
 
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def error_message(err: BaseException) -> str:
-    """The one line an entrypoint prints for a user mistake (after "error: ")."""
-    return str(err) if isinstance(err, UserError) else one_line(err)
+    """The one line an entrypoint prints for a user mistake (after "error: "); a line break in a
+    value the user gave is shown escaped, so the line stays one."""
+    return str(err).translate(_LINE_BREAKS) if isinstance(err, UserError) else one_line(err)
 
 
 def fail(message: str, status: int = 2) -> NoReturn:

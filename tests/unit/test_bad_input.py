@@ -4,6 +4,7 @@ nothing behind."""
 import typing
 from dataclasses import fields, is_dataclass
 
+import pytest
 from hydra.errors import HydraException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -84,3 +85,12 @@ def test_any_generate_override_passes_or_names_its_key_in_one_line(compose_gener
 def test_every_key_is_covered():
     assert {"model.emb_dim", "optimizer.lr", "data.path", "trainer.resume", "trainer.keep_last", "seed"} <= set(KEYS)
     assert {"ckpt", "prompt", "decoding.temperature", "decoding.top_k", "decoding.top_p"} <= set(GENERATE_KEYS)
+
+
+def test_a_line_break_in_a_value_is_shown_escaped_and_the_message_stays_one_line(compose_train, base_overrides,
+                                                                                 tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        plan_run(cli.typed(compose_train(*base_overrides, "trainer.resume='a\nb\u2028c'"), TrainConfig),
+                 RunContext(tmp_path / "run", tmp_path, resume_command="python -m gpt2exp.train"))
+    assert cli.error_message(info.value) == "trainer.resume: no such run folder 'a\\nb\\u2028c'"

@@ -97,7 +97,7 @@ def test_out_of_range_values_name_the_key(compose_train, override, key):
         ("data.sampler=shuffled", "[windows, random]"),
         ("logger.mode=sometimes", "[auto, online, offline, disabled]"),
         ("model.mlp=geglu", "[gelu, relu2, swiglu]"),
-        ("trainer.strategy=fsdp", "[ddp]"),
+        ("trainer.strategy=zero3", "[ddp, fsdp]"),
     ],
 )
 def test_a_wrong_choice_fails_at_compose_time_naming_the_key_and_the_choices(compose_train, override, choices):
@@ -195,5 +195,5 @@ def test_every_allowed_strategy_has_a_wrapper():
     from gpt2exp.training.run import STRATEGIES as WRAPPERS
 
     assert set(WRAPPERS) == set(STRATEGIES)
-    with pytest.raises(UserError, match="^trainer.strategy='fsdp' is not allowed: one of ddp"):
-        TrainerConfig(strategy="fsdp")
+    with pytest.raises(UserError, match="^trainer.strategy='zero3' is not allowed: one of ddp, fsdp"):
+        TrainerConfig(strategy="zero3")
