@@ -259,6 +259,9 @@ def hydra_command(config_name: str, task: Callable[[DictConfig], Any]) -> Callab
             hydra_main()
         except (HydraException, OmegaConfBaseException, UserError) as err:
             fail(error_message(err))
+        except BrokenPipeError:  # the reader went away (`--help | head`): stop quietly, as the Python docs advise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except KeyboardInterrupt:  # before training took over Ctrl-C (see `interrupt`)
             print("error: interrupted", file=sys.stderr, flush=True)
             run_folder.release_all()

@@ -1,10 +1,11 @@
 """The one front door: ``gpt2exp --help`` lists the commands, ``gpt2exp <command> ...`` runs one,
 and ``gpt2exp <command> --help`` shows every key with its meaning (config.py's comment), its
 default as the command composes it and its allowed values."""
+import subprocess
 from dataclasses import dataclass, fields, is_dataclass
 
 import pytest
-from helpers.console import run
+from helpers.console import BIN, run
 
 from gpt2exp.cli import front_door
 from gpt2exp.cli.help import field_meanings, keys, keys_help
@@ -68,3 +69,12 @@ def test_gpt2exp_command_help_lists_groups_and_keys_and_writes_nothing(tmp_path)
     assert "  decoding.temperature=0.0\n      0 is greedy\n" in out
     assert "  prompt_file=null\n      a UTF-8 file of prompts, one per line" in out
     assert not list(tmp_path.iterdir())
+
+
+def test_help_into_a_reader_that_went_away_ends_without_a_traceback(tmp_path):
+    """`gpt2exp-train --help | head -1`: head has gone before the help is printed."""
+    process = subprocess.Popen([str(BIN / "gpt2exp-train"), "--help"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader leaves before Hydra has composed the help
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 1 and "Traceback" not in stderr, stderr
