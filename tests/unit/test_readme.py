@@ -11,7 +11,7 @@ def test_setup_and_test_commands_are_what_ci_runs():
     commands = readme_commands()
     assert 'pip install -e ".[dev]"' in commands and 'pip install --quiet -e ".[dev]"' in ci
     lanes = [c for c in commands if c.startswith("pytest")]
-    assert lanes == ["pytest tests/unit", "pytest tests/e2e -n 2 --dist loadfile"]
+    assert lanes == ["pytest tests/unit -n 2 --dist loadfile", "pytest tests/e2e -n 2 --dist loadfile"]
     assert ci.rstrip().splitlines()[-len(lanes):] == lanes
 
 
