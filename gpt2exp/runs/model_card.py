@@ -53,9 +53,9 @@ def model_card(*, name: str, checkpoint: dict, parameters: int, summary: dict, e
     tokens = summary.get("tokens_seen", checkpoint.get("extra", {}).get("train_state", {}).get("tokens_seen"))
     lines = ["---", f"license: {license_id}", "library_name: transformers", "pipeline_tag: text-generation",
              "tags:", "- gpt2", "- gpt2exp", "---", "", f"# {name}", "",
-             f"A GPT-2 language model ({parameters:,} parameters: {model.get('n_layers')} layers, "
-             f"{model.get('n_heads')} heads, width {model.get('emb_dim')}, context {model.get('context_length')} "
-             f"tokens) trained with gpt2exp on {_data(data)}"
+             f"A GPT-2 language model ({parameters:,} parameters; n_layers={model.get('n_layers')}, "
+             f"n_heads={model.get('n_heads')}, emb_dim={model.get('emb_dim')}, "
+             f"context_length={model.get('context_length')}) trained with gpt2exp on {_data(data)}"
              + (f", starting from `{model['init']}`" if model.get("init") else "") + ".", ""]
     lines += _use(name, layout)
     rows = [("data", _data(data)), ("steps", checkpoint.get("step")),

@@ -47,7 +47,7 @@ def test_an_export_holds_a_model_card_of_how_it_was_trained_and_scored(run_dir, 
     assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: transformers\npipeline_tag: text-generation\n")
     assert "# me/tiny-gpt2" in card and 'GPT2LMHeadModel.from_pretrained("me/tiny-gpt2")' in card
     parameters = GPTModel(ModelConfig(**TINY_MODEL)).num_parameters()
-    assert f"({parameters:,} parameters: 1 layers, 2 heads, width 32, context 32 tokens)" in card
+    assert f"({parameters:,} parameters; n_layers=1, n_heads=2, emb_dim=32, context_length=32)" in card
     for row in ("| data | WikiText (`wikitext-2-raw-v1`) |", "| steps | 40 |", "| tokens seen | 5,120 |",
                 "| seed | 7 |", "| final train loss | 4.25 |", "| final val loss | 5.125 |",
                 "| best val loss | 5 |", "| test perplexity | 170.5 |", "| optimizer | adamw, lr 0.001, cosine"):
