@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from gpt2exp.cli.compare_outputs import check_free, record
 from gpt2exp.cli.messages import error_message, fail
 from gpt2exp.cli.seeds import CURVE_METRIC, curve_metric, curve_value, mean_curve, over_seeds, seed_table, settings
 from gpt2exp.cli.table import format_table
@@ -265,6 +266,8 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
                         "past every curve's end)")
     if metric is not None and metric not in present:
         raise UserError(f"--metric {metric}: no run logged it; they have {', '.join(present) or 'no metrics'}")
+    if out_dir is not None:  # a folder of the user's (the default is the runs' own folder)
+        check_free(Path(out_dir))
     out_dir = Path(out_dir) if out_dir else base
     columns, cells = table(rows)
     csv_path, md_path = write_tables(columns, cells, out_dir)
@@ -277,7 +280,7 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
     present_defaults = [m for m in DEFAULT_METRICS if m in present]
     metric = metric or next((m for m in present_defaults if _varies(rows, m)), next(iter(present_defaults), None))
     if metric is None:
-        return written
+        return record(out_dir, written)
     swept = swept_keys(rows)
     measured = [r for r in rows if r[metric] is not None]
     varying = [k for k in swept if len({r["overrides"][k] for r in measured if k in r["overrides"]}) > 1]
@@ -290,12 +293,12 @@ def compare(paths: list[str | Path], out_dir: str | Path | None = None, metric: 
         log_keys = {key for key, space in spaces.items() if re.search(r"\blog\b", space)}
         written["metric_plot"] = plot_search(measured, metric, varying, log_keys,
                                              out_dir / f"{_file_name(metric)}_vs_params.png")
-        return written
+        return record(out_dir, written)
     param = param or next(iter(varying), None)
     if param is not None:
         written["metric_plot"] = plot_metric_vs_param(rows, metric, param, out_dir / f"{_file_name(metric)}_vs_"
                                                       f"{_file_name(param)}.png")
-    return written
+    return record(out_dir, written)
 
 
 def write_seed_table(rows: list[dict], metrics: list[str], reference: str | None, out_dir: Path,

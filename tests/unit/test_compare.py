@@ -255,3 +255,21 @@ def test_long_categorical_values_make_ticks_that_do_not_overlap(tmp_path, saved_
     assert labels == sorted(f"{n}-articles-cleaned.txt" for n in ["wikipedia", "gutenberg", "newspapers", "legal",
                                                                    "forum"])
     assert len(ticks) == 5 and all(left.x1 < right.x0 for left, right in zip(ticks, ticks[1:]))
+
+
+def test_a_users_file_of_compares_names_in_the_out_folder_is_never_replaced(context_sweep, tmp_path, capsys):
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "compare.md").write_text("my notes\n")
+    (report / "photo.png").write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        main([str(context_sweep), "--out", str(report)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"error: --out {report}: holds compare.md, which compare did not write there; " \
+                                      "name another folder\n"
+    assert sorted(p.name for p in report.iterdir()) == ["compare.md", "photo.png"]
+    assert (report / "compare.md").read_text() == "my notes\n"
+    (report / "compare.md").unlink()
+    first = compare([context_sweep], report)
+    again = compare([context_sweep], report)  # its own files, replaced
+    assert again["csv"].read_text() == first["csv"].read_text() and (report / "photo.png").read_text() == "mine"
