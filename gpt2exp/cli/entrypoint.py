@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gpt2exp import collector
 from gpt2exp.atomic import write_json_atomic
 from gpt2exp.cli import help as key_help
 from gpt2exp.cli.messages import error_message, fail, one_line
@@ -254,6 +255,7 @@ def hydra_command(config_name: str, task: Callable[[DictConfig], Any]) -> Callab
         reports_user_errors(task))
 
     def command() -> None:
+        collector.skip_exit_collections()
         os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's printer
         try:
             hydra_main()

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from gpt2exp import collector
 from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import ModelConfig, TrainConfig
 from gpt2exp.errors import UserError
@@ -28,12 +29,14 @@ def train(composed: DictConfig) -> float:
     """Train the configured model (or resume it, or reuse the sweep's identical one); returns
     the final validation loss (for sweepers)."""
     cfg = cli.typed(composed, TrainConfig)  # a refused value ends here, before torch is imported
-    import torch
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    with collector.paused(freeze=True):  # a million objects, all living as long as the process
+        import torch
+        import torch._dynamo  # noqa: F401 (torch.optim's first call imports it; here it is frozen too)
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from gpt2exp.runs.tracking import NullTracker, Tracker
-    from gpt2exp.training import distributed
-    from gpt2exp.training.run import plan_run, reuse_trained_model, run_training
+        from gpt2exp.runs.tracking import NullTracker, Tracker
+        from gpt2exp.training import distributed
+        from gpt2exp.training.run import plan_run, reuse_trained_model, run_training
 
     hydra_cfg = HydraConfig.get()
     place = distributed.start()  # under torchrun: started by main already; a submitit task: here

@@ -3,14 +3,13 @@
 The data layer: what a run trains and is scored on. Imports only the leaves at the package's top
 (`gpt2exp.config`, `tokenizer`, `atomic`, `errors`, ...) and, below it, `gpt2exp.modeling`."""
 
-import os
 from collections.abc import Sized
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 from torch.utils.data import DataLoader
 
+from gpt2exp import cache
 from gpt2exp.config import DataConfig
 from gpt2exp.data.hub import split_tokens
 from gpt2exp.data.loaders import EpochSampler, SlidingWindowDataset, create_dataloader, epoch_batches, eval_batches
@@ -46,7 +45,7 @@ def build_data(cfg: DataConfig, *, context_length: int, seed: int = 0, pin_memor
     Raises UserError, naming the config key, when a split is too short for one window or one batch.
     """
     source, batch_size = cfg.source, cfg.batch_size
-    cache_dir = Path(cfg.cache_dir or os.environ.get("GPT2EXP_CACHE_DIR") or "~/.cache/gpt2exp").expanduser()
+    cache_dir = cache.folder(cfg.cache_dir)
     stride = cfg.stride or context_length
     try:
         if source == "hf":

@@ -1,7 +1,6 @@
 """Corpora as train/val text: the standard library's docstrings, local text files, WikiText."""
 
 import ast
-import gc
 import glob
 import hashlib
 import itertools
@@ -9,7 +8,7 @@ import json
 import os
 import re
 import sysconfig
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +17,7 @@ import huggingface_hub
 import huggingface_hub.constants
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+from gpt2exp import collector
 from gpt2exp.atomic import write_json_atomic
 from gpt2exp.config import DataConfig
 from gpt2exp.data.files import data_files
@@ -134,7 +134,7 @@ def pydocs_documents(cache_dir: Path | None = None) -> tuple[str, ...]:
             if isinstance(documents, list) and all(isinstance(document, str) for document in documents):
                 return tuple(documents)
     found: dict[str, None] = {}  # a dict keeps the first occurrence of each docstring, in order
-    with _garbage_collector_paused():
+    with collector.paused():  # millions of AST nodes, none of them garbage
         for relative_path in files:
             try:
                 module = ast.parse(Path(root, relative_path).read_bytes())
@@ -158,19 +158,6 @@ def _library_key(root: str, files: list[str]) -> str:
     code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     identity = [root, [(name, stat.st_size, stat.st_mtime_ns) for name, stat in stats], code]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
-
-
-@contextmanager
-def _garbage_collector_paused():
-    """Parsing allocates millions of (acyclic) AST nodes; with torch loaded, the collections
-    they trigger would walk a large heap and double the time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _docstrings(node):

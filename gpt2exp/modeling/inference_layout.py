@@ -14,7 +14,6 @@ nothing. ``python -m gpt2exp.bench bench.sections=[generate]`` prints each candi
 import functools
 import json
 import logging
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2exp import cache
 from gpt2exp.atomic import write_json_atomic
 from gpt2exp.config import InferenceConfig
 from gpt2exp.devices import FP32, Precision, bf16_supported
@@ -146,8 +146,7 @@ def choose_layout(model: GPTModel, use: str, weights: str = "fp32") -> str:
 
 
 def cache_path() -> Path:
-    root = os.environ.get("GPT2EXP_CACHE_DIR") or "~/.cache/gpt2exp"
-    return Path(root).expanduser() / CACHE_FILE
+    return cache.folder() / CACHE_FILE
 
 
 def _read_cache(path: Path) -> dict:

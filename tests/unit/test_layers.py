@@ -7,7 +7,7 @@ from pathlib import Path
 import gpt2exp
 
 PACKAGE = Path(gpt2exp.__file__).parent
-LEAVES = ("config", "devices", "tokenizer", "atomic", "errors", "locks", "network")
+LEAVES = ("config", "devices", "tokenizer", "atomic", "errors", "locks", "network", "cache", "collector")
 LAYERS = ("modeling", "data", "evaluation", "runs", "training", "benchmarks", "cli")
 COMMANDS = ("train", "generate", "eval", "export", "compare", "bench")
 

@@ -1,6 +1,9 @@
+import hashlib
+
 import pytest
 import tiktoken
 
+import gpt2exp.tokenizer as tokenizer
 from gpt2exp.tokenizer import EOT_ID, get_encoding
 
 
@@ -17,9 +20,17 @@ def test_round_trips_unicode_and_whitespace():
     assert enc.decode(enc.encode(text)) == text
 
 
-def test_hash_check_is_on(monkeypatch):
-    import gpt2exp.tokenizer as tokenizer
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """get_encoding built again, with an empty cache folder (and tiktoken's copies in one of its own)."""
+    monkeypatch.setenv("GPT2EXP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    tokenizer.get_encoding.cache_clear()
+    yield tmp_path / "cache" / tokenizer.KEPT_RANKS
+    tokenizer.get_encoding.cache_clear()
 
+
+def test_hash_check_is_on(monkeypatch, fresh_build):
     monkeypatch.setattr(tokenizer, "_VOCAB_BPE_SHA256", "0" * 64)
     tokenizer.get_encoding.cache_clear()
     try:
@@ -29,3 +40,23 @@ def test_hash_check_is_on(monkeypatch):
         monkeypatch.undo()
         tokenizer.get_encoding.cache_clear()
     assert isinstance(tokenizer.get_encoding(), tiktoken.Encoding)
+
+
+def test_the_ranks_are_kept_as_openais_r50k_base_file_and_a_later_build_reads_them(monkeypatch, fresh_build):
+    expected = get_encoding().encode("World War I or the First")
+    assert hashlib.sha256(fresh_build.read_bytes()).hexdigest() == tokenizer._R50K_BASE_SHA256
+
+    def bpe_files_read(**_):
+        raise AssertionError("the BPE files were read again")
+
+    monkeypatch.setattr(tokenizer, "data_gym_to_mergeable_bpe_ranks", bpe_files_read)
+    tokenizer.get_encoding.cache_clear()
+    assert get_encoding().encode("World War I or the First") == expected == [10603, 1810, 314, 393, 262, 3274]
+
+
+def test_a_kept_file_of_other_bytes_is_not_trusted_and_is_replaced(fresh_build):
+    fresh_build.parent.mkdir(parents=True)
+    # A well-formed ranks file that swaps two tokens' ranks: it would encode wrongly if used.
+    fresh_build.write_bytes(b"IQ== 1\nIg== 0\n")
+    assert get_encoding().encode("World War I or the First") == [10603, 1810, 314, 393, 262, 3274]
+    assert hashlib.sha256(fresh_build.read_bytes()).hexdigest() == tokenizer._R50K_BASE_SHA256
