@@ -123,7 +123,7 @@ class InferenceWeights(Choice):
 # `log_model: false` as a boolean, and a list of choices is checked here alike.
 WIKITEXT_NAMES = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
 LOG_MODEL = ("false", "best", "last", "all")
-BENCH_SECTIONS = ("peak", "train", "generate", "data", "tasks")
+BENCH_SECTIONS = ("peak", "train", "generate", "data", "tasks", "startup")
 MODES = tuple(mode.value for mode in LoggerMode)
 STRATEGIES = tuple(strategy.value for strategy in Strategy)
 MAX_NEW_TOKENS = 65_536
@@ -615,11 +615,14 @@ class BenchSettings:
     text_path: Optional[str] = None  # data section: a UTF-8 file to tokenize; null: the pydocs corpus
     corpus_mb: float = 200.0  # data section: the generated corpus that data=hf and datasets.map tokenize
     tasks_questions: int = 20  # tasks section: questions (4 choices each) of its HellaSwag-shaped task
-    # of peak, train, generate, data, tasks (lm-evaluation-harness scoring beside HFLM: asked for by name)
-    sections: list[str] = field(default_factory=lambda: [s for s in BENCH_SECTIONS if s != "tasks"])
+    startup_runs: int = 3  # startup section: 1-step training runs timed, one after another
+    # of peak, train, generate, data, tasks (lm-evaluation-harness scoring beside HFLM), startup (a 1-step
+    # `gpt2exp.train` run timed to its exit); the last two only when named
+    sections: list[str] = field(default_factory=lambda: [s for s in BENCH_SECTIONS if s not in ("tasks", "startup")])
 
     def __post_init__(self) -> None:
-        _at_least_one(self, "bench", "batch_size", "steps", "new_tokens", "num_samples", "tasks_questions")
+        _at_least_one(self, "bench", "batch_size", "steps", "new_tokens", "num_samples", "tasks_questions",
+                      "startup_runs")
         _require(self.warmup >= 0, "bench.warmup", self.warmup, "must be an integer >= 0")
         _require(0 < self.corpus_mb < math.inf, "bench.corpus_mb", self.corpus_mb, "must be > 0")
         if self.threads is not None:

@@ -70,6 +70,10 @@ def bench(cfg: BenchConfig) -> list[Row]:
         from gpt2exp.benchmarks.tasks import task_rows
 
         rows += task_rows(model, settings.tasks_questions, settings.batch_size)
+    if "startup" in sections:
+        from gpt2exp.benchmarks.startup import startup_rows
+
+        rows += startup_rows(settings.startup_runs)
     rows += _memory_rows(device)
     return rows
 

@@ -12,6 +12,7 @@ from typing import cast
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from gpt2exp import collector
 from gpt2exp.atomic import write_json_atomic
 from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import EvalConfig, plain
@@ -59,8 +60,9 @@ def score_checkpoint(composed: DictConfig) -> float:
 
 def score_tasks(cfg: EvalConfig) -> float:
     """lm-evaluation-harness tasks: eval.json and the W&B summary get each task's metrics."""
-    from gpt2exp.evaluation.tasks import TaskRequest, flat_metrics, prepare, run_tasks
-    from gpt2exp.modeling.inference_layout import to_inference_layout
+    with collector.paused(freeze=True):  # torch, the harness and the model code: as long-lived as the process
+        from gpt2exp.evaluation.tasks import TaskRequest, flat_metrics, prepare, run_tasks
+        from gpt2exp.modeling.inference_layout import to_inference_layout
 
     settings = cfg.eval
     request = TaskRequest(tasks=list(settings.tasks), num_fewshot=settings.num_fewshot, limit=settings.limit,
@@ -83,11 +85,12 @@ def score_tasks(cfg: EvalConfig) -> float:
 
 def score_perplexity(cfg: EvalConfig) -> float:
     """Score the split; returns its perplexity."""
-    import torch
+    with collector.paused(freeze=True):  # torch and the model code: objects that live as long as the process
+        import torch
 
-    from gpt2exp.data import load_eval_text, whole_files
-    from gpt2exp.evaluation.sliding_windows import default_stride, score_text
-    from gpt2exp.modeling.inference_layout import to_inference_layout
+        from gpt2exp.data import load_eval_text, whole_files
+        from gpt2exp.evaluation.sliding_windows import default_stride, score_text
+        from gpt2exp.modeling.inference_layout import to_inference_layout
 
     settings, data = cfg.eval, cfg.data
     device = resolve_device(settings.device, key="eval.device")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from gpt2exp import collector
 from gpt2exp.cli import entrypoint as cli
 from gpt2exp.config import GenerateConfig, plain
 from gpt2exp.devices import resolve_device
@@ -76,7 +77,8 @@ def plan_generation(composed: DictConfig) -> GenerationPlan:
     prompts = read_prompt_file(cfg.prompt_file) if cfg.prompt_file else [cfg.prompt] if cfg.prompt else []
     ckpt_path = wandb_checkpoint(cfg.ckpt, cfg.logger.mode) if cfg.ckpt.startswith("wandb:") else (
         checkpoint_file(cfg.ckpt))
-    from gpt2exp.modeling.trained import load_trained_model
+    with collector.paused(freeze=True):  # torch and the model code: objects that live as long as the process
+        from gpt2exp.modeling.trained import load_trained_model
 
     model, checkpoint = load_trained_model(ckpt_path)
     cfg.decoding.check_vocab(model.cfg.vocab_size)
