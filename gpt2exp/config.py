@@ -513,6 +513,20 @@ class TrainerConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How a CPU lays out a model's weights to generate or score (modeling/inference_layout.py)."""
+
+    # auto: the fastest for this CPU and model shape, measured at the first inference and cached |
+    # linear (PyTorch's own) | transposed | packed (oneDNN's blocked layout)
+    layout: InferenceLayout = InferenceLayout.auto
+    weights: InferenceWeights = InferenceWeights.fp32  # bf16: packed bf16 copies (CPUs with native bf16)
+
+    def __post_init__(self) -> None:
+        self.layout = _choice(self.layout, "inference.layout", InferenceLayout)
+        self.weights = _choice(self.weights, "inference.weights", InferenceWeights)
+
+
+@dataclass
 class TrainConfig:
     """``python -m gpt2exp.train``."""
 
@@ -522,6 +536,7 @@ class TrainConfig:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # the CPU layout `trainer.test` scores in
     seed: int = 123  # seeds the weights' initialisation, the data order and dropout
 
     def __post_init__(self) -> None:
@@ -534,20 +549,6 @@ class TrainConfig:
                  "needs optimizer=adamw (optimizer=muon trains whole weight matrices, not adapters)")
         if self.data.stride is None:
             self.data.stride = self.model.context_length
-
-
-@dataclass
-class InferenceConfig:
-    """How a CPU lays out a model's weights to generate or score (modeling/inference_layout.py)."""
-
-    # auto: the fastest for this CPU and model shape, measured at the first inference and cached |
-    # linear (PyTorch's own) | transposed | packed (oneDNN's blocked layout)
-    layout: InferenceLayout = InferenceLayout.auto
-    weights: InferenceWeights = InferenceWeights.fp32  # bf16: packed bf16 copies (CPUs with native bf16)
-
-    def __post_init__(self) -> None:
-        self.layout = _choice(self.layout, "inference.layout", InferenceLayout)
-        self.weights = _choice(self.weights, "inference.weights", InferenceWeights)
 
 
 @dataclass

@@ -30,7 +30,7 @@ PLAN_KEYS = (
     "trainer.max_steps", "trainer.epochs", "trainer.eval_freq", "trainer.eval_iter", "trainer.sample_freq",
     "trainer.start_context", "trainer.checkpoint_freq", "trainer.checkpoint_minutes", "trainer.keep_last",
     "trainer.keep_best", "trainer.save_optimizer", "trainer.compile", "trainer.activation_checkpointing",
-    "trainer.test", "trainer.early_stopping", "decoding",
+    "trainer.test", "trainer.early_stopping", "decoding", "inference",
 )
 
 

@@ -14,13 +14,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gpt2exp.config import TrainConfig, plain
+from gpt2exp.config import InferenceConfig, TrainConfig, plain
 from gpt2exp.data import DataBundle, build_data, has_test_split, load_eval_text
 from gpt2exp.devices import Precision, resolve_device, resolve_precision
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.evaluation.sliding_windows import default_stride, score_text
 from gpt2exp.modeling.checkpoint import format_bytes
-from gpt2exp.modeling.lora import apply_lora, check_lora, is_lora, load_adapter
+from gpt2exp.modeling.inference_layout import packing_works, to_inference_layout
+from gpt2exp.modeling.lora import apply_lora, check_lora, is_lora, load_adapter, merged_model
 from gpt2exp.modeling.model import GPTModel
 from gpt2exp.modeling.trained import Base, check_same_base, load_trained_model, read_base, read_base_weights
 from gpt2exp.runs import folder as run_folder
@@ -128,6 +129,8 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
         )
     # Rank 0 scores the test split: the others hear only whether reading it worked.
     test_text = distributed.main_shares(lambda: _test_text(cfg), share=lambda text: None)
+    if test_text is not None and device.type == "cpu":
+        _check_inference(cfg.inference)
     return RunPlan(resolved, device, precision, data, steps, resume, test_text, base)
 
 
@@ -164,6 +167,20 @@ def _test_text(cfg: TrainConfig) -> str | None:
             raise
         log.warning("trainer.test: no test split (%s); the run ends without it", err)
         return None
+
+
+def _check_inference(settings: InferenceConfig) -> None:
+    """`inference.*` as the test split's scoring on the CPU will lay the model out
+    (`to_inference_layout`), refused now rather than after training; raises UserError naming the key."""
+    layout, weights = str(settings.layout), str(settings.weights)
+    if weights == "bf16" and not packing_works(torch.bfloat16):
+        raise UserError("inference.weights=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX) and oneDNN in "
+                        "this PyTorch build; use inference.weights=fp32")
+    if weights == "bf16" and layout not in ("auto", "packed"):
+        raise UserError(f"inference.layout={layout} is not allowed with inference.weights=bf16: bf16 weights are "
+                        "packed (use auto or packed)")
+    if layout == "packed" and not packing_works():
+        raise UserError("inference.layout=packed: this PyTorch build lacks oneDNN's packed Linear; use auto")
 
 
 def _read_summary(run_dir: Path) -> dict:
@@ -232,7 +249,8 @@ def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Trac
     hooks.plot(state)
     hooks.log_models(state)
     final = state.final
-    test = _score_test(plan.test_text, whole or model, plan.precision, tracker, state.step, progress=ctx.progress)
+    test = _score_test(plan.test_text, whole or model, plan.precision, cfg.inference, tracker, state.step,
+                       progress=ctx.progress)
     checkpoint_bytes = hooks.checkpoint_bytes()
     log.info("done: val loss %.3f (first %.3f) | checkpoint %s | checkpoints take %s", final.val_loss,
              state.history[0].val_loss, hooks.last_checkpoint, format_bytes(checkpoint_bytes))
@@ -311,12 +329,15 @@ def _exit_stopped(tracker: Tracker | NullTracker, ctx: RunContext, stop: Gracefu
     sys.exit(stop.exit_code)
 
 
-def _score_test(text: str | None, model: GPTModel, precision: Precision, tracker: Tracker | NullTracker,
-                step: int, *, progress: bool) -> dict:
+def _score_test(text: str | None, model: GPTModel, precision: Precision, settings: InferenceConfig,
+                tracker: Tracker | NullTracker, step: int, *, progress: bool) -> dict:
     """`trainer.test`: the test split's loss and perplexity as `gpt2exp.eval` scores them
-    (stride min(512, context)), logged at the last step; {} when off. `progress`: a bar on a terminal."""
+    (stride min(512, context), the model laid out for scoring by `settings`), logged at the last
+    step; {} when off. `model` is laid out in place: nothing trains or saves it after this.
+    `progress`: a bar on a terminal."""
     if text is None:
         return {}
+    model = _laid_out_for_scoring(model, precision, settings)
     stride = default_stride(model.cfg.context_length)
     score = score_text(model, torch.tensor(get_encoding().encode(text, allowed_special="all")), stride=stride,
                        precision=precision, progress="scoring test" if progress else None)
@@ -325,6 +346,15 @@ def _score_test(text: str | None, model: GPTModel, precision: Precision, tracker
     log.info("test: %s tokens | loss %.4f | perplexity %.3f (stride %d)", f"{score.tokens:,}", score.mean_nll,
              score.perplexity, stride)
     return {**metrics, "test/tokens": score.tokens, "test/stride": stride}
+
+
+def _laid_out_for_scoring(model: GPTModel, precision: Precision, settings: InferenceConfig) -> GPTModel:
+    """`model` laid out for scoring full windows as `gpt2exp.eval` lays out its checkpoint, in
+    place. A LoRA model on the CPU is merged first, as eval loads it: a copy, whose plain Linear
+    layers take any layout (peft's do not)."""
+    if is_lora(model) and model.tok_emb.weight.device.type == "cpu":
+        model = merged_model(model)
+    return to_inference_layout(model, precision, use="score", settings=settings)
 
 
 def reuse_trained_model(cfg: TrainConfig, plan: RunPlan, trained: reuse.TrainedModel, ctx: RunContext,

@@ -56,12 +56,18 @@ def test_a_wikitext_run_ends_scored_on_the_test_split_and_compare_shows_it(run_m
     for split in ("train", "valid", "test"):
         (wikitext / f"wiki.{split}.tokens").write_text(" = Foxes = \n" + " The quick brown fox jumps . \n" * 300)
     result = run_module("gpt2exp.train", *TINY, "data=wikitext2", f"data.local_dir={wikitext}", "trainer.max_steps=2",
-                        "logger=none")
+                        "trainer.precision=fp32", "logger=none")
     assert result.returncode == 0, result.stderr
     [run_dir] = run_folders(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test/perplexity"] == pytest.approx(math.exp(summary["test/loss"]))
     assert summary["test/stride"] == 32 and summary["test/tokens"] > 1000
+    # The test split scores in eval's inference layout: the same loss as eval of the run's checkpoint.
+    scored = run_module("gpt2exp.eval", f"ckpt={run_dir}", "data=wikitext2", f"data.local_dir={wikitext}",
+                        "eval.split=test", "logger=none")
+    assert scored.returncode == 0, scored.stderr
+    [eval_dir] = [p for p in run_folders(tmp_path) if (p / "eval.json").exists()]
+    assert json.loads((eval_dir / "eval.json").read_text())["mean_nll"] == pytest.approx(summary["test/loss"], abs=1e-6)
     compare = run_module("gpt2exp.compare", str(run_dir))
     assert compare.returncode == 0 and "test_loss" in compare.stdout.splitlines()[0]
     off = run_module("gpt2exp.train", *TINY, "data=text", f"data.path={wikitext / 'wiki.test.tokens'}",
