@@ -5,18 +5,23 @@ weights stream from memory, and which layout streams fastest depends on the CPU:
 blocked layout (``torch.ops.mkldnn``, as inductor's CPU freezing packs weights) beats PyTorch's
 own on an AMD EPYC, where PyTorch's MKL runs its AVX2 code, and loses to a transposed weight on
 an Intel Xeon with AMX. So ``layout="auto"`` times one step of each candidate on the model's own
-shapes at the first inference and keeps the fastest, cached per CPU, PyTorch version, thread
-count, use (one-token decoding, or scoring full windows) and shapes in
+shapes at the first inference and uses the fastest (PyTorch's own where the fastest leads it by
+no more than the measurement's noise). A measurement taken on a quiet machine is cached per CPU,
+PyTorch version, thread count, use (one-token decoding, or scoring full windows) and shapes in
 ``$GPT2EXP_CACHE_DIR/inference_layouts.json`` (default ``~/.cache/gpt2exp``): a later run pays
-nothing. ``python -m gpt2exp.bench bench.sections=[generate]`` prints each candidate's time.
+nothing. One taken while other processes load the CPU, which reorders the layouts, serves its
+own run only. ``python -m gpt2exp.bench bench.sections=[generate]`` prints each candidate's time.
 """
 
 import functools
 import json
 import logging
+import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,6 +48,11 @@ PACKED_FOR_ROWS = 256
 TIMED_BLOCK_BYTES = 256 * 2**20
 SCORED_ROWS = 128  # rows of a timed scoring step: compute-bound from here on, as full windows are
 CACHE_FILE = "inference_layouts.json"
+REPEATS = 7  # rounds of a measurement
+# When a measurement is trusted (cached) and when a layout beats PyTorch's own (`decide`).
+MAX_CPU_WAIT = 0.05  # of the rounds' thread time spent waiting for a CPU (a quiet machine's hardly wait)
+AGREEMENT = 0.1  # a candidate's median round within this fraction of its fastest
+MIN_MARGIN = 0.02  # of the reference's time: a smaller lead is not worth a layout
 
 
 class PackedLinear(nn.Module):
@@ -123,26 +133,92 @@ def candidates(weights: str = "fp32") -> tuple[str, ...]:
 
 
 def choose_layout(model: GPTModel, use: str, weights: str = "fp32") -> str:
-    """The fastest candidate layout for ``use`` of ``model``'s shapes on this machine: read from
-    the cache file when this CPU, PyTorch version, thread count, use and shapes were measured
-    before, else measured (`time_layouts`) and written there. A cache that cannot be read is
-    measured again and rewritten; one that cannot be written only costs the next run a measurement."""
+    """The fastest candidate layout for ``use`` of ``model``'s shapes on this machine, or PyTorch's
+    own where the fastest is within the measurement's noise of it: read from the cache file when
+    this CPU, PyTorch version, thread count, use and shapes were measured before, else measured
+    (`measure_layouts`, `decide`) and written there only if the measurement is trustworthy (a
+    busy machine's is used for this run, and the next run measures again). A cache that cannot be
+    read is measured again and rewritten; one that cannot be written only costs the next run a
+    measurement."""
     key = cache_key(model, use, weights)
     path = cache_path()
     cached = _read_cache(path)
     entry = cached.get(key)
-    if isinstance(entry, dict) and entry.get("layout") in candidates(weights):
+    # An entry without "noise_ms" was kept before measurements were checked: measured again.
+    if isinstance(entry, dict) and entry.get("layout") in candidates(weights) and "noise_ms" in entry:
         return entry["layout"]
-    seconds = time_layouts(model, use, weights)
-    best = min(seconds, key=seconds.__getitem__)
-    log.info("inference layout for %s: %s (%s)", use, best,
-             ", ".join(f"{name} {value * 1e3:.3g} ms" for name, value in seconds.items()))
-    cached[key] = {"layout": best, "ms": {name: round(value * 1e3, 4) for name, value in seconds.items()}}
+    measurement = measure_layouts(model, use, weights)
+    choice = decide(measurement)
+    times = ", ".join(f"{name} {value * 1e3:.3g} ms" for name, value in measurement.fastest.items())
+    if not choice.kept:
+        log.info("inference layout for %s: %s (%s; %s); not kept, the next run measures again", use, choice.layout,
+                 times, choice.reason)
+        return choice.layout
+    cached[key] = {"layout": choice.layout,
+                   "ms": {name: round(value * 1e3, 4) for name, value in measurement.fastest.items()},
+                   "noise_ms": {name: round(measurement.noise(name) * 1e3, 4) for name in measurement.rounds}}
     try:
         write_json_atomic(path, cached)
     except OSError as err:
         log.warning("inference layout: cannot keep the choice in %s (%s)", path, err.strerror or err)
-    return best
+        return choice.layout
+    log.info("inference layout for %s: %s (%s; %s); kept in %s", use, choice.layout, times, choice.reason, path)
+    return choice.layout
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Each candidate's seconds per step, one per round, and the share of the rounds' thread time
+    that this process's threads waited for a CPU another process held (None where the OS does
+    not say)."""
+
+    rounds: dict[str, list[float]]
+    cpu_wait: float | None
+
+    @property
+    def fastest(self) -> dict[str, float]:
+        """Each candidate's fastest round: another process only ever adds time."""
+        return {name: min(values) for name, values in self.rounds.items()}
+
+    def noise(self, name: str) -> float:
+        """How far ``name``'s median round lies above its fastest: what one measurement cannot resolve."""
+        return statistics.median(self.rounds[name]) - min(self.rounds[name])
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `decide` made of a measurement."""
+
+    layout: str
+    kept: bool  # whether the measurement is trustworthy enough to cache
+    reason: str  # why, in a few words, for the log line
+
+
+def decide(measurement: Measurement) -> Choice:
+    """The layout to use and whether to keep it, from one measurement.
+
+    The fastest candidate beats PyTorch's own (the first candidate: ``linear``; ``packed`` for
+    bf16 weights) only by a margin larger than either one's noise and than ``MIN_MARGIN`` of the
+    reference's time; else the reference is used, which never loses to itself. The choice is kept
+    only when the machine was quiet: this process hardly waited for a CPU (``MAX_CPU_WAIT``) and
+    every candidate's rounds agree (noise within ``AGREEMENT`` of its fastest). A steady load
+    makes the rounds agree but reorders the layouts (oneDNN's packed ones slow down most), hence
+    the CPU wait; bursts show as noise."""
+    fastest = measurement.fastest
+    reference, winner = next(iter(fastest)), min(fastest, key=fastest.__getitem__)
+    margin = fastest[reference] - fastest[winner]
+    noise = max(measurement.noise(winner), measurement.noise(reference), MIN_MARGIN * fastest[reference])
+    if winner != reference and margin <= noise:
+        layout, reason = reference, f"{winner}'s lead of {margin * 1e3:.3g} ms is within the noise"
+    else:
+        layout, reason = winner, f"{margin * 1e3:.3g} ms ahead of {reference}" if winner != reference else "the fastest"
+    spread = max(measurement.noise(name) / fastest[name] for name in fastest)
+    if measurement.cpu_wait is not None and measurement.cpu_wait > MAX_CPU_WAIT:
+        return Choice(layout, False, f"{reason}; this process's threads waited for a CPU {measurement.cpu_wait:.0%} "
+                                     "of the time (another process was using it)")
+    if spread > AGREEMENT:
+        return Choice(layout, False, f"{reason}; the rounds disagree by up to {spread:.0%}")
+    return Choice(layout, True, f"{reason}; the rounds agree within {spread:.0%}")
 
 
 def cache_path() -> Path:
@@ -177,12 +253,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def time_layouts(model: GPTModel, use: str, weights: str = "fp32", *, repeats: int = 7) -> dict[str, float]:
-    """Seconds of one inference step's Linear layers in each candidate layout (the fastest of
-    ``repeats``, the candidates taking turns): for ``decode`` one token, for ``score``
-    ``SCORED_ROWS`` tokens. The step is the output head's (vocabulary rows) plus blocks' Linears
-    scaled to all ``n_layers`` blocks: as many blocks as ``TIMED_BLOCK_BYTES`` hold for decoding,
-    one for scoring (compute-bound, the cache matters not)."""
+def time_layouts(model: GPTModel, use: str, weights: str = "fp32", *, repeats: int = REPEATS) -> dict[str, float]:
+    """Seconds of one inference step's Linear layers in each candidate layout, the fastest of
+    ``repeats`` rounds (`measure_layouts`)."""
+    return measure_layouts(model, use, weights, repeats=repeats).fastest
+
+
+def measure_layouts(model: GPTModel, use: str, weights: str = "fp32", *, repeats: int = REPEATS) -> Measurement:
+    """One inference step's Linear layers timed in each candidate layout, ``repeats`` rounds of
+    the candidates taking turns: for ``decode`` one token, for ``score`` ``SCORED_ROWS`` tokens.
+    The step is the output head's (vocabulary rows) plus blocks' Linears scaled to all
+    ``n_layers`` blocks: as many blocks as ``TIMED_BLOCK_BYTES`` hold for decoding, one for
+    scoring (compute-bound, the cache matters not)."""
     head, blocks = _linears(model)
     per_block = len(blocks) // model.cfg.n_layers
     block_bytes = sum(linear.weight.numel() * linear.weight.element_size() for linear in blocks[:per_block])
@@ -198,9 +280,10 @@ def time_layouts(model: GPTModel, use: str, weights: str = "fp32", *, repeats: i
             layers.append(_timed_layer(head, model.cfg.vocab_size, layout, dtype))
             steps[layout] = _step(layers, inputs)
     with torch.inference_mode():
-        parts = _fastest_seconds(steps, repeats=repeats)
+        rounds, cpu_wait = _timed_rounds(steps, repeats=repeats)
     scale = model.cfg.n_layers / timed_blocks
-    return {layout: blocks_s * scale + head_s for layout, (blocks_s, head_s) in parts.items()}
+    return Measurement({layout: [blocks_s * scale + head_s for blocks_s, head_s in parts]
+                        for layout, parts in rounds.items()}, cpu_wait)
 
 
 def _timed_layer(linear: nn.Linear, rows: int | None, layout: str, dtype: torch.dtype) -> nn.Module:
@@ -229,18 +312,41 @@ def _step(layers: list[nn.Module], inputs: list[torch.Tensor]) -> Callable[[], t
     return run
 
 
-def _fastest_seconds(steps: dict[str, Callable[[], tuple[float, float]]], *, repeats: int) -> dict[str, tuple[float, float]]:
-    """Each step's fastest parts over ``repeats`` calls after one untimed call, the steps taking
-    turns in an order reversed every round. The fastest, not the median: another process on a
-    shared machine only ever adds time, in bursts that a median of few calls does not outlast."""
+def _timed_rounds(steps: dict[str, Callable[[], tuple[float, float]]], *,
+                 repeats: int) -> tuple[dict[str, list[tuple[float, float]]], float | None]:
+    """Each step's parts in each of ``repeats`` rounds after one untimed call, the steps taking
+    turns in an order reversed every round; and the share of the rounds' thread time (wall time
+    by torch's thread count) that this process's threads spent waiting for a CPU."""
     names = list(steps)
     for name in names:
         steps[name]()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    waited_before, start = _cpu_wait_ns(), time.perf_counter_ns()
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else reversed(names):
             times[name].append(steps[name]())
-    return {name: (min(t[0] for t in values), min(t[1] for t in values)) for name, values in times.items()}
+    wall, waited_after = time.perf_counter_ns() - start, _cpu_wait_ns()
+    if waited_before is None or waited_after is None:
+        return times, None
+    waited = sum(waited_after[thread] - waited_before[thread] for thread in waited_before.keys() & waited_after.keys())
+    return times, waited / max(wall * torch.get_num_threads(), 1)
+
+
+def _cpu_wait_ns() -> dict[str, int] | None:
+    """Nanoseconds each thread of this process has waited on a run queue for a CPU (Linux's
+    /proc/self/task/*/schedstat); None where the OS does not report it."""
+    waits = {}
+    try:
+        threads = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for thread in threads:
+        try:
+            with open(f"/proc/self/task/{thread}/schedstat", encoding="ascii") as schedstat:
+                waits[thread] = int(schedstat.read().split()[1])
+        except (OSError, ValueError, IndexError):  # a thread that ended, or no schedstat
+            continue
+    return waits or None
 
 
 def _linears(model: GPTModel) -> tuple[nn.Linear, list[nn.Linear]]:

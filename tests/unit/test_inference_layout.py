@@ -1,7 +1,11 @@
 """inference.layout=auto: the layout is measured once per CPU, PyTorch version, use and shape, then
-read from the cache; a corrupt cache is measured again; bf16 weights stay close to fp32's; what
+read from the cache; a measurement under load is used but not kept; a lead within the noise of
+PyTorch's own layout yields PyTorch's; a corrupt cache is measured again; bf16 weights stay close to fp32's; what
 cannot run on this build is refused naming the key; memory bandwidth and decoding's MBU."""
 import json
+import logging
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +15,7 @@ from gpt2exp.config import InferenceConfig, ModelConfig
 from gpt2exp.errors import UserError
 from gpt2exp.modeling import inference_layout
 from gpt2exp.modeling.decoding import generate
-from gpt2exp.modeling.inference_layout import PackedLinear, choose_layout, time_layouts, to_inference_layout
+from gpt2exp.modeling.inference_layout import PackedLinear, candidates, choose_layout, time_layouts, to_inference_layout
 from gpt2exp.modeling.model import GPTModel
 
 TINY = ModelConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
@@ -28,55 +32,131 @@ def perturbed() -> GPTModel:
     return model
 
 
+class FakeClock:
+    """What the measurement's clock reads: each candidate's step seconds round after round
+    (``rounds``; a candidate not named takes 0.2 s every round) and the share of the time the
+    threads waited for a CPU (``cpu_wait``); ``measured`` lists each measurement's (CPU, use)."""
+
+    def __init__(self):
+        self.rounds: dict[str, list[float]] = {"transposed": [0.1] * inference_layout.REPEATS}
+        self.cpu_wait: float | None = 0.01
+        self.measured: list[tuple[str, str]] = []
+
+    def timed_rounds(self, steps, *, repeats):
+        return {name: [(0.0, s) for s in self.rounds.get(name, [0.2] * repeats)] for name in steps}, self.cpu_wait
+
+
 @pytest.fixture
-def timings(monkeypatch, tmp_path) -> list[tuple[str, str]]:
-    """Each measurement's (CPU, use), "transposed" the fastest candidate of every one; the cache
-    in a folder of this test's own."""
+def clock(monkeypatch, tmp_path) -> FakeClock:
+    """A fake clock for every measurement ("transposed" steadily fastest on a quiet CPU unless a
+    test says otherwise); the cache in a folder of this test's own."""
     monkeypatch.setenv("GPT2EXP_CACHE_DIR", str(tmp_path / "cache"))
-    measured = []
+    fake, measure_layouts = FakeClock(), inference_layout.measure_layouts
 
-    def time_layouts(model, use, weights="fp32"):
-        measured.append((inference_layout.cpu_name(), use))
-        return {name: 0.1 if name == "transposed" else 0.2 for name in inference_layout.candidates(weights)}
+    def measure(model, use, weights="fp32"):
+        fake.measured.append((inference_layout.cpu_name(), use))
+        return measure_layouts(model, use, weights)
 
-    monkeypatch.setattr(inference_layout, "time_layouts", time_layouts)
-    return measured
+    monkeypatch.setattr(inference_layout, "_timed_rounds", fake.timed_rounds)
+    monkeypatch.setattr(inference_layout, "measure_layouts", measure)
+    return fake
 
 
-def test_auto_measures_once_per_cpu_and_use_then_reads_the_cache(timings, monkeypatch):
+def kept() -> dict:
+    path = inference_layout.cache_path()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_auto_measures_once_per_cpu_and_use_then_reads_the_cache(clock, monkeypatch):
     model = perturbed()
     for _ in range(2):
         assert choose_layout(model, "decode") == choose_layout(model, "score") == "transposed"
-    assert timings == [(inference_layout.cpu_name(), "decode"), (inference_layout.cpu_name(), "score")]
+    assert clock.measured == [(inference_layout.cpu_name(), "decode"), (inference_layout.cpu_name(), "score")]
     monkeypatch.setattr(inference_layout, "cpu_name", lambda: "Another CPU")
     to_inference_layout(perturbed())
-    assert timings[-1] == ("Another CPU", "decode") and len(timings) == 3
-    cached = json.loads(inference_layout.cache_path().read_text())
+    assert clock.measured[-1] == ("Another CPU", "decode") and len(clock.measured) == 3
+    cached = kept()
     assert len(cached) == 3 and {entry["layout"] for entry in cached.values()} == {"transposed"}
-    assert choose_layout(perturbed(), "decode") == "transposed" and len(timings) == 3
+    assert choose_layout(perturbed(), "decode") == "transposed" and len(clock.measured) == 3
 
 
-def test_a_corrupt_cache_is_measured_again_and_rewritten(timings):
+def test_a_kept_choice_records_the_times_it_was_chosen_on(clock, caplog):
+    clock.rounds["linear"] = [0.3, 0.31, 0.3, 0.32, 0.31, 0.3, 0.33]
+    with caplog.at_level(logging.INFO, logger=inference_layout.__name__):
+        assert choose_layout(perturbed(), "decode") == "transposed"
+    [entry] = kept().values()
+    assert entry["ms"] == {name: {"linear": 300.0, "transposed": 100.0}.get(name, 200.0) for name in candidates()}
+    assert entry["noise_ms"]["linear"] == pytest.approx(10.0) and entry["noise_ms"]["transposed"] == 0
+    [line] = caplog.messages
+    assert line.startswith("inference layout for decode: transposed (linear 300 ms, transposed 100 ms")
+    assert "; the rounds agree within 3%); kept in " in line
+
+
+NOISY = [0.1, 0.1, 0.175, 0.2, 0.15, 0.1, 0.225]  # most rounds slowed by another process
+
+
+@pytest.mark.parametrize(("rounds", "cpu_wait", "why"), [
+    ({"transposed": NOISY}, 0.01, "the rounds disagree by up to 50%"),
+    ({}, 0.3, "this process's threads waited for a CPU 30% of the time"),
+])
+def test_a_measurement_under_load_is_used_but_not_kept(clock, caplog, rounds, cpu_wait, why):
+    """Bursts of load show as rounds that disagree; a steady load (which reorders the layouts,
+    the rounds agreeing) as this process waiting for a CPU."""
+    clock.rounds.update(rounds)
+    clock.cpu_wait = cpu_wait
+    with caplog.at_level(logging.INFO, logger=inference_layout.__name__):
+        assert choose_layout(perturbed(), "decode") == "transposed"
+    assert kept() == {}
+    assert why in caplog.messages[0] and caplog.messages[0].endswith("not kept, the next run measures again")
+    clock.rounds, clock.cpu_wait = {"linear": [0.05] * inference_layout.REPEATS}, 0.0
+    assert choose_layout(perturbed(), "decode") == "linear" and len(clock.measured) == 2
+    assert [entry["layout"] for entry in kept().values()] == ["linear"]
+
+
+@pytest.mark.parametrize("rounds", [
+    {"linear": [0.2, 0.22, 0.21, 0.2, 0.23, 0.2, 0.21],  # within each other's noise
+     "transposed": [0.195, 0.2, 0.21, 0.2, 0.205, 0.2, 0.21]},
+    {"linear": [0.2] * 7, "transposed": [0.199] * 7},  # steady, but a lead too small to be worth a layout
+])
+def test_a_lead_within_the_noise_of_pytorchs_own_layout_yields_it(clock, rounds):
+    clock.rounds = rounds
+    assert choose_layout(perturbed(), "decode") == "linear"
+    assert choose_layout(perturbed(), "decode") == "linear" and len(clock.measured) == 1
+
+
+def test_a_choice_kept_before_measurements_were_checked_is_measured_again(clock):
+    path, key = inference_layout.cache_path(), inference_layout.cache_key(perturbed(), "decode", "fp32")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({key: {"layout": "packed", "ms": {"packed": 1.0}}}))
+    assert choose_layout(perturbed(), "decode") == "transposed" and len(clock.measured) == 1
+    assert kept()[key]["layout"] == "transposed"
+
+
+def test_a_corrupt_cache_is_measured_again_and_rewritten(clock):
     path = inference_layout.cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"half a fi')
-    assert choose_layout(perturbed(), "decode") == "transposed" and len(timings) == 1
+    assert choose_layout(perturbed(), "decode") == "transposed" and len(clock.measured) == 1
     assert list(json.loads(path.read_text()).values())[0]["layout"] == "transposed"
 
 
-def test_a_forced_layout_is_not_measured(timings):
+def test_a_forced_layout_is_not_measured(clock):
     model = to_inference_layout(perturbed(), settings=InferenceConfig(layout="linear"))
-    assert timings == [] and model.out_head.weight.is_contiguous()
+    assert clock.measured == [] and model.out_head.weight.is_contiguous()
 
 
 def test_time_layouts_times_every_candidate_on_a_real_model():
     seconds = time_layouts(perturbed(), "decode", repeats=1)
-    assert list(seconds) == list(inference_layout.candidates()) and all(value > 0 for value in seconds.values())
-    assert list(time_layouts(perturbed(), "score", repeats=1)) == list(inference_layout.candidates())
+    assert list(seconds) == list(candidates()) and all(value > 0 for value in seconds.values())
+    measurement = inference_layout.measure_layouts(perturbed(), "score", repeats=2)
+    assert list(measurement.rounds) == list(candidates()) and all(len(r) == 2 for r in measurement.rounds.values())
+    if Path("/proc/self/task").is_dir():  # Linux reports how long the threads waited for a CPU
+        assert measurement.cpu_wait is not None and measurement.cpu_wait >= 0
+        assert str(threading.get_native_id()) in inference_layout._cpu_wait_ns()
 
 
 @pytest.mark.skipif(not BF16, reason="this CPU or PyTorch build has no native bf16 packed Linear")
-def test_bf16_weights_keep_the_logits_close_and_the_greedy_tokens(timings):
+def test_bf16_weights_keep_the_logits_close_and_the_greedy_tokens(clock):
     model = perturbed()
     fast = to_inference_layout(perturbed(), settings=InferenceConfig(weights="bf16"))
     assert all(isinstance(m, PackedLinear) and m.packed_weight.dtype == torch.bfloat16
