@@ -49,6 +49,7 @@ TIMED_BLOCK_BYTES = 256 * 2**20
 SCORED_ROWS = 128  # rows of a timed scoring step: compute-bound from here on, as full windows are
 CACHE_FILE = "inference_layouts.json"
 REPEATS = 7  # rounds of a measurement
+MIN_ROUNDS = 3  # rounds of a measurement under load (not kept: it serves its own run only)
 # When a measurement is trusted (cached) and when a layout beats PyTorch's own (`decide`).
 MAX_CPU_WAIT = 0.05  # of the rounds' thread time spent waiting for a CPU (a quiet machine's hardly wait)
 AGREEMENT = 0.1  # a candidate's median round within this fraction of its fastest
@@ -316,20 +317,31 @@ def _timed_rounds(steps: dict[str, Callable[[], tuple[float, float]]], *,
                  repeats: int) -> tuple[dict[str, list[tuple[float, float]]], float | None]:
     """Each step's parts in each of ``repeats`` rounds after one untimed call, the steps taking
     turns in an order reversed every round; and the share of the rounds' thread time (wall time
-    by torch's thread count) that this process's threads spent waiting for a CPU."""
+    by torch's thread count) that this process's threads spent waiting for a CPU. Waiting more
+    than ``MAX_CPU_WAIT``, the rounds stop after ``MIN_ROUNDS``: such a measurement is not kept."""
     names = list(steps)
     for name in names:
         steps[name]()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     waited_before, start = _cpu_wait_ns(), time.perf_counter_ns()
+    cpu_wait = None
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else reversed(names):
             times[name].append(steps[name]())
-    wall, waited_after = time.perf_counter_ns() - start, _cpu_wait_ns()
+        cpu_wait = _cpu_wait_share(waited_before, start)
+        if round_index + 1 >= MIN_ROUNDS and cpu_wait is not None and cpu_wait > MAX_CPU_WAIT:
+            break
+    return times, cpu_wait
+
+
+def _cpu_wait_share(waited_before: dict[str, int] | None, start_ns: int) -> float | None:
+    """The share of the thread time since ``start_ns`` (wall time by torch's thread count) that
+    this process's threads spent waiting for a CPU; None where the OS does not report it."""
+    wall, waited_after = time.perf_counter_ns() - start_ns, _cpu_wait_ns()
     if waited_before is None or waited_after is None:
-        return times, None
+        return None
     waited = sum(waited_after[thread] - waited_before[thread] for thread in waited_before.keys() & waited_after.keys())
-    return times, waited / max(wall * torch.get_num_threads(), 1)
+    return waited / max(wall * torch.get_num_threads(), 1)
 
 
 def _cpu_wait_ns() -> dict[str, int] | None:

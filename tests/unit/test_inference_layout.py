@@ -2,6 +2,7 @@
 read from the cache; a measurement under load is used but not kept; a lead within the noise of
 PyTorch's own layout yields PyTorch's; a corrupt cache is measured again; bf16 weights stay close to fp32's; what
 cannot run on this build is refused naming the key; memory bandwidth and decoding's MBU."""
+import itertools
 import json
 import logging
 import threading
@@ -153,6 +154,17 @@ def test_time_layouts_times_every_candidate_on_a_real_model():
     if Path("/proc/self/task").is_dir():  # Linux reports how long the threads waited for a CPU
         assert measurement.cpu_wait is not None and measurement.cpu_wait >= 0
         assert str(threading.get_native_id()) in inference_layout._cpu_wait_ns()
+
+
+@pytest.mark.parametrize(("wait_per_call_ns", "rounds"), [(0, inference_layout.REPEATS),
+                                                       (10**15, inference_layout.MIN_ROUNDS)])
+def test_a_measurement_whose_threads_wait_for_a_cpu_stops_early(monkeypatch, wait_per_call_ns, rounds):
+    """Under load a measurement is not kept, so it spends no more rounds than it needs to choose."""
+    calls = itertools.count()
+    monkeypatch.setattr(inference_layout, "_cpu_wait_ns", lambda: {"1": next(calls) * wait_per_call_ns})
+    measurement = inference_layout.measure_layouts(perturbed(), "decode")
+    assert [len(times) for times in measurement.rounds.values()] == [rounds] * len(candidates())
+    assert measurement.cpu_wait is not None and (measurement.cpu_wait > inference_layout.MAX_CPU_WAIT) == (rounds < inference_layout.REPEATS)
 
 
 @pytest.mark.skipif(not BF16, reason="this CPU or PyTorch build has no native bf16 packed Linear")
