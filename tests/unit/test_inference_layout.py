@@ -59,6 +59,7 @@ def clock(monkeypatch, tmp_path) -> FakeClock:
         return measure_layouts(model, use, weights)
 
     monkeypatch.setattr(inference_layout, "_timed_rounds", fake.timed_rounds)
+    monkeypatch.setattr(inference_layout, "_timed_layer", lambda linear, *_: linear)  # never timed: not laid out
     monkeypatch.setattr(inference_layout, "measure_layouts", measure)
     return fake
 
@@ -156,15 +157,15 @@ def test_time_layouts_times_every_candidate_on_a_real_model():
         assert str(threading.get_native_id()) in inference_layout._cpu_wait_ns()
 
 
-@pytest.mark.parametrize(("wait_per_call_ns", "rounds"), [(0, inference_layout.REPEATS),
-                                                       (10**15, inference_layout.MIN_ROUNDS)])
+@pytest.mark.parametrize(("wait_per_call_ns", "rounds"), [(0, 4), (10**15, inference_layout.MIN_ROUNDS)])
 def test_a_measurement_whose_threads_wait_for_a_cpu_stops_early(monkeypatch, wait_per_call_ns, rounds):
     """Under load a measurement is not kept, so it spends no more rounds than it needs to choose."""
     calls = itertools.count()
     monkeypatch.setattr(inference_layout, "_cpu_wait_ns", lambda: {"1": next(calls) * wait_per_call_ns})
-    measurement = inference_layout.measure_layouts(perturbed(), "decode")
+    measurement = inference_layout.measure_layouts(perturbed(), "decode", repeats=4)
     assert [len(times) for times in measurement.rounds.values()] == [rounds] * len(candidates())
-    assert measurement.cpu_wait is not None and (measurement.cpu_wait > inference_layout.MAX_CPU_WAIT) == (rounds < inference_layout.REPEATS)
+    assert measurement.cpu_wait is not None and (measurement.cpu_wait > inference_layout.MAX_CPU_WAIT) == bool(
+        wait_per_call_ns)
 
 
 @pytest.mark.skipif(not BF16, reason="this CPU or PyTorch build has no native bf16 packed Linear")
