@@ -93,17 +93,10 @@ def to_inference_layout(model: GPTModel, precision: Precision = FP32, *, use: st
     if weight.device.type != "cpu":
         return model
     settings = settings or InferenceConfig()
+    check_settings(settings)
     layout, weights = str(settings.layout), str(settings.weights)
     fp32 = precision.name == "fp32" and weight.dtype == torch.float32
     dtype = torch.bfloat16 if weights == "bf16" else torch.float32
-    if weights == "bf16" and not packing_works(torch.bfloat16):
-        raise UserError("inference.weights=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX) and oneDNN in "
-                        "this PyTorch build; use inference.weights=fp32")
-    if weights == "bf16" and layout not in ("auto", "packed"):
-        raise UserError(f"inference.layout={layout} is not allowed with inference.weights=bf16: bf16 weights are "
-                        "packed (use auto or packed)")
-    if layout == "packed" and not packing_works():
-        raise UserError("inference.layout=packed: this PyTorch build lacks oneDNN's packed Linear; use auto")
     if not fp32:
         layout = "transposed"
     elif layout == "auto":
@@ -115,6 +108,19 @@ def to_inference_layout(model: GPTModel, precision: Precision = FP32, *, use: st
                     rows = model.cfg.vocab_size if child is model.out_head else None
                     _lay_out(parent, name, child, rows, layout, dtype)
     return model
+
+
+def check_settings(settings: InferenceConfig) -> None:
+    """Raise UserError naming the `inference.*` key that this CPU and PyTorch build cannot take."""
+    layout, weights = str(settings.layout), str(settings.weights)
+    if weights == "bf16" and not packing_works(torch.bfloat16):
+        raise UserError("inference.weights=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX) and oneDNN in "
+                        "this PyTorch build; use inference.weights=fp32")
+    if weights == "bf16" and layout not in ("auto", "packed"):
+        raise UserError(f"inference.layout={layout} is not allowed with inference.weights=bf16: bf16 weights are "
+                        "packed (use auto or packed)")
+    if layout == "packed" and not packing_works():
+        raise UserError("inference.layout=packed: this PyTorch build lacks oneDNN's packed Linear; use auto")
 
 
 def _lay_out(parent: nn.Module, name: str, linear: nn.Linear, rows: int | None, layout: str,

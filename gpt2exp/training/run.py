@@ -20,7 +20,7 @@ from gpt2exp.devices import Precision, resolve_device, resolve_precision
 from gpt2exp.errors import AlreadyComplete, UserError
 from gpt2exp.evaluation.sliding_windows import default_stride, score_text
 from gpt2exp.modeling.checkpoint import format_bytes
-from gpt2exp.modeling.inference_layout import packing_works, to_inference_layout
+from gpt2exp.modeling.inference_layout import check_settings, to_inference_layout
 from gpt2exp.modeling.lora import apply_lora, check_lora, is_lora, load_adapter, merged_model
 from gpt2exp.modeling.model import GPTModel
 from gpt2exp.modeling.trained import Base, check_same_base, load_trained_model, read_base, read_base_weights
@@ -129,8 +129,8 @@ def plan_run(cfg: TrainConfig, ctx: RunContext) -> RunPlan:
         )
     # Rank 0 scores the test split: the others hear only whether reading it worked.
     test_text = distributed.main_shares(lambda: _test_text(cfg), share=lambda text: None)
-    if test_text is not None and device.type == "cpu":
-        _check_inference(cfg.inference)
+    if test_text is not None and device.type == "cpu":  # refused now rather than after training
+        check_settings(cfg.inference)
     return RunPlan(resolved, device, precision, data, steps, resume, test_text, base)
 
 
@@ -167,20 +167,6 @@ def _test_text(cfg: TrainConfig) -> str | None:
             raise
         log.warning("trainer.test: no test split (%s); the run ends without it", err)
         return None
-
-
-def _check_inference(settings: InferenceConfig) -> None:
-    """`inference.*` as the test split's scoring on the CPU will lay the model out
-    (`to_inference_layout`), refused now rather than after training; raises UserError naming the key."""
-    layout, weights = str(settings.layout), str(settings.weights)
-    if weights == "bf16" and not packing_works(torch.bfloat16):
-        raise UserError("inference.weights=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX) and oneDNN in "
-                        "this PyTorch build; use inference.weights=fp32")
-    if weights == "bf16" and layout not in ("auto", "packed"):
-        raise UserError(f"inference.layout={layout} is not allowed with inference.weights=bf16: bf16 weights are "
-                        "packed (use auto or packed)")
-    if layout == "packed" and not packing_works():
-        raise UserError("inference.layout=packed: this PyTorch build lacks oneDNN's packed Linear; use auto")
 
 
 def _read_summary(run_dir: Path) -> dict:

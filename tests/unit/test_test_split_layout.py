@@ -15,6 +15,7 @@ from gpt2exp.config import InferenceConfig, LoraConfig, ModelConfig, TrainConfig
 from gpt2exp.devices import FP32
 from gpt2exp.errors import UserError
 from gpt2exp.evaluation.sliding_windows import default_stride, score_text
+from gpt2exp.modeling import inference_layout
 from gpt2exp.modeling.inference_layout import PackedLinear, packing_works, to_inference_layout
 from gpt2exp.modeling.lora import apply_lora
 from gpt2exp.modeling.model import GPTModel
@@ -102,7 +103,7 @@ def test_a_lora_model_is_merged_then_scored_in_the_packed_layout():
 ])
 def test_a_layout_this_machine_cannot_take_is_refused_before_training(compose_train, wikitext, tmp_path,
                                                                       monkeypatch, overrides, message):
-    monkeypatch.setattr(training_run, "packing_works", lambda dtype=torch.float32: False)
+    monkeypatch.setattr(inference_layout, "packing_works", lambda dtype=torch.float32: False)
     with pytest.raises(UserError, match=message):
         run_in_process(compose_train, wikitext, tmp_path / "run", *overrides)
     assert not (tmp_path / "run" / RunLayout.CHECKPOINTS).exists()
@@ -110,13 +111,13 @@ def test_a_layout_this_machine_cannot_take_is_refused_before_training(compose_tr
 
 def test_bf16_weights_with_a_layout_other_than_packed_are_refused_before_training(compose_train, wikitext, tmp_path,
                                                                                   monkeypatch):
-    monkeypatch.setattr(training_run, "packing_works", lambda dtype=torch.float32: True)
+    monkeypatch.setattr(inference_layout, "packing_works", lambda dtype=torch.float32: True)
     with pytest.raises(UserError, match="inference.layout=transposed is not allowed with inference.weights=bf16"):
         run_in_process(compose_train, wikitext, tmp_path / "run", "inference.weights=bf16", "inference.layout=transposed")
 
 
 def test_without_a_test_split_the_layout_is_not_checked(compose_train, text_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(training_run, "packing_works", lambda dtype=torch.float32: False)
+    monkeypatch.setattr(inference_layout, "packing_works", lambda dtype=torch.float32: False)
     cfg = cli.typed(compose_train(*TINY, "data=text", f"data.path={text_file}", "trainer.device=cpu", "logger=none",
                                   "inference.layout=packed"), TrainConfig)
     plan = plan_run(cfg, RunContext(tmp_path / "run", tmp_path, resume_command="python -m gpt2exp.train"))
