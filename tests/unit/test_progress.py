@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import SAMPLE_TEXT, TINY_MODEL
 
-from gpt2exp.config import DataConfig, ModelConfig, OptimizerConfig, TrainerConfig
+from gpt2exp.config import DataConfig, InferenceConfig, InferenceLayout, ModelConfig, OptimizerConfig, TrainerConfig
 from gpt2exp.data import build_data
 from gpt2exp.devices import FP32
 from gpt2exp.evaluation.sliding_windows import score_text
@@ -51,7 +51,8 @@ def test_a_library_call_without_a_label_draws_none(model, monkeypatch):
 def test_a_runs_test_scoring_draws_a_bar_unless_jobs_share_the_console(model, monkeypatch, progress, drawn):
     monkeypatch.setattr(sys, "stderr", Terminal())
     text = "The quick brown fox jumps over the lazy dog. " * 20
-    result = _score_test(text, model, FP32, NullTracker(), step=4, progress=progress)
+    linear = InferenceConfig(layout=InferenceLayout.linear)  # the shared model stays as it is
+    result = _score_test(text, model, FP32, linear, NullTracker(), step=4, progress=progress)
     assert result["test/tokens"] > 0
     assert ("scoring test: 100%" in sys.stderr.getvalue()) == drawn, sys.stderr.getvalue()
 
