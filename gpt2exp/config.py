@@ -516,7 +516,7 @@ class TrainerConfig:
 class InferenceConfig:
     """How a CPU lays out a model's weights to generate or score (modeling/inference_layout.py)."""
 
-    # auto: the fastest for this CPU and model shape, measured at the first inference and cached |
+    # auto: the fastest for this CPU and model shape, measured at the first inference (kept if measured quietly) |
     # linear (PyTorch's own) | transposed | packed (oneDNN's blocked layout)
     layout: InferenceLayout = InferenceLayout.auto
     weights: InferenceWeights = InferenceWeights.fp32  # bf16: packed bf16 copies (CPUs with native bf16)

@@ -28,7 +28,7 @@ def test_bench_prints_every_section(run_module, text_file, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("model: 1 layers, 32 wide, 2 heads, context 32,") and "| fp32" in lines[0]
     header = next(i for i, line in enumerate(lines) if line.split() == ["section", "measure", "value", "unit"])
-    assert all("inference layout for " in line for line in lines[1:header])  # measured once, then cached
+    assert all("inference layout for " in line for line in lines[1:header])  # the layout choices, logged
     table = [re.split(r"\s{2,}", line.strip()) for line in lines[header + 1 :]]
     measures = [(row[0], re.sub(r", fastest: \S+$", ", fastest", row[1])) for row in table]
     assert re.fullmatch(rf"tokenize \+ cache \({text_file.name}, [\d,]+ tokens\)", measures[-8][1])
