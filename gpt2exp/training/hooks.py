@@ -5,6 +5,7 @@ plot and the W&B model artifacts."""
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,13 +83,19 @@ class Sampler:
 class ReplicaHooks(Hooks):
     """The hooks of a distributed job's ranks besides 0: they only take part in the decision
     to stop (rank 0 logs, checkpoints and samples for the job: `RunHooks`) and, when the model is
-    `sharded` (`trainer.strategy=fsdp`), in gathering it whole for rank 0's checkpoints and samples."""
+    `sharded` (`trainer.strategy=fsdp`), in gathering it whole for rank 0's checkpoints, samples
+    and, at the evaluations where `tasks_due(step)`, task scores."""
 
     last_checkpoint: Path | None = None  # rank 0's to say
     last_step: int | None = None
 
-    def __init__(self, stop: GracefulStop, sharded: Sharded | None = None, save_optimizer: bool = True):
-        self.stop, self.sharded, self.save_optimizer = stop, sharded, save_optimizer
+    def __init__(self, stop: GracefulStop, sharded: Sharded | None = None, save_optimizer: bool = True,
+                 tasks_due: Callable[[int], bool] | None = None):
+        self.stop, self.sharded, self.save_optimizer, self.tasks_due = stop, sharded, save_optimizer, tasks_due
+
+    def on_eval(self, point: EvalPoint, extra: dict) -> None:
+        if self.sharded is not None and self.tasks_due is not None and self.tasks_due(point.step):
+            self.sharded.whole_model()
 
     def should_stop(self) -> bool:
         return distributed.any_rank(self.stop.requested())
@@ -117,7 +124,7 @@ class RunHooks(ReplicaHooks):
     def __init__(self, cfg: TrainConfig, resolved: dict, model, optimizer, tracker, run_dir: Path, *,
                  sampler: Sampler, stop: GracefulStop, wandb_group: str | None = None, resumed_from=None,
                  task_evals: TaskEvals | None = None, sharded: Sharded | None = None, peak_flops: float | None = None):
-        super().__init__(stop, sharded, cfg.trainer.save_optimizer)
+        super().__init__(stop, sharded, cfg.trainer.save_optimizer, task_evals.due if task_evals else None)
         self.cfg, self.resolved, self.model, self.optimizer, self.tracker = cfg, resolved, model, optimizer, tracker
         self.peak_flops, self.flops_per_token = peak_flops, train_flops_per_token(model, cfg.model.context_length)
         self.run_dir, self.checkpoint_dir, self.wandb_group = run_dir, run_dir / RunLayout.CHECKPOINTS, wandb_group
@@ -154,8 +161,8 @@ class RunHooks(ReplicaHooks):
             point.step, point.epoch, point.train_loss, metrics["train/perplexity"], point.val_loss,
             metrics["val/perplexity"], f"{point.tokens_seen:,}", speed, "" if mfu is None else f" | MFU {mfu:.1%}",
         )
-        if self.task_evals is not None:
-            self.task_evals(point)
+        if self.task_evals is not None and self.task_evals.due(point.step):
+            self.task_evals(point, model=self.sharded.whole_model() if self.sharded else None)
 
     def on_sample(self, step: int, epoch: int, final: bool = False) -> None:
         self.sampler(step, epoch, final=final, model=self.sharded.whole_model() if self.sharded else None)

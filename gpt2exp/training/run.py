@@ -36,7 +36,7 @@ from gpt2exp.training.optimizers import make_optimizer
 from gpt2exp.training.resume import ResumePoint, find_resume_point
 from gpt2exp.training.rng import restore_rng_state
 from gpt2exp.training.schedules import lr_multiplier
-from gpt2exp.training.task_evals import TaskEvals
+from gpt2exp.training.task_evals import TaskEvals, tasks_due
 from gpt2exp.training.trainer import (
     NonFiniteLoss,
     Trainer,
@@ -208,7 +208,8 @@ def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Trac
                          task_evals=task_evals,
                          wandb_group=wandb_group, resumed_from=plan.resume, sharded=sharded,
                          peak_flops=job_peak_flops(plan.device, plan.precision.name)) if (
-            place.main) else ReplicaHooks(stop, sharded, cfg.trainer.save_optimizer)
+            place.main) else ReplicaHooks(stop, sharded, cfg.trainer.save_optimizer,
+                                          tasks_due(cfg.trainer, plan.total_steps) if cfg.trainer.eval_tasks else None)
         if plan.resume is not None:
             restore_rng_state(plan.resume.checkpoint["extra"]["rng"])
         trainer_cfg = cfg.trainer if ctx.progress and place.main else replace(cfg.trainer, progress=False)

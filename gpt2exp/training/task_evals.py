@@ -4,12 +4,12 @@ scores HellaSwag while it trains GPT-2, logged as ``tasks/<task>/<metric>`` agai
 import contextlib
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
-from gpt2exp.config import TrainConfig
+from gpt2exp.config import TrainConfig, TrainerConfig
 from gpt2exp.evaluation.tasks import TaskRequest, flat_metrics, prepare, run_tasks
 from gpt2exp.training.trainer import EvalPoint
 
@@ -23,23 +23,31 @@ class TaskEvals:
 
     def __init__(self, cfg: TrainConfig, model, tracker, total_steps: int):
         trainer = cfg.trainer
-        self.model, self.tracker, self.total_steps = model, tracker, total_steps
-        self.freq, self.batch_size = trainer.eval_tasks_freq or trainer.eval_freq, cfg.data.batch_size
+        self.model, self.tracker, self.batch_size = model, tracker, cfg.data.batch_size
+        self.due = tasks_due(trainer, total_steps)
         self.request = TaskRequest(tasks=list(trainer.eval_tasks), limit=trainer.eval_tasks_limit,
                                    include_path=trainer.eval_tasks_include_path, key="trainer.eval_tasks",
                                    include_key="trainer.eval_tasks_include_path")
         self.manager = prepare(self.request)
         self.metrics: dict = {}
 
-    def __call__(self, point: EvalPoint) -> None:
-        if point.step % self.freq and point.step != self.total_steps:
+    def __call__(self, point: EvalPoint, model=None) -> None:
+        """`model`: another than the one given at construction (a sharded run's whole copy)."""
+        if not self.due(point.step):
             return
         with preserved_rng():  # the harness seeds the global generators: training's draws stay its own
-            result = run_tasks(self.model, self.request, manager=self.manager, batch_size=self.batch_size)
+            result = run_tasks(model or self.model, self.request, manager=self.manager, batch_size=self.batch_size)
         self.metrics = flat_metrics(result)
         self.tracker.log_metrics({**self.metrics, "tokens_seen": point.tokens_seen}, step=point.step)
         log.info("step %5d | %s", point.step, " | ".join(f"{key} {value:.4g}" for key, value in self.metrics.items()
                                                           if not key.endswith("_stderr")))
+
+
+def tasks_due(trainer: TrainerConfig, total_steps: int) -> Callable[[int], bool]:
+    """Whether the tasks are scored at the evaluation after a step: every `trainer.eval_tasks_freq`
+    steps (default `eval_freq`; the first evaluation included) and after the last."""
+    freq = trainer.eval_tasks_freq or trainer.eval_freq
+    return lambda step: step % freq == 0 or step == total_steps
 
 
 @contextlib.contextmanager

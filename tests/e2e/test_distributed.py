@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import SAMPLE_TEXT, read_jsonl, run_folders
+from helpers.tasks import MC_TASK, write_tasks
 
 from gpt2exp.modeling.checkpoint import load_checkpoint
 from gpt2exp.modeling.trained import load_trained_model
@@ -182,10 +183,16 @@ def test_resume_on_another_number_of_processes_continues_the_same_run(train, one
 def test_fsdp_trains_as_one_process_and_its_checkpoint_resumes_under_ddp_on_one(train, one_process, tmp_path):
     """trainer.strategy=fsdp (activation checkpointing on) for ten steps on two processes, ten more
     under ddp on one with the same job batch: the curve of twenty steps on one process, in fp32
-    within 1e-5 (its 5 evaluation batches split 3 and 2 over the ranks); its checkpoint is any."""
+    within 1e-5 (its 5 evaluation batches split 3 and 2 over the ranks); its checkpoint is any.
+    Its in-loop task scores are the whole model's (gathered, every rank taking part), and scoring
+    them changes no loss."""
+    tasks = write_tasks(tmp_path / "tasks")
     first = train(TORCHRUN, "data.batch_size=4", "trainer.max_steps=10", "logger=none", "hydra.run.dir=sharded",
-                  "trainer.strategy=fsdp", "trainer.activation_checkpointing=true")
+                  "trainer.strategy=fsdp", "trainer.activation_checkpointing=true", f"trainer.eval_tasks=[{MC_TASK}]",
+                  "trainer.eval_tasks_limit=4", f"trainer.eval_tasks_include_path={tasks}")
     assert first.returncode == 0, first.stderr
+    scored = [m for m in read_jsonl(tmp_path / "sharded" / "metrics.jsonl") if f"tasks/{MC_TASK}/acc" in m]
+    assert [m["step"] for m in scored] == [0, 5, 10]
     model, checkpoint = load_trained_model(tmp_path / "sharded" / "checkpoints" / "last.pt")
     assert checkpoint["step"] == 10 and model.out_head.weight is model.tok_emb.weight
     rest = train(SINGLE, "data.batch_size=8", "trainer.max_steps=20", "logger=none", "hydra.run.dir=sharded",
