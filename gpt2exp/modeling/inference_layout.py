@@ -10,7 +10,8 @@ no more than the measurement's noise). A measurement taken on a quiet machine is
 PyTorch version, thread count, use (one-token decoding, or scoring full windows) and shapes in
 ``$GPT2EXP_CACHE_DIR/inference_layouts.json`` (default ``~/.cache/gpt2exp``): a later run pays
 nothing. One taken while other processes load the CPU, which reorders the layouts, serves its
-own run only. ``python -m gpt2exp.bench bench.sections=[generate]`` prints each candidate's time.
+own run only, up to ``BUSY_MEASUREMENTS`` of them: then the last one's choice is kept.
+``python -m gpt2exp.bench bench.sections=[generate]`` prints each candidate's time.
 """
 
 import functools
@@ -54,6 +55,7 @@ MIN_ROUNDS = 3  # rounds of a measurement under load (not kept: it serves its ow
 MAX_CPU_WAIT = 0.05  # of the rounds' thread time spent waiting for a CPU (a quiet machine's hardly wait)
 AGREEMENT = 0.1  # a candidate's median round within this fraction of its fastest
 MIN_MARGIN = 0.02  # of the reference's time: a smaller lead is not worth a layout
+BUSY_MEASUREMENTS = 3  # untrusted measurements before the last one's choice is kept
 
 
 class PackedLinear(nn.Module):
@@ -143,33 +145,42 @@ def choose_layout(model: GPTModel, use: str, weights: str = "fp32") -> str:
     """The fastest candidate layout for ``use`` of ``model``'s shapes on this machine, or PyTorch's
     own where the fastest is within the measurement's noise of it: read from the cache file when
     this CPU, PyTorch version, thread count, use and shapes were measured before, else measured
-    (`measure_layouts`, `decide`) and written there only if the measurement is trustworthy (a
-    busy machine's is used for this run, and the next run measures again). A cache that cannot be
-    read is measured again and rewritten; one that cannot be written only costs the next run a
-    measurement."""
+    (`measure_layouts`, `decide`). A trustworthy measurement's choice is final; a busy machine's
+    serves its run, and the next run measures again, up to ``BUSY_MEASUREMENTS`` busy ones, whose
+    last choice is then kept (a machine never quiet pays no more measurements). A cache that
+    cannot be read is measured again and rewritten; one that cannot be written only costs the
+    next run a measurement."""
     key = cache_key(model, use, weights)
     path = cache_path()
     cached = _read_cache(path)
     entry = cached.get(key)
+    entry = entry if isinstance(entry, dict) else {}
     # An entry without "noise_ms" was kept before measurements were checked: measured again.
-    if isinstance(entry, dict) and entry.get("layout") in candidates(weights) and "noise_ms" in entry:
+    usable = entry.get("layout") in candidates(weights) and "noise_ms" in entry
+    busy = entry.get("busy_measurements", 0) if usable else 0
+    busy = busy if isinstance(busy, int) else 0
+    if usable and (busy == 0 or busy >= BUSY_MEASUREMENTS):
         return entry["layout"]
     measurement = measure_layouts(model, use, weights)
     choice = decide(measurement)
-    times = ", ".join(f"{name} {value * 1e3:.3g} ms" for name, value in measurement.fastest.items())
-    if not choice.kept:
-        log.info("inference layout for %s: %s (%s; %s); not kept, the next run measures again", use, choice.layout,
-                 times, choice.reason)
-        return choice.layout
+    busy = 0 if choice.kept else busy + 1
     cached[key] = {"layout": choice.layout,
                    "ms": {name: round(value * 1e3, 4) for name, value in measurement.fastest.items()},
-                   "noise_ms": {name: round(measurement.noise(name) * 1e3, 4) for name in measurement.rounds}}
+                   "noise_ms": {name: round(measurement.noise(name) * 1e3, 4) for name in measurement.rounds},
+                   **({"busy_measurements": busy} if busy else {})}
+    times = ", ".join(f"{name} {value * 1e3:.3g} ms" for name, value in measurement.fastest.items())
     try:
         write_json_atomic(path, cached)
     except OSError as err:
         log.warning("inference layout: cannot keep the choice in %s (%s)", path, err.strerror or err)
         return choice.layout
-    log.info("inference layout for %s: %s (%s; %s); kept in %s", use, choice.layout, times, choice.reason, path)
+    if 0 < busy < BUSY_MEASUREMENTS:
+        outcome = f"not kept, the next run measures again (busy measurement {busy} of {BUSY_MEASUREMENTS})"
+    elif busy:
+        outcome = f"kept in {path} after {busy} measurements on a busy machine (force inference.layout to change it)"
+    else:
+        outcome = f"kept in {path}"
+    log.info("inference layout for %s: %s (%s; %s); %s", use, choice.layout, times, choice.reason, outcome)
     return choice.layout
 
 

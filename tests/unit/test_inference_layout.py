@@ -108,11 +108,23 @@ def test_a_measurement_under_load_is_used_but_not_kept(clock, caplog, rounds, cp
     clock.cpu_wait = cpu_wait
     with caplog.at_level(logging.INFO, logger=inference_layout.__name__):
         assert choose_layout(perturbed(), "decode") == "transposed"
-    assert kept() == {}
-    assert why in caplog.messages[0] and caplog.messages[0].endswith("not kept, the next run measures again")
+    assert [entry["busy_measurements"] for entry in kept().values()] == [1]
+    assert why in caplog.messages[0]
+    assert caplog.messages[0].endswith("not kept, the next run measures again (busy measurement 1 of 3)")
     clock.rounds, clock.cpu_wait = {"linear": [0.05] * inference_layout.REPEATS}, 0.0
     assert choose_layout(perturbed(), "decode") == "linear" and len(clock.measured) == 2
-    assert [entry["layout"] for entry in kept().values()] == ["linear"]
+    assert [(entry["layout"], "busy_measurements" in entry) for entry in kept().values()] == [("linear", False)]
+    assert choose_layout(perturbed(), "decode") == "linear" and len(clock.measured) == 2
+
+
+def test_a_machine_measured_busy_three_times_keeps_the_last_choice_and_measures_no_more(clock, caplog):
+    clock.cpu_wait = 0.3
+    with caplog.at_level(logging.INFO, logger=inference_layout.__name__):
+        for _ in range(inference_layout.BUSY_MEASUREMENTS):
+            assert choose_layout(perturbed(), "decode") == "transposed"
+    assert len(clock.measured) == 3 and "after 3 measurements on a busy machine" in caplog.messages[-1]
+    clock.rounds, clock.cpu_wait = {"linear": [0.05] * inference_layout.REPEATS}, 0.0
+    assert choose_layout(perturbed(), "decode") == "transposed" and len(clock.measured) == 3
 
 
 @pytest.mark.parametrize("rounds", [
