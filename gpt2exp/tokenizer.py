@@ -11,6 +11,7 @@ import base64
 from contextlib import suppress
 from functools import lru_cache
 from importlib.util import find_spec
+from operator import itemgetter
 from pathlib import Path
 
 import tiktoken
@@ -59,11 +60,7 @@ def _mergeable_ranks() -> dict[bytes, int]:
         vocab_bpe_hash=_VOCAB_BPE_SHA256,
         encoder_json_hash=_ENCODER_JSON_SHA256,
     )
-    lines = b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in sorted(ranks.items(), key=_rank))
+    lines = b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in sorted(ranks.items(), key=itemgetter(1)))
     with suppress(OSError):
         write_atomic(kept, lambda file: file.write(lines))
     return ranks
-
-
-def _rank(item: tuple[bytes, int]) -> int:
-    return item[1]

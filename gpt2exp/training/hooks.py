@@ -124,7 +124,7 @@ class RunHooks(ReplicaHooks):
     def __init__(self, cfg: TrainConfig, resolved: dict, model, optimizer, tracker, run_dir: Path, *,
                  sampler: Sampler, stop: GracefulStop, wandb_group: str | None = None, resumed_from=None,
                  task_evals: TaskEvals | None = None, sharded: Sharded | None = None, peak_flops: float | None = None):
-        super().__init__(stop, sharded, cfg.trainer.save_optimizer, task_evals.due if task_evals else None)
+        super().__init__(stop, sharded, cfg.trainer.save_optimizer)  # on_eval below checks task_evals.due itself
         self.cfg, self.resolved, self.model, self.optimizer, self.tracker = cfg, resolved, model, optimizer, tracker
         self.peak_flops, self.flops_per_token = peak_flops, train_flops_per_token(model, cfg.model.context_length)
         self.run_dir, self.checkpoint_dir, self.wandb_group = run_dir, run_dir / RunLayout.CHECKPOINTS, wandb_group
