@@ -4,7 +4,8 @@ For each chunk the logits are computed, turned into the loss and, when training,
 the gradients of the hidden states and of the head's weight (which autograd then only scales),
 so the [tokens, vocab] logits, their log-softmax and their gradient never exist in full. This
 saves most of the memory traffic and allocation of ``F.cross_entropy(hidden @ weight.T)``.
-Chunks are small on the CPU (cache-sized) and large on GPUs (few, large matmuls). Under
+Chunks are small on the CPU and large on GPUs (few, large matmuls); on the CPU a low-precision
+chunk's fp32 softmax runs a few rows at a time, in a block that stays in cache. Under
 ``torch.compile`` the plain form is used instead: the compiler fuses the softmax and its
 gradient itself, and a chunk loop would only be unrolled into many small kernels.
 """
@@ -12,8 +13,11 @@ gradient itself, and a chunk loop would only be unrolled into many small kernels
 import torch
 import torch.nn.functional as F
 
-CHUNK_ROWS = {"cpu": 256}  # rows per chunk by device type; other devices: GPU_CHUNK_ROWS
+CHUNK_ROWS = {"cpu": 256}  # rows per chunk (one matmul) by device type; other devices: GPU_CHUNK_ROWS
 GPU_CHUNK_ROWS = 4096
+# Rows per fp32 softmax block of a low-precision chunk, by device type (other devices: the chunk).
+# On the CPU a small block stays in cache and its buffer is reused rather than mapped afresh.
+SOFTMAX_ROWS = {"cpu": 32}
 
 
 def head_cross_entropy(
@@ -62,45 +66,53 @@ def _chunked(hidden, weight, targets, vocab_size, softcap, *, grad_hidden, grad_
     with torch.autocast(device_type, enabled=False):
         n_rows, chunk = hidden.size(0), min(CHUNK_ROWS.get(device_type, GPU_CHUNK_ROWS), hidden.size(0))
         w = weight.to(dtype)
-        # One buffer for a chunk's logits (and, in fp32 without a soft cap, their log-softmax
-        # and its gradient: the capped logits are kept for the cap's gradient).
-        logits = hidden.new_empty(chunk, weight.size(0), dtype=dtype)
-        shared = dtype == torch.float32 and softcap is None
-        log_probs = logits if shared else torch.empty_like(logits, dtype=torch.float32)
+        logits = hidden.new_empty(chunk, weight.size(0), dtype=dtype)  # a chunk's logits, then their gradient
+        # The softmax runs in fp32: in place on fp32 logits without a soft cap, else on an fp32 copy
+        # of `block` rows at a time (the capped logits are kept for the cap's gradient).
+        in_place = dtype == torch.float32 and softcap is None
+        block = chunk if in_place else min(SOFTMAX_ROWS.get(device_type, chunk), chunk)
+        log_probs = logits if in_place else hidden.new_empty(block, weight.size(0), dtype=torch.float32)
         loss = hidden.new_zeros((), dtype=torch.float32)
         d_hidden = hidden.new_empty(hidden.shape, dtype=dtype) if grad_hidden else None
         d_weight = None
         for start in range(0, n_rows, chunk):
             x = hidden[start : start + chunk].to(dtype)
-            t = targets[start : start + chunk, None]
             rows = x.size(0)
             chunk_logits = torch.mm(x, w.t(), out=logits[:rows])
             if softcap is not None:
                 chunk_logits.div_(softcap).tanh_().mul_(softcap)
             chunk_logits[:, vocab_size:] = float("-inf")
-            chunk_log_probs = chunk_logits if shared else log_probs[:rows].copy_(chunk_logits)
-            torch.log_softmax(chunk_log_probs, 1, out=chunk_log_probs)  # in place: row by row
-            loss -= chunk_log_probs.gather(1, t).sum()
-            if not (grad_hidden or grad_weight):
-                continue
-            # d loss / d logits = softmax - one_hot(target), for the summed loss.
-            d_logits = chunk_log_probs.exp_().scatter_add_(1, t, chunk_log_probs.new_full(t.shape, -1.0))
-            if softcap is not None:  # d (c tanh(z / c)) / dz = 1 - tanh(z / c)^2
-                tanh = chunk_logits[:, :vocab_size].float() / softcap
-                d_logits[:, :vocab_size].mul_(1 - tanh.square_())
-            if dtype != torch.float32:
-                d_logits = chunk_logits.copy_(d_logits)
+            for first in range(0, rows, block):
+                block_logits = chunk_logits[first : first + block]
+                n = block_logits.size(0)
+                block_log_probs = log_probs[:n] if in_place else log_probs[:n].copy_(block_logits)
+                torch.log_softmax(block_log_probs, 1, out=block_log_probs)  # in place: row by row
+                t = targets[start + first : start + first + n, None]
+                loss -= block_log_probs.gather(1, t).sum()
+                if grad_hidden or grad_weight:
+                    _logit_gradient(block_logits, block_log_probs, t, vocab_size, softcap)
             if grad_hidden:
-                torch.mm(d_logits, w, out=d_hidden[start : start + rows])
+                torch.mm(chunk_logits, w, out=d_hidden[start : start + rows])
             if grad_weight and d_weight is None:
-                d_weight = torch.mm(d_logits.t(), x).to(torch.float32)
+                d_weight = torch.mm(chunk_logits.t(), x).to(torch.float32)
             elif grad_weight and dtype == torch.float32:
-                d_weight.addmm_(d_logits.t(), x)
+                d_weight.addmm_(chunk_logits.t(), x)
             elif grad_weight:
-                d_weight += d_logits.t() @ x
+                d_weight += chunk_logits.t() @ x
         scale = 1.0 / n_rows
         return (
             loss * scale,
             None if d_hidden is None else d_hidden.mul_(scale).to(hidden.dtype),
             None if d_weight is None else d_weight.mul_(scale).to(weight.dtype),
         )
+
+
+def _logit_gradient(logits, log_probs, targets, vocab_size, softcap):
+    """Overwrites `logits` with d loss / d logits = softmax - one_hot(target) (for the summed
+    loss), from their fp32 `log_probs`, which it overwrites too (they may be `logits` itself)."""
+    d_logits = log_probs.exp_().scatter_add_(1, targets, log_probs.new_full(targets.shape, -1.0))
+    if softcap is not None:  # d (c tanh(z / c)) / dz = 1 - tanh(z / c)^2
+        tanh = logits[:, :vocab_size].float() / softcap
+        d_logits[:, :vocab_size].mul_(1 - tanh.square_())
+    if d_logits.data_ptr() != logits.data_ptr():
+        logits.copy_(d_logits)

@@ -31,8 +31,10 @@ def grads(model, loss):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Chunks of 16 rows, so a 3 x 20 batch takes three full chunks and a partial one."""
+    """Chunks of 16 rows, so a 3 x 20 batch takes three full chunks and a partial one, each
+    chunk's low-precision softmax in blocks of 6 rows (the last one partial)."""
     monkeypatch.setattr(gpt2exp.modeling.loss, "CHUNK_ROWS", {"cpu": 16})
+    monkeypatch.setattr(gpt2exp.modeling.loss, "SOFTMAX_ROWS", {"cpu": 6})
 
 
 def test_fused_loss_and_gradients_equal_cross_entropy_on_the_logits(small_chunks):

@@ -126,9 +126,10 @@ def test_each_option_computes_its_reference(options):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_softcapped_fused_loss_and_gradients_equal_autograds(monkeypatch, dtype):
-    """head_cross_entropy with a soft cap, in several chunks (vocabulary padding masked), against
+    """head_cross_entropy with a soft cap, in several chunks and softmax blocks (vocabulary padding masked), against
     autograd through the plain formula (under bf16 autocast: the same loss within its rounding)."""
     monkeypatch.setitem(loss.CHUNK_ROWS, "cpu", 5)
+    monkeypatch.setitem(loss.SOFTMAX_ROWS, "cpu", 2)
     torch.manual_seed(0)
     hidden = torch.randn(13, 16, requires_grad=True)
     weight = torch.randn(40, 16, requires_grad=True)
