@@ -32,12 +32,8 @@ def startup_seconds(runs: int, command: Sequence[str] = ONE_STEP_RUN) -> list[fl
 
 
 def startup_rows(runs: int) -> list[tuple[str, str, float, str]]:
-    """The bench table's rows: the median and the fastest of `runs` 1-step runs. Where Python
-    writes no bytecode cache (PYTHONDONTWRITEBYTECODE, -B), every run compiles the modules that
-    have none (an editable install's), and the rows say so."""
+    """The bench table's rows: the median and the fastest of `runs` 1-step runs."""
     seconds = startup_seconds(runs)
     label = " ".join(ONE_STEP_RUN[1:])
-    if sys.flags.dont_write_bytecode:
-        label += " (no bytecode cache written: modules compiled every run)"
     return [("startup", f"{label}, median of {runs}", statistics.median(seconds), "s"),
             ("startup", f"{label}, fastest", min(seconds), "s")]

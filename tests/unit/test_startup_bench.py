@@ -1,12 +1,9 @@
 """``bench.sections=[startup]``: each run of the command is timed, its folder removed, a failure named."""
 
-import sys
 import tempfile
-from types import SimpleNamespace
 
 import pytest
 
-from gpt2exp.benchmarks import startup
 from gpt2exp.benchmarks.startup import startup_seconds
 from gpt2exp.errors import UserError
 
@@ -22,12 +19,3 @@ def test_startup_times_each_run_of_the_command_and_leaves_no_folder_behind(tmp_p
 def test_a_startup_run_that_fails_is_reported_in_one_line_with_its_last_words():
     with pytest.raises(UserError, match=r"exited 3: boom$"):
         startup_seconds(1, ("-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"))
-
-
-@pytest.mark.parametrize("dont_write_bytecode", [0, 1])
-def test_the_rows_say_when_every_run_compiles_modules_without_a_bytecode_cache(monkeypatch, dont_write_bytecode):
-    monkeypatch.setattr(sys, "flags", SimpleNamespace(dont_write_bytecode=dont_write_bytecode))
-    monkeypatch.setattr(startup, "startup_seconds", lambda runs: [5.0, 4.0, 6.0])
-    rows = startup.startup_rows(3)
-    assert [(value, unit) for _, _, value, unit in rows] == [(5.0, "s"), (4.0, "s")]
-    assert all(("modules compiled every run" in label) == bool(dont_write_bytecode) for _, label, _, _ in rows)
