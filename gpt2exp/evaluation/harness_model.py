@@ -81,10 +81,11 @@ class GPT2ExpLM(TemplateLM):
             whole = (context + continuation)[-(self.max_length + 1):]
             groups[tuple(whole[: len(whole) - len(continuation)])].append(index)
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        shared = [(prefix, members) for prefix, members in groups.items() if len(members) > 1]
+        shared = [(prefix, members[first : first + self.batch_size]) for prefix, members in groups.items()
+                  if len(members) > 1 for first in range(0, len(members), self.batch_size)]  # batch_size rows at most
         shared.sort(key=lambda group: -len(group[0]))  # similar prefix lengths together: less padding
         batch: list[tuple[tuple[int, ...], list[int]]] = []
-        for group in [*shared, None]:  # groups of choices, batch_size rows (or one group) at a time
+        for group in [*shared, None]:  # groups of choices, batch_size rows at a time
             if batch and (group is None or not self._fits(batch + [group], requests)):
                 scores = self._shared_prefixes([(prefix, [requests[i][2] for i in members]) for prefix, members in batch])
                 for index, result in zip([i for _, members in batch for i in members], scores):
@@ -161,11 +162,14 @@ class GPT2ExpLM(TemplateLM):
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             new_tokens = int(gen_kwargs.get("max_gen_toks", DEFAULT_GEN_TOKENS))
-            prompt = self.tok_encode(context)[-max(1, self.max_length - new_tokens):]
+            if new_tokens >= self.max_length:
+                raise UserError(f"a task asks for {new_tokens} new tokens (max_gen_toks), not fewer than the model's "
+                                f"context ({self.max_length} tokens): no room is left for its prompt")
+            prompt = self.tok_encode(context)[-(self.max_length - new_tokens):]
             with self.precision.autocast():
                 out = generate(self.model, [prompt], max_new_tokens=new_tokens, eos_id=EOT_ID)
             text = self.encoding.decode(out.new_tokens[0])
             for stop in [*until, EOT_TOKEN]:
-                text = text.split(stop)[0]
+                text = text.split(stop)[0] if stop else text  # an empty stop string stops nothing (as in HFLM)
             answers.append(text)
         return answers

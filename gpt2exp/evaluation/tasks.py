@@ -141,11 +141,14 @@ def _cached(dataset_path: str) -> bool:
 def _summarise(out: dict, request: TaskRequest) -> dict:
     tasks = {}
     for task, values in out["results"].items():
-        metrics = {}  # "acc,none" -> "acc"; a stderr the harness cannot give ("N/A") as None
+        # "acc,none" -> "acc"; each filter's own ("exact_match,strict-match" -> "strict-match/exact_match");
+        # a stderr the harness cannot give ("N/A") as None
+        metrics = {}
         for name, value in values.items():
-            metric, comma, _ = name.partition(",")
+            metric, comma, filter_name = name.partition(",")
             if comma:
-                metrics[metric] = float(value) if isinstance(value, (int, float)) else None
+                key = metric if filter_name == "none" else f"{filter_name}/{metric}"
+                metrics[key] = float(value) if isinstance(value, (int, float)) else None
         tasks[task] = {
             "version": out.get("versions", {}).get(task),
             "n_shot": out.get("n-shot", {}).get(task),

@@ -85,6 +85,7 @@ def check_the_checkpoint_round_trip(device: str) -> None:
 
     whole = sharded.whole_model()
     assert isinstance(whole, GPTModel) and not is_sharded(whole)
+    assert whole.out_head.weight is whole.tok_emb.weight  # tied, as the model it copies: no second embedding
     tokens = torch.arange(16, device=device)[None]
     with torch.no_grad():
         torch.testing.assert_close(whole(tokens), plain(tokens))

@@ -1,6 +1,8 @@
 """lm-evaluation-harness tasks scored by gpt2exp's model: the same scores as the harness's own
 HFLM over the same weights as transformers' model, and one clear line for a bad task."""
 
+import json
+
 import pytest
 import torch
 from helpers import TINY_MODEL
@@ -103,3 +105,39 @@ def test_generate_until_is_hflms_greedy_text_cut_at_the_stop_string(model):
     requests = _requests("generate_until", [("The cat sat", {"until": ["the"], "max_gen_toks": 8}),
                                             ("Every effort", {"until": ["\n"], "max_gen_toks": 5})])
     assert ours.generate_until(requests) == theirs.generate_until(requests)
+
+
+def test_rolling_windows_that_share_a_prefix_take_batch_size_rows_at_a_time(model, monkeypatch):
+    """Every text's first window starts with the same end-of-text token: batched, not one forward of all."""
+    texts = _requests("loglikelihood_rolling", [(f"text number {i} is here",) for i in range(10)])
+    whole = GPT2ExpLM(_copy(model), batch_size=16).loglikelihood_rolling(texts)
+    ours = GPT2ExpLM(_copy(model), batch_size=2)
+    rows, hidden_states = [], ours.model.hidden_states
+    monkeypatch.setattr(ours.model, "hidden_states", lambda t, *a: rows.append(len(t)) or hidden_states(t, *a))
+    assert ours.loglikelihood_rolling(texts) == pytest.approx(whole, abs=1e-5)
+    assert max(rows) == 2
+
+
+def test_generate_until_skips_an_empty_stop_string_and_refuses_a_prompt_without_room(model):
+    ours = GPT2ExpLM(_copy(model))
+    cut = ours.generate_until(_requests("generate_until", [("The cat", {"until": ["\n"], "max_gen_toks": 4})]))
+    assert ours.generate_until(_requests("generate_until", [("The cat", {"until": ["", "\n"], "max_gen_toks": 4})])) == cut
+    with pytest.raises(UserError, match=r"^a task asks for 32 new tokens \(max_gen_toks\), not fewer than the model's "
+                                        r"context \(32 tokens\)"):
+        ours.generate_until(_requests("generate_until", [("The cat", {"until": ["\n"], "max_gen_toks": 32})]))
+
+
+def test_each_filters_metrics_are_kept(model, tmp_path):
+    """A task scored under two filters (gsm8k's strict-match and flexible-extract) reports both."""
+    (tmp_path / "gen.jsonl").write_text("".join(json.dumps({"q": q, "a": "[invalid]"}) + "\n" for q in ("A", "B")))
+    (tmp_path / "gen.yaml").write_text(
+        f"task: tiny_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'gen.jsonl'}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "generation_kwargs: {until: ['\\n'], max_gen_toks: 2}\nmetadata: {version: 1.0}\n"
+        "metric_list:\n  - {metric: exact_match, aggregation: mean, higher_is_better: true}\nfilter_list:\n"
+        "  - {name: strict, filter: [{function: regex, regex_pattern: 'NEVER(\\w+)'}, {function: take_first}]}\n"
+        "  - {name: flexible, filter: [{function: regex, regex_pattern: '(.*)'}, {function: take_first}]}\n")
+    metrics = run_tasks(_copy(model), TaskRequest(tasks=["tiny_gen"], include_path=str(tmp_path)))["tasks"]["tiny_gen"]
+    assert metrics["metrics"]["strict/exact_match"] == 1.0  # no match: the regex filter's "[invalid]"
+    assert metrics["metrics"]["flexible/exact_match"] == 0.0
+    assert set(metrics["metrics"]) == {f"{name}/exact_match{s}" for name in ("strict", "flexible") for s in ("", "_stderr")}

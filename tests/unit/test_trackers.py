@@ -70,18 +70,31 @@ def test_tensorboard_holds_the_metrics_samples_plot_config_and_summary(tmp_path,
     assert "| final/val_loss | 7.25 |" in summary and "| steps | 5 |" in summary
 
 
+def served_scalars(run_dir, tag):
+    """The (step, value) points TensorBoard's Python loader (`tensorboard --load_fast=false`) serves."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    return [(event.step, tensor_util.make_ndarray(event.tensor_proto).item()) for event in accumulator.Tensors(tag)]
+
+
 def test_tensorboard_of_a_resumed_run_shows_the_curve_up_to_its_checkpoint_then_the_new_steps(tmp_path):
-    """Resumed in its own folder from step 5 of a run that logged up to step 10 (TensorBoard's
-    purge hides steps 6 to 10), and resumed into a new folder (the curve carried over)."""
+    """Resumed in its own folder from step 5 of a run that logged up to step 10 (steps 6 to 10
+    gone, for every reader), and resumed into a new folder (the curve carried over)."""
     run_dir = tmp_path / "run"
     with Tracker(run_dir, config={}, backends=("tensorboard",)) as tracker:
         for step in (0, 5, 10):
             tracker.log_metrics({"train/loss": 10.0 - step}, step=step)
+        tracker.log_sample(step=10, prompt=PROMPT, text="gone", settings={})
     for resumed_dir in (run_dir, tmp_path / "resumed"):
         with Tracker(resumed_dir, config={}, backends=("tensorboard",)) as tracker:
             tracker.carry_over(run_dir, up_to_step=5)
             tracker.log_metrics({"train/loss": 3.0}, step=6)
         assert scalars(events(resumed_dir), "train/loss") == [(0, 10.0), (5, 5.0), (6, 3.0)]
+        assert served_scalars(resumed_dir, "train/loss") == [(0, 10.0), (5, 5.0), (6, 3.0)]
+        assert "samples/text_summary" not in events(resumed_dir).Tags()["tensors"]  # step 10's sample
 
 
 def read_csv(path):

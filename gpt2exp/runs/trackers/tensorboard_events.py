@@ -26,23 +26,23 @@ class TensorBoardEvents:
     def __init__(self, folder: Path, *, config: dict):
         self.folder, self.config = folder, config
         self._writer = None
-        self._purge = False
         self._summary: dict = {}
 
     @property
     def writer(self):
-        """The SummaryWriter, made at the first write (after `carry_over` has said whether the
-        folder's earlier events are replaced); it starts with the config."""
+        """The SummaryWriter, made at the first write; it starts with the config."""
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.folder), purge_step=0 if self._purge else None)
+            self._writer = SummaryWriter(str(self.folder))
             self._writer.add_text("config", _code(json.dumps(self.config, indent=2, default=str)), 0)
         return self._writer
 
     def carry_over(self, metrics: list[dict], samples: list[dict]) -> None:
-        """Hides the folder's earlier events (TensorBoard's purge), then logs the records again."""
-        self._purge = True
+        """Deletes the folder's earlier event files, then logs the records again (not every reader
+        honours `SummaryWriter(purge_step=...)`: `tensorboard --load_fast=false` would show both curves)."""
+        for old in self.folder.glob("events.out.tfevents.*"):
+            old.unlink()
         for record in metrics:
             values = dict(record)
             self.log_metrics(values, values.pop("step"))
