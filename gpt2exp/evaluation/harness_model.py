@@ -17,6 +17,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from gpt2exp.devices import FP32, Precision
@@ -159,9 +160,8 @@ class GPT2ExpLM(TemplateLM):
         """Greedy continuations, cut before the first of the request's stop strings."""
         answers = []
         for context, gen_kwargs in (request.args for request in requests):
-            until = gen_kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            new_tokens = int(gen_kwargs.get("max_gen_toks", DEFAULT_GEN_TOKENS))
+            settings = normalize_gen_kwargs(gen_kwargs, DEFAULT_GEN_TOKENS)  # max_new_tokens etc., as HFLM reads them
+            until, new_tokens = settings["until"], settings["max_gen_toks"]
             if new_tokens >= self.max_length:
                 raise UserError(f"a task asks for {new_tokens} new tokens (max_gen_toks), not fewer than the model's "
                                 f"context ({self.max_length} tokens): no room is left for its prompt")

@@ -103,8 +103,10 @@ def test_the_bench_tasks_section_times_both_scorers_on_one_task(model):
 def test_generate_until_is_hflms_greedy_text_cut_at_the_stop_string(model):
     ours, theirs = GPT2ExpLM(_copy(model)), hflm(model, batch_size=2)
     requests = _requests("generate_until", [("The cat sat", {"until": ["the"], "max_gen_toks": 8}),
-                                            ("Every effort", {"until": ["\n"], "max_gen_toks": 5})])
-    assert ours.generate_until(requests) == theirs.generate_until(requests)
+                                            ("Every effort", {"until": ["\n"], "max_gen_toks": 5}),
+                                            ("Every effort", {"until": "\n", "max_new_tokens": 2})])
+    answers = ours.generate_until(requests)
+    assert answers == theirs.generate_until(requests) and len(answers[2]) < len(answers[1])
 
 
 def test_rolling_windows_that_share_a_prefix_take_batch_size_rows_at_a_time(model, monkeypatch):
