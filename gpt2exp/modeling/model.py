@@ -170,8 +170,7 @@ class GPTModel(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = make_norm(cfg)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.out_head.weight = self.tok_emb.weight
+        self.tie_head()
         if cfg.weight_init == "gpt2":
             self.apply(self._init_weights)
             # GPT-2 scales the residual projections by 1/sqrt(number of residual additions).
@@ -189,6 +188,12 @@ class GPTModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def tie_head(self) -> None:
+        """Make the output head share the token embedding's weight, where ``cfg.tie_embeddings``
+        (again after ``to_empty``, which gives each module a tensor of its own)."""
+        if self.cfg.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
 
     def num_parameters(self) -> int:
         """Trainable parameters, a tied embedding counted once."""

@@ -116,8 +116,6 @@ class Sharded:
             return None
         with torch.device("meta"):
             copy = GPTModel(self.model.cfg)
-        copy.to_empty(device=next(self.model.parameters()).device)
-        if copy.cfg.tie_embeddings:  # to_empty gives each module a tensor of its own
-            copy.out_head.weight = copy.tok_emb.weight
+        copy.to_empty(device=next(self.model.parameters()).device).tie_head()
         copy.load_state_dict(weights)
         return copy.train(self.model.training)
