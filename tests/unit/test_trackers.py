@@ -88,6 +88,9 @@ def test_tensorboard_of_a_resumed_run_shows_the_curve_up_to_its_checkpoint_then_
         for step in (0, 5, 10):
             tracker.log_metrics({"train/loss": 10.0 - step}, step=step)
         tracker.log_sample(step=10, prompt=PROMPT, text="gone", settings={})
+    foreign = tmp_path / "resumed" / "tensorboard" / "events.out.tfevents.1.someone-else"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"not gpt2exp's")
     for resumed_dir in (run_dir, tmp_path / "resumed"):
         with Tracker(resumed_dir, config={}, backends=("tensorboard",)) as tracker:
             tracker.carry_over(run_dir, up_to_step=5)
@@ -95,6 +98,7 @@ def test_tensorboard_of_a_resumed_run_shows_the_curve_up_to_its_checkpoint_then_
         assert scalars(events(resumed_dir), "train/loss") == [(0, 10.0), (5, 5.0), (6, 3.0)]
         assert served_scalars(resumed_dir, "train/loss") == [(0, 10.0), (5, 5.0), (6, 3.0)]
         assert "samples/text_summary" not in events(resumed_dir).Tags()["tensors"]  # step 10's sample
+    assert foreign.read_bytes() == b"not gpt2exp's"  # another writer's file in the folder is left alone
 
 
 def read_csv(path):

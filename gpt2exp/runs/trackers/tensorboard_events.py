@@ -10,6 +10,7 @@ from pathlib import Path
 from gpt2exp.errors import UserError
 
 INSTALL = "pip install 'gpt2exp[tensorboard]'"
+SUFFIX = ".gpt2exp"  # ends the names of the event files gpt2exp writes: a resumed run deletes only those
 
 
 def check_installed() -> None:
@@ -34,14 +35,15 @@ class TensorBoardEvents:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.folder))
+            self._writer = SummaryWriter(str(self.folder), filename_suffix=SUFFIX)
             self._writer.add_text("config", _code(json.dumps(self.config, indent=2, default=str)), 0)
         return self._writer
 
     def carry_over(self, metrics: list[dict], samples: list[dict]) -> None:
-        """Deletes the folder's earlier event files, then logs the records again (not every reader
-        honours `SummaryWriter(purge_step=...)`: `tensorboard --load_fast=false` would show both curves)."""
-        for old in self.folder.glob("events.out.tfevents.*"):
+        """Deletes the event files gpt2exp wrote in the folder before, then logs the records again
+        (not every reader honours `SummaryWriter(purge_step=...)`: `tensorboard --load_fast=false`
+        would show both curves). Event files of other writers are left alone."""
+        for old in self.folder.glob(f"events.out.tfevents.*{SUFFIX}"):
             old.unlink()
         for record in metrics:
             values = dict(record)
