@@ -10,7 +10,8 @@ no more than the measurement's noise). A measurement taken on a quiet machine is
 PyTorch version, thread count, use (one-token decoding, or scoring full windows) and shapes in
 ``$GPT2EXP_CACHE_DIR/inference_layouts.json`` (default ``~/.cache/gpt2exp``): a later run pays
 nothing. One taken while other processes load the CPU, which reorders the layouts, serves its
-own run only, up to ``BUSY_MEASUREMENTS`` of them: then the last one's choice is kept.
+own run only, up to ``BUSY_MEASUREMENTS`` of them: then their choice is kept if they all agree,
+else PyTorch's own layout, which never loses to itself.
 ``python -m gpt2exp.bench bench.sections=[generate]`` prints each candidate's time.
 """
 
@@ -55,7 +56,7 @@ MIN_ROUNDS = 3  # rounds of a measurement under load (not kept: it serves its ow
 MAX_CPU_WAIT = 0.05  # of the rounds' thread time spent waiting for a CPU (a quiet machine's hardly wait)
 AGREEMENT = 0.1  # a candidate's median round within this fraction of its fastest
 MIN_MARGIN = 0.02  # of the reference's time: a smaller lead is not worth a layout
-BUSY_MEASUREMENTS = 3  # untrusted measurements before the last one's choice is kept
+BUSY_MEASUREMENTS = 3  # untrusted measurements before their agreed choice (else PyTorch's own) is kept
 
 
 class PackedLinear(nn.Module):
@@ -115,12 +116,12 @@ def to_inference_layout(model: GPTModel, precision: Precision = FP32, *, use: st
 def check_settings(settings: InferenceConfig) -> None:
     """Raise UserError naming the `inference.*` key that this CPU and PyTorch build cannot take."""
     layout, weights = str(settings.layout), str(settings.weights)
-    if weights == "bf16" and not packing_works(torch.bfloat16):
-        raise UserError("inference.weights=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX) and oneDNN in "
-                        "this PyTorch build; use inference.weights=fp32")
     if weights == "bf16" and layout not in ("auto", "packed"):
         raise UserError(f"inference.layout={layout} is not allowed with inference.weights=bf16: bf16 weights are "
                         "packed (use auto or packed)")
+    if weights == "bf16" and not packing_works(torch.bfloat16):
+        raise UserError("inference.weights=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX) and oneDNN in "
+                        "this PyTorch build; use inference.weights=fp32")
     if layout == "packed" and not packing_works():
         raise UserError("inference.layout=packed: this PyTorch build lacks oneDNN's packed Linear; use auto")
 
@@ -146,42 +147,48 @@ def choose_layout(model: GPTModel, use: str, weights: str = "fp32") -> str:
     own where the fastest is within the measurement's noise of it: read from the cache file when
     this CPU, PyTorch version, thread count, use and shapes were measured before, else measured
     (`measure_layouts`, `decide`). A trustworthy measurement's choice is final; a busy machine's
-    serves its run, and the next run measures again, up to ``BUSY_MEASUREMENTS`` busy ones, whose
-    last choice is then kept (a machine never quiet pays no more measurements). A cache that
-    cannot be read is measured again and rewritten; one that cannot be written only costs the
-    next run a measurement."""
+    serves its run, and the next run measures again, up to ``BUSY_MEASUREMENTS`` busy ones: then
+    their choice is kept where they all agree, else the reference (PyTorch's own layout), so a
+    machine never quiet pays no more measurements and never keeps a choice that load decided.
+    A cache that cannot be read is measured again and rewritten; one that cannot be written only
+    costs the next run a measurement."""
     key = cache_key(model, use, weights)
     path = cache_path()
     cached = _read_cache(path)
     entry = cached.get(key)
     entry = entry if isinstance(entry, dict) else {}
-    # An entry without "noise_ms" was kept before measurements were checked: measured again.
-    usable = entry.get("layout") in candidates(weights) and "noise_ms" in entry
-    busy = entry.get("busy_measurements", 0) if usable else 0
-    busy = busy if isinstance(busy, int) else 0
-    if usable and (busy == 0 or busy >= BUSY_MEASUREMENTS):
+    # Measured again: an entry without "noise_ms" (kept before measurements were checked) or with
+    # "busy_measurements" (a busy machine's last choice, kept before busy choices had to agree).
+    usable = entry.get("layout") in candidates(weights) and "noise_ms" in entry and "busy_measurements" not in entry
+    busy = entry.get("busy_choices", []) if usable else []
+    busy = busy if isinstance(busy, list) and all(name in candidates(weights) for name in busy) else []
+    if usable and (not busy or len(busy) >= BUSY_MEASUREMENTS):
         return entry["layout"]
     measurement = measure_layouts(model, use, weights)
     choice = decide(measurement)
-    busy = 0 if choice.kept else busy + 1
-    cached[key] = {"layout": choice.layout,
+    busy = [] if choice.kept else [*busy, choice.layout]
+    layout, outcome = choice.layout, f"kept in {path}"
+    if 0 < len(busy) < BUSY_MEASUREMENTS:
+        outcome = f"not kept, the next run measures again (busy measurement {len(busy)} of {BUSY_MEASUREMENTS})"
+    elif len(set(busy)) == 1:
+        outcome = (f"kept in {path}: {len(busy)} measurements on a busy machine agreed "
+                   "(force inference.layout to change it)")
+    elif busy:
+        layout = candidates(weights)[0]
+        outcome = (f"{layout} kept in {path}: {len(busy)} measurements on a busy machine disagreed "
+                   f"({', '.join(busy)}; force inference.layout to change it)")
+    cached[key] = {"layout": layout,
                    "ms": {name: round(value * 1e3, 4) for name, value in measurement.fastest.items()},
                    "noise_ms": {name: round(measurement.noise(name) * 1e3, 4) for name in measurement.rounds},
-                   **({"busy_measurements": busy} if busy else {})}
+                   **({"busy_choices": busy} if busy else {})}
     times = ", ".join(f"{name} {value * 1e3:.3g} ms" for name, value in measurement.fastest.items())
     try:
         write_json_atomic(path, cached)
     except OSError as err:
         log.warning("inference layout: cannot keep the choice in %s (%s)", path, err.strerror or err)
-        return choice.layout
-    if 0 < busy < BUSY_MEASUREMENTS:
-        outcome = f"not kept, the next run measures again (busy measurement {busy} of {BUSY_MEASUREMENTS})"
-    elif busy:
-        outcome = f"kept in {path} after {busy} measurements on a busy machine (force inference.layout to change it)"
-    else:
-        outcome = f"kept in {path}"
+        return layout
     log.info("inference layout for %s: %s (%s; %s); %s", use, choice.layout, times, choice.reason, outcome)
-    return choice.layout
+    return layout
 
 
 @dataclass(frozen=True)

@@ -108,23 +108,47 @@ def test_a_measurement_under_load_is_used_but_not_kept(clock, caplog, rounds, cp
     clock.cpu_wait = cpu_wait
     with caplog.at_level(logging.INFO, logger=inference_layout.__name__):
         assert choose_layout(perturbed(), "decode") == "transposed"
-    assert [entry["busy_measurements"] for entry in kept().values()] == [1]
+    assert [entry["busy_choices"] for entry in kept().values()] == [["transposed"]]
     assert why in caplog.messages[0]
     assert caplog.messages[0].endswith("not kept, the next run measures again (busy measurement 1 of 3)")
     clock.rounds, clock.cpu_wait = {"linear": [0.05] * inference_layout.REPEATS}, 0.0
     assert choose_layout(perturbed(), "decode") == "linear" and len(clock.measured) == 2
-    assert [(entry["layout"], "busy_measurements" in entry) for entry in kept().values()] == [("linear", False)]
+    assert [(entry["layout"], "busy_choices" in entry) for entry in kept().values()] == [("linear", False)]
     assert choose_layout(perturbed(), "decode") == "linear" and len(clock.measured) == 2
 
 
-def test_a_machine_measured_busy_three_times_keeps_the_last_choice_and_measures_no_more(clock, caplog):
+def test_a_machine_measured_busy_three_times_keeps_their_agreed_choice_and_measures_no_more(clock, caplog):
     clock.cpu_wait = 0.3
     with caplog.at_level(logging.INFO, logger=inference_layout.__name__):
         for _ in range(inference_layout.BUSY_MEASUREMENTS):
             assert choose_layout(perturbed(), "decode") == "transposed"
-    assert len(clock.measured) == 3 and "after 3 measurements on a busy machine" in caplog.messages[-1]
+    assert len(clock.measured) == 3 and "3 measurements on a busy machine agreed" in caplog.messages[-1]
     clock.rounds, clock.cpu_wait = {"linear": [0.05] * inference_layout.REPEATS}, 0.0
     assert choose_layout(perturbed(), "decode") == "transposed" and len(clock.measured) == 3
+
+
+def test_busy_measurements_that_disagree_keep_pytorchs_own_layout(clock, caplog):
+    """Load decided each busy choice: where they differ, none of them is kept but the layout that
+    never loses to PyTorch's own."""
+    clock.cpu_wait = 0.3
+    winners = ["transposed", "packed", "transposed"] if ONEDNN else ["transposed", "linear", "transposed"]
+    with caplog.at_level(logging.INFO, logger=inference_layout.__name__):
+        for winner in winners:
+            clock.rounds = {winner: [0.1] * inference_layout.REPEATS}
+            used = choose_layout(perturbed(), "decode")
+    assert used == "linear" and [entry["layout"] for entry in kept().values()] == ["linear"]
+    assert "3 measurements on a busy machine disagreed (" + ", ".join(winners) in caplog.messages[-1]
+    assert choose_layout(perturbed(), "decode") == "linear" and len(clock.measured) == 3
+
+
+def test_a_busy_choice_kept_by_an_earlier_gpt2exp_is_measured_again(clock):
+    model = perturbed()
+    path = inference_layout.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({inference_layout.cache_key(model, "decode", "fp32"): {
+        "layout": "linear", "ms": {}, "noise_ms": {}, "busy_measurements": 3}}))
+    assert choose_layout(model, "decode") == "transposed" and len(clock.measured) == 1
+    assert choose_layout(model, "decode") == "transposed" and len(clock.measured) == 1
 
 
 @pytest.mark.parametrize("rounds", [
