@@ -267,15 +267,26 @@ def cache_key(model: GPTModel, use: str, weights: str) -> str:
 
 
 def cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo, else what the platform reports)."""
+    """The CPU, as its kernels' speed depends on it: the model name, family, model and stepping
+    (Linux's /proc/cpuinfo, else what the platform reports), and the vector instructions that
+    PyTorch's kernels use on it, with native bf16 and AMX. A virtual machine may report only a
+    generic name ("AMD EPYC" for an AVX2 Zen 3 and an AVX512-BF16 Zen 4 alike)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, _, value = line.partition(":")
+                if not name.strip():  # the first processor's fields end here
+                    break
+                fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    numbers = ", ".join(f"{name} {fields[key]}" for name, key in (("family", "cpu family"), ("model", "model"),
+                                                                   ("stepping", "stepping")) if key in fields)
+    isa = [torch.backends.cpu.get_cpu_capability()]
+    isa += ["BF16"] * torch.cpu._is_avx512_bf16_supported() + ["AMX"] * torch.cpu._is_amx_tile_supported()
+    return f"{model} ({numbers + '; ' if numbers else ''}{' '.join(isa)})"
 
 
 def time_layouts(model: GPTModel, use: str, weights: str = "fp32", *, repeats: int = REPEATS) -> dict[str, float]:

@@ -82,6 +82,16 @@ def test_auto_measures_once_per_cpu_and_use_then_reads_the_cache(clock, monkeypa
     assert choose_layout(perturbed(), "decode") == "transposed" and len(clock.measured) == 3
 
 
+def test_cpus_sharing_a_model_name_are_measured_apart(clock, monkeypatch):
+    """A virtual machine may name an AVX2 CPU and an AVX512 one alike ("AMD EPYC")."""
+    model = perturbed()
+    choose_layout(model, "decode")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    choose_layout(model, "decode")
+    assert len(clock.measured) == 2 and clock.measured[0][0] != clock.measured[1][0]
+    assert len(kept()) == 2
+
+
 def test_a_kept_choice_records_the_times_it_was_chosen_on(clock, caplog):
     clock.rounds["linear"] = [0.3, 0.31, 0.3, 0.32, 0.31, 0.3, 0.33]
     with caplog.at_level(logging.INFO, logger=inference_layout.__name__):
