@@ -5,10 +5,13 @@ the gradients of the hidden states and of the head's weight (which autograd then
 so the [tokens, vocab] logits, their log-softmax and their gradient never exist in full. This
 saves most of the memory traffic and allocation of ``F.cross_entropy(hidden @ weight.T)``.
 Chunks are small on the CPU and large on GPUs (few, large matmuls); on the CPU a low-precision
-chunk's fp32 softmax runs a few rows at a time, in a block that stays in cache. Under
+chunk's fp32 softmax runs a few rows at a time, in a block that stays in cache, and the chunk's
+logits buffer is kept between calls (`_logits_buffer`). Under
 ``torch.compile`` the plain form is used instead: the compiler fuses the softmax and its
 gradient itself, and a chunk loop would only be unrolled into many small kernels.
 """
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,7 @@ GPU_CHUNK_ROWS = 4096
 # Rows per fp32 softmax block of a low-precision chunk, by device type (other devices: the chunk).
 # On the CPU a small block stays in cache and its buffer is reused rather than mapped afresh.
 SOFTMAX_ROWS = {"cpu": 32}
+_kept = threading.local()  # each thread's CPU logits buffer (`_logits_buffer`)
 
 
 def head_cross_entropy(
@@ -66,7 +70,7 @@ def _chunked(hidden, weight, targets, vocab_size, softcap, *, grad_hidden, grad_
     with torch.autocast(device_type, enabled=False):
         n_rows, chunk = hidden.size(0), min(CHUNK_ROWS.get(device_type, GPU_CHUNK_ROWS), hidden.size(0))
         w = weight.to(dtype)
-        logits = hidden.new_empty(chunk, weight.size(0), dtype=dtype)  # a chunk's logits, then their gradient
+        logits = _logits_buffer(chunk, weight.size(0), dtype, hidden.device)  # logits, then their gradient
         # The softmax runs in fp32: in place on fp32 logits without a soft cap, else on an fp32 copy
         # of `block` rows at a time (the capped logits are kept for the cap's gradient).
         in_place = dtype == torch.float32 and softcap is None
@@ -105,6 +109,19 @@ def _chunked(hidden, weight, targets, vocab_size, softcap, *, grad_hidden, grad_
             None if d_hidden is None else d_hidden.mul_(scale).to(hidden.dtype),
             None if d_weight is None else d_weight.mul_(scale).to(weight.dtype),
         )
+
+
+def _logits_buffer(rows: int, columns: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialized [rows, columns] buffer for a chunk's logits. On the CPU each thread keeps
+    its last one (and reuses it for as many rows or fewer): an fp32 chunk's (256 x 50,304, 51 MB)
+    is over glibc's largest mmap threshold (32 MiB), so a fresh one would be mapped, page-faulted
+    in and unmapped at every call. Other devices' allocators reuse memory themselves."""
+    if device.type != "cpu":
+        return torch.empty(rows, columns, dtype=dtype, device=device)
+    kept = getattr(_kept, "logits", None)
+    if kept is None or kept.dtype != dtype or kept.size(1) != columns or kept.size(0) < rows:
+        kept = _kept.logits = torch.empty(max(rows, CHUNK_ROWS["cpu"]), columns, dtype=dtype)
+    return kept[:rows]
 
 
 def _logit_gradient(logits, log_probs, targets, vocab_size, softcap):

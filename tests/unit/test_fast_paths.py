@@ -51,6 +51,21 @@ def test_fused_loss_and_gradients_equal_cross_entropy_on_the_logits(small_chunks
         torch.testing.assert_close(model(inputs, targets=targets), reference)
 
 
+def test_the_kept_logits_buffer_leaves_no_trace_in_a_later_loss(small_chunks):
+    """On the CPU a chunk's logits buffer outlives the call: what it holds is never read."""
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    inputs, targets = batch()
+    with torch.no_grad():
+        expected = model(inputs, targets=targets)
+        kept = gpt2exp.modeling.loss._logits_buffer(16, TINY.vocab_size, torch.float32, torch.device("cpu"))
+        kept.fill_(float("nan"))
+        few = model(inputs[:1, :5], targets=targets[:1, :5])
+        torch.testing.assert_close(few, F.cross_entropy(model(inputs[:1, :5]).flatten(0, 1), targets[:1, :5].flatten()))
+        kept.fill_(float("nan"))
+        torch.testing.assert_close(model(inputs, targets=targets), expected)
+
+
 def test_fused_loss_under_bf16_autocast_is_close_to_autocast_cross_entropy(small_chunks):
     torch.manual_seed(0)
     model = GPTModel(TINY)
