@@ -10,8 +10,8 @@ no more than the measurement's noise). A measurement taken on a quiet machine is
 PyTorch version, thread count, use (one-token decoding, or scoring full windows) and shapes in
 ``$GPT2EXP_CACHE_DIR/inference_layouts.json`` (default ``~/.cache/gpt2exp``): a later run pays
 nothing. One taken while other processes load the CPU, which reorders the layouts, serves its
-own run only, up to ``BUSY_MEASUREMENTS`` of them: then their choice is kept if they all agree,
-else PyTorch's own layout, which never loses to itself.
+own run only, up to ``BUSY_MEASUREMENTS`` of them: then the layout that beat PyTorch's own in
+each of them and was the fastest over all is kept, else PyTorch's own, which never loses to itself.
 ``python -m gpt2exp.bench bench.sections=[generate]`` prints each candidate's time.
 """
 
@@ -56,7 +56,7 @@ MIN_ROUNDS = 3  # rounds of a measurement under load (not kept: it serves its ow
 MAX_CPU_WAIT = 0.05  # of the rounds' thread time spent waiting for a CPU (a quiet machine's hardly wait)
 AGREEMENT = 0.1  # a candidate's median round within this fraction of its fastest
 MIN_MARGIN = 0.02  # of the reference's time: a smaller lead is not worth a layout
-BUSY_MEASUREMENTS = 3  # untrusted measurements before their agreed choice (else PyTorch's own) is kept
+BUSY_MEASUREMENTS = 3  # untrusted measurements before they settle the choice together (`settle`)
 
 
 class PackedLinear(nn.Module):
@@ -147,9 +147,8 @@ def choose_layout(model: GPTModel, use: str, weights: str = "fp32") -> str:
     own where the fastest is within the measurement's noise of it: read from the cache file when
     this CPU, PyTorch version, thread count, use and shapes were measured before, else measured
     (`measure_layouts`, `decide`). A trustworthy measurement's choice is final; a busy machine's
-    serves its run, and the next run measures again, up to ``BUSY_MEASUREMENTS`` busy ones: then
-    their choice is kept where they all agree, else the reference (PyTorch's own layout), so a
-    machine never quiet pays no more measurements and never keeps a choice that load decided.
+    serves its run, and the next run measures again, up to ``BUSY_MEASUREMENTS`` busy ones, which
+    then settle the choice together (`settle`): a machine never quiet pays no more measurements.
     A cache that cannot be read is measured again and rewritten; one that cannot be written only
     costs the next run a measurement."""
     key = cache_key(model, use, weights)
@@ -158,29 +157,25 @@ def choose_layout(model: GPTModel, use: str, weights: str = "fp32") -> str:
     entry = cached.get(key)
     entry = entry if isinstance(entry, dict) else {}
     # Measured again: an entry without "noise_ms" (kept before measurements were checked) or with
-    # "busy_measurements" (a busy machine's last choice, kept before busy choices had to agree).
+    # "busy_measurements" (a busy machine's last choice, kept before busy ones were settled together).
     usable = entry.get("layout") in candidates(weights) and "noise_ms" in entry and "busy_measurements" not in entry
-    busy = entry.get("busy_choices", []) if usable else []
-    busy = busy if isinstance(busy, list) and all(name in candidates(weights) for name in busy) else []
+    busy = entry.get("busy_ms", []) if usable else []
+    busy = busy if isinstance(busy, list) and all(_times_of(weights, times) for times in busy) else []
     if usable and (not busy or len(busy) >= BUSY_MEASUREMENTS):
         return entry["layout"]
     measurement = measure_layouts(model, use, weights)
     choice = decide(measurement)
-    busy = [] if choice.kept else [*busy, choice.layout]
+    times_ms = {name: round(value * 1e3, 4) for name, value in measurement.fastest.items()}
+    busy = [] if choice.kept else [*busy, times_ms]
     layout, outcome = choice.layout, f"kept in {path}"
     if 0 < len(busy) < BUSY_MEASUREMENTS:
         outcome = f"not kept, the next run measures again (busy measurement {len(busy)} of {BUSY_MEASUREMENTS})"
-    elif len(set(busy)) == 1:
-        outcome = (f"kept in {path}: {len(busy)} measurements on a busy machine agreed "
-                   "(force inference.layout to change it)")
     elif busy:
-        layout = candidates(weights)[0]
-        outcome = (f"{layout} kept in {path}: {len(busy)} measurements on a busy machine disagreed "
-                   f"({', '.join(busy)}; force inference.layout to change it)")
-    cached[key] = {"layout": layout,
-                   "ms": {name: round(value * 1e3, 4) for name, value in measurement.fastest.items()},
+        layout, why = settle(busy)
+        outcome = f"{layout} kept in {path} after {len(busy)} measurements on a busy machine: {why}"
+    cached[key] = {"layout": layout, "ms": times_ms,
                    "noise_ms": {name: round(measurement.noise(name) * 1e3, 4) for name in measurement.rounds},
-                   **({"busy_choices": busy} if busy else {})}
+                   **({"busy_ms": busy} if busy else {})}
     times = ", ".join(f"{name} {value * 1e3:.3g} ms" for name, value in measurement.fastest.items())
     try:
         write_json_atomic(path, cached)
@@ -189,6 +184,27 @@ def choose_layout(model: GPTModel, use: str, weights: str = "fp32") -> str:
         return layout
     log.info("inference layout for %s: %s (%s; %s); %s", use, choice.layout, times, choice.reason, outcome)
     return layout
+
+
+def settle(busy: list[dict[str, float]]) -> tuple[str, str]:
+    """The layout to keep from measurements on a busy machine (each candidate's milliseconds,
+    the reference first), and why: of the layouts that beat the reference by ``MIN_MARGIN`` in
+    every one of them, the fastest over them all; else the reference, which never loses to itself.
+    Load reorders the layouts from one measurement to the next, so no single one decides."""
+    reference = next(iter(busy[0]))
+    totals = {name: sum(times[name] for times in busy) for name in busy[0]}
+    beat = [name for name in totals if name != reference
+            and all(times[name] < (1 - MIN_MARGIN) * times[reference] for times in busy)]
+    if not beat:
+        return reference, f"no layout beat {reference} in every one (force inference.layout to change it)"
+    best = min(beat, key=totals.__getitem__)
+    return best, f"it beat {reference} in every one and was the fastest over all (force inference.layout to change it)"
+
+
+def _times_of(weights: str, times: object) -> bool:
+    """Whether ``times`` is a kept measurement's milliseconds for every candidate, in their order."""
+    return (isinstance(times, dict) and list(times) == list(candidates(weights))
+            and all(isinstance(value, (int, float)) for value in times.values()))
 
 
 @dataclass(frozen=True)
