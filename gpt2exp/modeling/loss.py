@@ -120,7 +120,8 @@ def _logits_buffer(rows: int, columns: int, dtype: torch.dtype, device: torch.de
         return torch.empty(rows, columns, dtype=dtype, device=device)
     kept = getattr(_kept, "logits", None)
     if kept is None or kept.dtype != dtype or kept.size(1) != columns or kept.size(0) < rows:
-        kept = _kept.logits = torch.empty(max(rows, CHUNK_ROWS["cpu"]), columns, dtype=dtype)
+        with torch.inference_mode(False):  # made in inference mode, no later training could write it
+            kept = _kept.logits = torch.empty(max(rows, CHUNK_ROWS["cpu"]), columns, dtype=dtype)
     return kept[:rows]
 
 

@@ -1,6 +1,8 @@
 """The fast paths change speed, never results: the fused head loss, vocabulary padding, the
 fused optimizer, mixed precision, and a model that matches Hugging Face's GPT-2."""
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,19 @@ def test_the_kept_logits_buffer_leaves_no_trace_in_a_later_loss(small_chunks):
         torch.testing.assert_close(few, F.cross_entropy(model(inputs[:1, :5]).flatten(0, 1), targets[:1, :5].flatten()))
         kept.fill_(float("nan"))
         torch.testing.assert_close(model(inputs, targets=targets), expected)
+
+
+def test_a_loss_first_computed_in_inference_mode_leaves_training_possible(small_chunks, monkeypatch):
+    """Scoring (inference mode) before training in one process, as a sweep's jobs may."""
+    monkeypatch.setattr(gpt2exp.modeling.loss, "_kept", threading.local())  # no buffer kept yet
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    inputs, targets = batch()
+    with torch.inference_mode():
+        scored = model(inputs, targets=targets)
+    loss = model(inputs, targets=targets)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), scored)
 
 
 def test_fused_loss_under_bf16_autocast_is_close_to_autocast_cross_entropy(small_chunks):
