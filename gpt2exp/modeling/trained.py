@@ -38,13 +38,13 @@ def load_trained_model(path: Path, *, merge_lora: bool = True) -> tuple[GPTModel
     if cfg.lora.rank:
         model = adapted_model(cfg, checkpoint, str(path))
         return (merged_model(model) if merge_lora else model), checkpoint
-    with torch.device("meta"):  # names and shapes first, before any memory is spent on the model
-        expected = GPTModel(cfg).state_dict()
-    weights = checkpoint["model"]
+    # Built on the CPU, not first on the meta device for the shapes: a meta build imports
+    # torch._dynamo (its random init is Python code), 1.5 s of a command's start on some CPUs.
+    model = GPTModel(cfg)
+    expected, weights = model.state_dict(), checkpoint["model"]
     for name in sorted(expected.keys() | weights.keys()):
         if name not in weights or name not in expected or weights[name].shape != expected[name].shape:
             raise UserError(f"ckpt: '{path}' holds weights that do not fit its model config (first: {name})")
-    model = GPTModel(cfg)
     model.load_state_dict(weights)
     return model, checkpoint
 
