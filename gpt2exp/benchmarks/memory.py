@@ -35,8 +35,7 @@ def bytes_per_parameter(*, strategy: str = "ddp", world_size: int = 1, precision
 
 def lora_parameters(cfg: ModelConfig, lora: LoraConfig) -> int:
     """The parameters LoRA adds: rank x (in + out) for each targeted Linear layer of each block."""
-    with torch.device("meta"):
-        layers = block_layers(GPTModel(cfg))
+    layers = block_layers(GPTModel.unfilled(cfg))
     per_block = sum(lora.rank * (layers[target].in_features + layers[target].out_features) for target in lora.targets)
     return per_block * cfg.n_layers
 

@@ -72,7 +72,7 @@ def bench_tasks(model: GPTModel, request: TaskRequest, *, batch_size: int, preci
 
 def _copy(model: GPTModel) -> GPTModel:
     """A copy of `model` to lay out for inference (the layout changes a model in place)."""
-    copy = GPTModel(model.cfg).to(model.tok_emb.weight.device)
+    copy = GPTModel.unfilled(model.cfg, model.tok_emb.weight.device)
     copy.load_state_dict(model.state_dict())
     return copy.eval()
 

@@ -36,7 +36,7 @@ def load_model(cfg: EvalConfig):
         return load_trained_model(checkpoint_file(cfg.ckpt))[0]
     hf_model = cast(str, cfg.ckpt or cfg.model.init)  # EvalConfig: ckpt or model.init
     model_cfg, weights = read_hf_folder(find_hf_folder(hf_model), drop_rate=0.0)
-    model = GPTModel(model_cfg)
+    model = GPTModel.unfilled(model_cfg, "cpu")
     model.load_state_dict(weights)
     return model
 

@@ -149,8 +149,7 @@ def from_hf_state_dict(weights: dict[str, torch.Tensor], cfg: ModelConfig, sourc
     ``gpt2`` files have it) as ``GPTModel``'s, every shape checked: a missing or misshapen
     tensor is a UserError naming the first one."""
     weights = {name.removeprefix("transformer."): t for name, t in weights.items() if not name.endswith(_BUFFERS)}
-    with torch.device("meta"):
-        shapes = {name: tensor.shape for name, tensor in GPTModel(cfg).state_dict().items()}
+    shapes = {name: tensor.shape for name, tensor in GPTModel.unfilled(cfg).state_dict().items()}
     mapping = {"tok_emb.weight": "wte.weight", "pos_emb.weight": "wpe.weight", "final_norm.weight": "ln_f.weight",
                "final_norm.bias": "ln_f.bias", "out_head.weight": "wte.weight"}
     if not cfg.tie_embeddings:

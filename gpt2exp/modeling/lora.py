@@ -47,8 +47,7 @@ def check_lora(cfg: ModelConfig) -> None:
     lora = cfg.lora
     if find_spec("peft") is None:
         raise UserError(f"model.lora.rank={lora.rank} needs Hugging Face peft: pip install 'gpt2exp[lora]'")
-    with torch.device("meta"):
-        layers = block_layers(GPTModel(cfg))
+    layers = block_layers(GPTModel.unfilled(cfg))
     for target in lora.targets:
         if target not in layers:
             raise UserError(f"model.lora.targets: {target!r} matches no Linear layer of the model's blocks "
@@ -111,7 +110,7 @@ def merged_model(model: GPTModel) -> GPTModel:
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
             weights[f"{name}.weight"] += module.get_delta_weight(ADAPTER)  # type: ignore[attr-defined]  # peft declares it on LoraLayer's subclasses (ours: lora.Linear)
-    merged = GPTModel(replace(model.cfg, lora=LoraConfig())).to(next(model.parameters()).device)
+    merged = GPTModel.unfilled(replace(model.cfg, lora=LoraConfig()), next(model.parameters()).device)
     merged.load_state_dict(weights)
     return merged.train(model.training)
 
@@ -120,7 +119,7 @@ def base_model(model: GPTModel) -> GPTModel:
     """A plain GPTModel holding the LoRA model's base weights alone."""
     weights = {name.replace(".base_layer.", "."): tensor for name, tensor in model.state_dict().items()
                if ".lora_" not in name}
-    base = GPTModel(replace(model.cfg, lora=LoraConfig()))
+    base = GPTModel.unfilled(replace(model.cfg, lora=LoraConfig()), "cpu")
     base.load_state_dict(weights)
     return base
 

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
 from gpt2exp.config import ModelConfig
@@ -195,6 +196,18 @@ class GPTModel(nn.Module):
         if self.cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
+    @classmethod
+    def unfilled(cls, cfg: ModelConfig, device: torch.device | str = "meta", **options) -> "GPTModel":
+        """``GPTModel(cfg, **options)`` whose weights are never initialized, for a state dict to fill
+        (``load_state_dict``, which must then set every weight): on the meta device, the names and
+        shapes alone. Skipping the random init saves its time on the CPU and, on the meta device,
+        the import of torch._dynamo (PyTorch runs a meta tensor's random init as Python code)."""
+        with torch.device("meta"), _SkipInit():
+            model = cls(cfg, **options)
+        if torch.device(device).type != "meta":
+            model.to_empty(device=device).tie_head()
+        return model
+
     def num_parameters(self) -> int:
         """Trainable parameters, a tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())
@@ -288,3 +301,13 @@ def _padded_causal_mask(positions: torch.Tensor, pad: torch.Tensor, end: int) ->
     queries = positions[:, None]
     allowed = (keys <= queries) & ((keys >= pad[:, None, None]) | (keys == queries))
     return allowed[:, None]
+
+
+class _SkipInit(TorchFunctionMode):
+    """Calls of ``torch.nn.init`` functions (what ``nn.Module`` constructors initialize with)
+    leave their tensor as it is."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))

@@ -38,13 +38,11 @@ def load_trained_model(path: Path, *, merge_lora: bool = True) -> tuple[GPTModel
     if cfg.lora.rank:
         model = adapted_model(cfg, checkpoint, str(path))
         return (merged_model(model) if merge_lora else model), checkpoint
-    # Built on the CPU, not first on the meta device for the shapes: a meta build imports
-    # torch._dynamo (its random init is Python code), 1.5 s of a command's start on some CPUs.
-    model = GPTModel(cfg)
-    expected, weights = model.state_dict(), checkpoint["model"]
+    expected, weights = GPTModel.unfilled(cfg).state_dict(), checkpoint["model"]  # before any memory is spent
     for name in sorted(expected.keys() | weights.keys()):
         if name not in weights or name not in expected or weights[name].shape != expected[name].shape:
             raise UserError(f"ckpt: '{path}' holds weights that do not fit its model config (first: {name})")
+    model = GPTModel.unfilled(cfg, "cpu")
     model.load_state_dict(weights)
     return model, checkpoint
 
@@ -107,7 +105,7 @@ def adapted_model(cfg: ModelConfig, checkpoint: dict, source: str) -> GPTModel:
         raise UserError(f"ckpt: '{source}' is a LoRA adapter whose base cannot be read ({err}); the base "
                         f"model.init='{cfg.init}' must be where it was trained") from None
     check_same_base(checkpoint, base, f"ckpt: '{source}'")
-    model = GPTModel(cfg)
+    model = GPTModel.unfilled(cfg, "cpu")
     model.load_state_dict(base.weights)
     model = apply_lora(model, base.identity)
     load_adapter(model, checkpoint["model"], f"ckpt: '{source}'")

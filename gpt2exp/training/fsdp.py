@@ -114,8 +114,6 @@ class Sharded:
         weights = self.weights()
         if not weights:
             return None
-        with torch.device("meta"):
-            copy = GPTModel(self.model.cfg)
-        copy.to_empty(device=next(self.model.parameters()).device).tie_head()
+        copy = GPTModel.unfilled(self.model.cfg, next(self.model.parameters()).device)
         copy.load_state_dict(weights)
         return copy.train(self.model.training)

@@ -259,8 +259,12 @@ def run_training(cfg: TrainConfig, plan: RunPlan, ctx: RunContext, tracker: Trac
 
 def _build_model(cfg: TrainConfig, plan: RunPlan) -> GPTModel:
     """The run's model on its device: fresh, from `model.init`'s weights, or a LoRA run's frozen
-    base with its adapters (a resumed run's weights come from its checkpoint, later)."""
-    model = GPTModel(cfg.model, activation_checkpointing=cfg.trainer.activation_checkpointing).to(plan.device)
+    base with its adapters (a resumed run's weights come from its checkpoint, later). Only a fresh
+    model is initialized at random; weights that are loaded next start unfilled."""
+    options = {"activation_checkpointing": cfg.trainer.activation_checkpointing}
+    if plan.base is None and plan.resume is None and cfg.model.init is None:
+        return GPTModel(cfg.model, **options).to(plan.device)
+    model = GPTModel.unfilled(cfg.model, plan.device, **options)
     if plan.base is not None:
         model.load_state_dict(plan.base.weights)
         plan.base.weights.clear()  # the model holds them now
