@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import CONF_DIR, SAMPLE_TEXT, TINY, run_folders
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -22,6 +23,18 @@ pytest_plugins = ["helpers.bad_input", "helpers.hf_bridge", "helpers.hub_upload"
 def pytest_addoption(parser):
     parser.addoption("--run-tutorial", action="store_true",
                      help="run the tutorial-curve check (about 22 minutes on 2 CPU cores; not in CI)")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker, and each run it starts, gets its share of the CPU cores as
+    PyTorch threads: two workers of two threads each on two cores spin against each other
+    (OpenMP waits busily), which made two concurrent training runs 2.2x slower than one thread each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):
