@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from gpt2exp import collector
 from gpt2exp.atomic import write_json_atomic
 from gpt2exp.cli import help as key_help
+from gpt2exp.cli import parallel_jobs
 from gpt2exp.cli.messages import error_message, fail, one_line
 from gpt2exp.cli.schema import register_configs
 from gpt2exp.config import LoggerConfig
@@ -54,7 +55,8 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
     end. A run with nothing left to do (``AlreadyComplete``) also takes back what it added.
 
     Jobs of a pool launcher (joblib) run in a child process of the pool's worker: a job that the
-    kernel kills (the OOM killer) fails alone instead of breaking the pool and the sweep."""
+    kernel kills (the OOM killer) fails alone instead of breaking the pool and the sweep; it takes
+    its share of the CPU cores (`parallel_jobs`)."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
@@ -70,6 +72,7 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
         folder = run_folder.claimed(run_dir)
         if multirun:
             (run_dir / RunLayout.FAILURE).unlink(missing_ok=True)
+            parallel_jobs.take_share()
         try:
             return task(cfg)
         except AlreadyComplete as done:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import pytest
 import yaml
 from helpers import SAMPLE_TEXT, TINY, read_jsonl
@@ -241,3 +242,21 @@ def test_parallel_joblib_jobs_report_progress_by_lines_not_bars(tmp_path, corpus
     assert "train:" not in result.stderr and "step/s" not in result.stderr  # no tqdm bar
     assert "progress bars off: the jobs run in parallel" in job_log(tmp_path / "sweep" / "0")
     assert all(TRAINED in job_log(tmp_path / "sweep" / str(job)) for job in (0, 1))
+    # Each job's share of the cores: OMP_NUM_THREADS where set (under pytest-xdist), else half of them.
+    threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, joblib.cpu_count() // 2)
+    assert all(f"PyTorch threads: {threads} (this job's share of the cores)" in job_log(tmp_path / "sweep" / str(job))
+               for job in (0, 1))
+
+
+def test_a_joblib_sweep_of_fewer_jobs_than_cores_gives_each_job_its_share_of_them(tmp_path, corpus):
+    """joblib alone would give each job cores / n_jobs threads, n_jobs (-1) being a worker per core."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2exp.train", "-m", *FAST, "data=text", f"data.path={corpus}", "logger=none",
+         "hydra.sweep.dir=sweep", "hydra/launcher=joblib", "optimizer.lr=1e-3"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    cores = joblib.cpu_count()
+    assert f"{cores} PyTorch thread{'s' * (cores != 1)} for each job (1 job at once on {cores} cores)" in result.stdout
+    assert f"PyTorch threads: {cores} (this job's share of the cores)" in job_log(tmp_path / "sweep" / "0")

@@ -1,0 +1,86 @@
+"""The CPU cores of a multirun whose jobs run at once (`hydra/launcher=joblib`).
+
+joblib limits each worker's threads to ``cores // n_jobs``, counting the workers it may start,
+not the jobs it is given, and whatever OMP_NUM_THREADS says: under the default ``n_jobs=-1`` (a
+worker per core) a sweep of two jobs on 16 cores ran each job on one thread. `ShareCores` works
+out each job's share before the launcher starts (the cores over the jobs that run at once, or
+OMP_NUM_THREADS where the user set it) and hands it to the jobs, which take it (`take_share`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("gpt2exp.cli")
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+JOB_THREADS = "GPT2EXP_JOB_THREADS"  # each job's PyTorch threads, from the sweep's process to its jobs
+
+
+def jobs_at_once(hydra_cfg: DictConfig, cores: int) -> int | None:
+    """How many jobs of a multirun under the joblib launcher run at the same time: its `n_jobs`
+    (joblib's: -1 is a worker per core, -2 one fewer, ...), at most the jobs the sweeper hands over
+    at once: Hydra's basic sweeper, its sweeps' combinations (in batches of `max_batch_size`);
+    Optuna's, its `n_jobs`. None where that is not known (another sweeper, or a sweep that is no
+    list of values, such as ``glob(*)``)."""
+    n_jobs = hydra_cfg.launcher.get("n_jobs") or 1
+    workers = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    sweeper = hydra_cfg.sweeper
+    if sweeper.get("_target_") == BASIC_SWEEPER:
+        batch = _combinations(list(hydra_cfg.overrides.task), sweeper.get("params") or {})
+        batch = batch and min(batch, sweeper.get("max_batch_size") or batch)
+    else:
+        batch = sweeper.get("n_jobs")
+    return min(workers, batch) if isinstance(batch, int) and batch > 0 else None
+
+
+def _combinations(overrides: list[str], params: dict) -> int | None:
+    """The jobs of Hydra's basic sweep: the product of its sweeps' lengths (None: not a list)."""
+    arguments = [f"{key}={value}" for key, value in params.items()] + overrides
+    jobs = 1
+    try:
+        for override in OverridesParser.create().parse_overrides(arguments):
+            if override.is_sweep_override():
+                jobs *= len(list(override.sweep_string_iterator()))
+    except HydraException:  # a glob, or an interval (which only an optimizing sweeper samples)
+        return None
+    return jobs
+
+
+class ShareCores(Callback):
+    """At the start of a joblib multirun: each job's PyTorch threads (`JOB_THREADS`), the cores
+    over the jobs that run at once, or OMP_NUM_THREADS where set; said in one line."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "joblib" not in str(config.hydra.launcher.get("_target_", "")):
+            return
+        from joblib import cpu_count  # the cores joblib counts (a container's CPU quota included)
+
+        cores = cpu_count()
+        jobs = jobs_at_once(config.hydra, cores)
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+            threads, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+        elif jobs is not None:
+            threads, why = max(1, cores // jobs), f"{jobs} job{'s' * (jobs != 1)} at once on {cores} cores"
+        else:
+            return
+        os.environ[JOB_THREADS] = str(threads)
+        log.info("%d PyTorch thread%s for each job (%s)", threads, "s" * (threads != 1), why)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.pop(JOB_THREADS, None)
+
+
+def take_share() -> None:
+    """In a job of a multirun: the PyTorch threads `ShareCores` gave it, if any (said in its log)."""
+    if JOB_THREADS in os.environ:
+        import torch
+
+        torch.set_num_threads(int(os.environ[JOB_THREADS]))
+        log.info("PyTorch threads: %d (this job's share of the cores)", torch.get_num_threads())

@@ -1,0 +1,36 @@
+"""How many jobs of a joblib multirun run at once, which sets each job's share of the CPU cores."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from gpt2exp.cli.parallel_jobs import BASIC_SWEEPER, jobs_at_once
+
+OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+def multirun(task: list[str], *, n_jobs=-1, sweeper=BASIC_SWEEPER, sweeper_keys=None):
+    return OmegaConf.create({"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher",
+                                          "n_jobs": n_jobs},
+                             "sweeper": {"_target_": sweeper, "max_batch_size": None, "params": None, **(sweeper_keys or {})},
+                             "overrides": {"task": task}})
+
+
+@pytest.mark.parametrize(("task", "n_jobs", "cores", "sweeper_keys", "expected"), [
+    (["optimizer.lr=1e-3"], -1, 16, {}, 1),  # one job: joblib alone would give it 1 of 16 cores
+    (["model.context_length=64,128", "trainer.max_steps=50"], -1, 16, {}, 2),
+    (["decoding.temperature=0.5,1.0,1.5", "decoding.top_k=range(1,5)"], -1, 2, {}, 2),  # 12 jobs, 2 workers
+    (["a=1,2,3,4,5,6"], 4, 16, {}, 4),  # n_jobs caps them
+    (["a=1,2,3,4,5,6"], -2, 4, {}, 3),  # joblib's -2: every core but one
+    (["a=1,2,3,4,5,6"], -1, 16, {"max_batch_size": 2}, 2),  # the sweeper hands over 2 at a time
+    (["b=3"], -1, 16, {"params": {"a": "1,2,3"}}, 3),  # sweeps in the config's hydra.sweeper.params
+])
+def test_jobs_at_once_is_the_fewest_of_workers_and_the_jobs_handed_over(task, n_jobs, cores, sweeper_keys,
+                                                                       expected):
+    assert jobs_at_once(multirun(task, n_jobs=n_jobs, sweeper_keys=sweeper_keys), cores) == expected
+
+
+def test_an_optimizing_sweeper_runs_its_own_batch_and_an_unlistable_sweep_is_unknown():
+    optuna = multirun(["optimizer.lr=interval(1e-4,1e-2)"], sweeper=OPTUNA, sweeper_keys={"n_jobs": 3})
+    assert jobs_at_once(optuna, 16) == 3 and jobs_at_once(optuna, 2) == 2
+    assert jobs_at_once(multirun(["model=glob(*)"]), 16) is None
+    assert jobs_at_once(multirun(["a=1,2"], sweeper="some.other.Sweeper"), 16) is None
