@@ -141,6 +141,9 @@ def test_submitit_local_jobs_run_in_parallel_and_share_the_model(run_module, tmp
     assert len(trained) == 1
     [reused] = [job for job in jobs if job not in trained]
     assert summary(reused)["reused_from"]["job"] == int(trained[0].name)
+    # The two jobs run at once: each takes OMP_NUM_THREADS where set (under pytest-xdist), else half the cores.
+    threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, joblib.cpu_count() // 2)
+    assert all(f"PyTorch threads: {threads} (this job's share of the cores)" in job_log(job) for job in jobs)
 
 
 @pytest.fixture(scope="module")

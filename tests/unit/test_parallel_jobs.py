@@ -1,4 +1,5 @@
-"""How many jobs of a joblib multirun run at once, which sets each job's share of the CPU cores."""
+"""How many jobs of a multirun under a local launcher (joblib, submitit_local) run at once, which
+sets each job's share of the CPU cores."""
 
 import pytest
 from omegaconf import OmegaConf
@@ -6,11 +7,12 @@ from omegaconf import OmegaConf
 from gpt2exp.cli.parallel_jobs import BASIC_SWEEPER, jobs_at_once
 
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 
 
-def multirun(task: list[str], *, n_jobs=-1, sweeper=BASIC_SWEEPER, sweeper_keys=None):
-    return OmegaConf.create({"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher",
-                                          "n_jobs": n_jobs},
+def multirun(task: list[str], *, n_jobs=-1, sweeper=BASIC_SWEEPER, sweeper_keys=None, launcher=JOBLIB):
+    return OmegaConf.create({"launcher": {"_target_": launcher, "n_jobs": n_jobs},
                              "sweeper": {"_target_": sweeper, "max_batch_size": None, "params": None, **(sweeper_keys or {})},
                              "overrides": {"task": task}})
 
@@ -34,3 +36,9 @@ def test_an_optimizing_sweeper_runs_its_own_batch_and_an_unlistable_sweep_is_unk
     assert jobs_at_once(optuna, 16) == 3 and jobs_at_once(optuna, 2) == 2
     assert jobs_at_once(multirun(["model=glob(*)"]), 16) is None
     assert jobs_at_once(multirun(["a=1,2"], sweeper="some.other.Sweeper"), 16) is None
+
+
+def test_submitits_local_launcher_runs_every_job_it_is_handed_at_once():
+    assert jobs_at_once(multirun(["a=1,2,3,4,5,6"], launcher=SUBMITIT_LOCAL, n_jobs=None), 2) == 6
+    assert jobs_at_once(multirun(["a=1,2,3"], launcher=SUBMITIT_LOCAL, n_jobs=None, sweeper_keys={"max_batch_size": 2}),
+                        16) == 2
