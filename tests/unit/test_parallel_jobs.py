@@ -5,6 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from gpt2exp.cli.parallel_jobs import BASIC_SWEEPER, jobs_at_once
+from gpt2exp.training.reuse import NOT_TRAINING
 
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
@@ -42,3 +43,12 @@ def test_submitits_local_launcher_runs_every_job_it_is_handed_at_once():
     assert jobs_at_once(multirun(["a=1,2,3,4,5,6"], launcher=SUBMITIT_LOCAL, n_jobs=None), 2) == 6
     assert jobs_at_once(multirun(["a=1,2,3"], launcher=SUBMITIT_LOCAL, n_jobs=None, sweeper_keys={"max_batch_size": 2}),
                         16) == 2
+
+
+def test_jobs_that_reuse_one_trained_model_count_once():
+    """A training sweep's jobs that differ in decoding (or logging) wait for one job's model."""
+    decoding = ["decoding.temperature=0.5,1.0,1.5", "decoding.top_k=3,40"]
+    assert jobs_at_once(multirun(decoding), 16, NOT_TRAINING) == 1
+    assert jobs_at_once(multirun([*decoding, "model.context_length=64,128"]), 16, NOT_TRAINING) == 2
+    assert jobs_at_once(multirun(decoding), 16) == 6  # generate's jobs each compute
+    assert jobs_at_once(multirun(["logger=none,csv", "decoder=x,y"]), 16, NOT_TRAINING) == 2  # a prefix, not a match
