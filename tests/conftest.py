@@ -13,6 +13,7 @@ from helpers import CONF_DIR, SAMPLE_TEXT, TINY, run_folders
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from gpt2exp.cli.parallel_jobs import usable_cores
 from gpt2exp.cli.schema import register_configs
 
 # Fixtures both lanes use, kept beside their helpers.
@@ -31,8 +32,7 @@ def pytest_configure(config):
     (OpenMP waits busily), which made two concurrent training runs 2.2x slower than one thread each."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // workers)
+        threads = max(1, usable_cores() // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 

@@ -76,15 +76,15 @@ class ShareCores(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not any(name in str(config.hydra.launcher.get("_target_", "")) for name in LOCAL_LAUNCHERS):
             return
-        cores = usable_cores()
-        # A training sweep's jobs that differ in decoding or logging reuse one model (training.reuse).
-        jobs = jobs_at_once(config.hydra, cores, NOT_TRAINING if "trainer" in config else ())
         if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
             threads, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
-        elif jobs is not None:
-            threads, why = max(1, cores // jobs), f"{cores} cores over {jobs} job{'s' * (jobs != 1)} computing at once"
         else:
-            return
+            cores = usable_cores()
+            # A training sweep's jobs that differ in decoding or logging reuse one model (training.reuse).
+            jobs = jobs_at_once(config.hydra, cores, NOT_TRAINING if "trainer" in config else ())
+            if jobs is None:
+                return
+            threads, why = max(1, cores // jobs), f"{cores} cores over {jobs} job{'s' * (jobs != 1)} computing at once"
         os.environ[JOB_THREADS] = str(threads)
         log.info("%d PyTorch thread%s for each job (%s)", threads, "s" * (threads != 1), why)
 
